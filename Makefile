@@ -1,0 +1,36 @@
+# The two commands: `make test` and `make demo`. Each creates .venv if missing, installs torch first
+# (the CPU wheel: an unpinned torch would pull a multi-GB CUDA build), then the project, then runs.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages the tests need (installed via apt when running as root; later issues add theirs).
+APT_PACKAGES ?=
+
+.PHONY: test test-all demo install lint clean
+
+$(STAMP): pyproject.toml Makefile
+	@if [ -n "$(APT_PACKAGES)" ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# pytest's exit 5 ("no tests collected") is a failure, not a pass.
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP)
+	$(PY) -m answerkey.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

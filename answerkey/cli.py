@@ -1,0 +1,88 @@
+"""The `answerkey` command: one subcommand per job. `answerkey --help` lists them.
+
+    answerkey config examples/tiny_cpu.toml --learner.lr=1e-5   # validate, print resolved config + batch arithmetic
+    answerkey config --docs                                      # every key with its default and doc
+    answerkey env answerkey.envs.synthetic:SyntheticEnv --kwargs '{"difficulty": 3}' -n 3
+
+Each later stage adds its own subcommand here (rl, eval, tokenize, pretrain, sft, ...). Errors a
+user can fix (bad config, bad dataset row, bad env path) print one clear message and exit 2,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from answerkey.config import ConfigError, describe_batch, field_docs, load_config
+
+console = Console()
+
+
+def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.docs:
+        table = Table("key", "default", "what it does", title="answerkey config keys")
+        for key, default, doc in field_docs():
+            table.add_row(key, default, doc)
+        console.print(table)
+        return 0
+    cfg = load_config(args.config, overrides)
+    console.print_json(cfg.model_dump_json())
+    console.print(f"[bold]batch:[/] {describe_batch(cfg)}")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Show a few problems of an env and check that its reward credits the worked solutions."""
+    from answerkey.envs import load_env, score_batch
+    from answerkey.rewards import status_counts
+
+    if overrides:
+        raise ConfigError(f"`answerkey env` takes no overrides, got {overrides}")
+    env = load_env(args.path, json.loads(args.kwargs))
+    problems = list(env.problems(args.split))
+    console.print(f"{args.path} ({args.split}): {len(problems)} problems")
+    for p in problems[: args.n]:
+        console.print(f"[bold]{p.id}[/]  answer={p.answer!r}\n{p.prompt}\n")
+    solved = [p for p in problems if p.meta.get("solution")]
+    if solved and hasattr(env, "score"):
+        scores = score_batch(env, solved, [p.meta["solution"] for p in solved])
+        counts = {k.removeprefix("reward/status/"): v for k, v in status_counts(scores).items() if v}
+        console.print(f"reward of the worked solutions: mean {sum(map(float, scores)) / len(scores):.3f}, statuses {counts}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="answerkey", description="RL from verifiable rewards, from pretraining to GRPO.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("config", help="validate a config, print it resolved with the batch arithmetic",
+                       description="Validate CONFIG (TOML) with dotted overrides like --learner.lr=1e-6.")
+    p.add_argument("config", nargs="?", help="TOML file in examples/ (defaults only when omitted)")
+    p.add_argument("--docs", action="store_true", help="list every key with its default and doc")
+    p.set_defaults(run=cmd_config)
+
+    p = sub.add_parser("env", help="preview an env's problems and check its reward on the worked solutions")
+    p.add_argument("path", help="dotted path, e.g. answerkey.envs.synthetic:SyntheticEnv")
+    p.add_argument("--kwargs", default="{}", help="JSON object of constructor arguments")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("-n", type=int, default=3, help="problems to print")
+    p.set_defaults(run=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = build_parser().parse_known_args(argv)
+    try:
+        return args.run(args, overrides)
+    except (ConfigError, ValueError, ImportError, TypeError) as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Typed, validated run configuration: one pydantic model per component, loaded from TOML + CLI overrides.
+
+    cfg = load_config("examples/tiny_cpu.toml", ["--learner.lr=1e-5", "--rollout.group_size=16"])
+    cfg.learner.lr, cfg.rollout.sampling()
+
+Every field has a default and a one-line doc (the docstring under it; `answerkey config --docs`
+prints them). Unknown keys, wrong types and settings that would make training a no-op (a group of
+one, zero steps, a learning rate of 0) fail at start-up with a `ConfigError` that names the key:
+
+    ConfigError: invalid config (examples/tiny_cpu.toml):
+      rollout.group_size: must be >= 2: a group of one has zero advantage and learns nothing (got 1)
+
+Override values are parsed as TOML (`1e-6`, `true`, `"text"`, `[1, 2]`); anything that does not parse
+is taken as a bare string, so `--model.path=runs/sft` works without quotes. Types are strict: a
+string never silently becomes a number.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from answerkey.rollout.engine import SamplingParams
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names every offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(Section):
+    path: str = ""
+    """Hugging Face checkpoint directory of the initial policy (config.json, safetensors, tokenizer)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the weights the learner keeps (master weights) and the engines load."""
+
+
+class EnvConfig(Section):
+    path: str = "answerkey.envs.synthetic:SyntheticEnv"
+    """Dotted path 'package.module:Class' of the environment; no registry."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the env's constructor (e.g. difficulty, data paths)."""
+
+
+class RolloutConfig(Section):
+    problems_per_step: int = Field(8, ge=1)
+    """P: problems sampled per RL step."""
+    group_size: int = 8
+    """G: completions per problem; advantages are relative within a group, so G >= 2."""
+    max_new_tokens: int = Field(256, ge=1)
+    """Longest completion; longer ones are cut and marked truncated."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature; the learner's logprobs use the same one."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = Field(0, ge=0)
+    """Keep only the k most likely tokens (0 = off)."""
+    stop: list[str] = Field(default_factory=list)
+    """Stop strings, in addition to the stop tokens (<|im_end|>, <|endoftext|>)."""
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(f"must be >= 2: a group of one has zero advantage and learns nothing (got {v})")
+        return v
+
+    def sampling(self, **overrides: Any) -> SamplingParams:
+        fields = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                      top_k=self.top_k, stop=tuple(self.stop))
+        return SamplingParams(**(fields | overrides))
+
+
+class LearnerConfig(Section):
+    lr: float = 1e-6
+    """Peak AdamW learning rate (> 0)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear warmup from 0 to lr."""
+    schedule: Literal["cosine", "constant"] = "constant"
+    """After warmup: cosine decay to min_lr_ratio * lr over the run, or constant."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Floor of the cosine schedule, as a fraction of lr."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value."""
+    scale_by_std: bool = True
+    """Divide group-centred rewards by the group std (GRPO); False = mean-centring only (Dr.GRPO)."""
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    """PPO ratio clip below 1: ratio >= 1 - clip_low."""
+    clip_high: float = Field(0.28, ge=0)
+    """PPO ratio clip above 1: ratio <= 1 + clip_high (clip-higher, DAPO)."""
+    loss_agg: Literal["token-mean", "sequence-mean", "dr-grpo"] = "token-mean"
+    """How per-token losses become one number: mean over all tokens in the batch, mean of per-sequence
+    means, or sum / (B * max_new_tokens) (Dr.GRPO's constant normalizer)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of the k3 KL to the frozen initial policy in the loss (0 = no reference model)."""
+    passes: int = Field(1, ge=1)
+    """Optimizer passes over each batch; the ratio is against the logprobs before the first pass."""
+    tis_cap: float | None = Field(2.0, gt=0)
+    """Truncated importance sampling: weight each token by min(pi_old / pi_rollout, cap); None = off."""
+    drop_uniform_groups: bool = True
+    """Drop groups whose rewards are all equal (they have zero advantage); DAPO's dynamic sampling."""
+    mask_truncated: bool = False
+    """Exclude completions cut at max_new_tokens from the loss (DAPO overlong filtering)."""
+    micro_batch_tokens: int = Field(8192, ge=1)
+    """Token budget of one forward/backward (rows x padded length); gradients are accumulated."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute precision: bf16 autocast over fp32 master weights, or plain fp32."""
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"must be > 0: a learning rate of {v} never changes the policy")
+        return v
+
+
+class RunConfig(Section):
+    steps: int = 100
+    """RL steps (each: sample, score, learn, sync)."""
+    seed: int = 0
+    """Seed for problem order, sampling and initialization."""
+    out_dir: str = "runs"
+    """Parent directory of run directories."""
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1: a run of {v} steps trains nothing")
+        return v
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    env: EnvConfig = EnvConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    learner: LearnerConfig = LearnerConfig()
+    run: RunConfig = RunConfig()
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """`["--learner.lr=1e-6", "--run.steps", "5"]` -> `{"learner": {"lr": 1e-6}, "run": {"steps": 5}}`."""
+    tree: dict[str, Any] = {}
+    items = list(args)
+    while items:
+        arg = items.pop(0)
+        if not arg.startswith("--") or len(arg) < 3:
+            raise ConfigError(f"override {arg!r} must look like --section.key=value")
+        key, sep, raw = arg[2:].partition("=")
+        if not sep:
+            if not items:
+                raise ConfigError(f"override --{key} has no value")
+            raw = items.pop(0)
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override --{key} conflicts with another override of {part!r}")
+        node[leaf] = _parse_value(raw)
+    return tree
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a nested dict into a `Config`; errors list every bad key by its dotted name."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; `answerkey config --docs` lists the keys)"
+            elif "input" in err and err["type"] not in ("value_error",):
+                msg += f" (got {err['input']!r})"
+            lines.append(f"  {key}: {msg}")
+        raise ConfigError(f"invalid config ({source}):\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML file (or start from the defaults when `path` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return build_config(_merge(data, parse_overrides(overrides)), str(path or "defaults"))
+
+
+def field_docs(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) for every leaf field, for `answerkey config --docs`."""
+    rows = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += field_docs(annotation, f"{prefix}{name}.")
+        else:
+            default = info.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", repr(default), " ".join((info.description or "").split())))
+    return rows
+
+
+def describe_batch(cfg: Config) -> str:
+    """The derived batch arithmetic, printed at start-up."""
+    r, lr = cfg.rollout, cfg.learner
+    B = r.problems_per_step * r.group_size
+    max_seq_rows = max(1, lr.micro_batch_tokens // r.max_new_tokens)
+    return (
+        f"{r.problems_per_step} problems x {r.group_size} completions = {B} completions per step; "
+        f"micro-batches of <= {lr.micro_batch_tokens} tokens (>= {min(B, max_seq_rows)} full-length completions each, "
+        f"plus prompt); {lr.passes} optimizer step(s) per RL step; {cfg.run.steps} steps = "
+        f"{cfg.run.steps * B} completions, {cfg.run.steps * lr.passes} optimizer steps"
+    )

@@ -1,0 +1,54 @@
+"""GSM8K grade-school word problems, read from JSONL (`question`, `answer` ending in `#### <number>`).
+
+    [env]
+    path = "answerkey.envs.gsm8k:GSM8KEnv"
+    kwargs = { train_path = "../shared/data/gsm8k/train.jsonl", test_path = "../shared/data/gsm8k/test.jsonl" }
+
+The gold answer is the number after `####` (thousands separators removed). A completion is scored by
+the exact-number checker (`rewards.exact`): its last `\\boxed{}` or `#### x` must equal the gold
+exactly. The prompt asks for `#### <answer>` on the last line. The worked solution is kept in
+`meta["solution"]` for SFT. A row whose answer has no `####` number raises naming file and line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from answerkey.envs.base import Env, Problem, Split
+from answerkey.envs.jsonl import DatasetError, read_rows
+from answerkey.rewards import Score, exact
+
+INSTRUCTION = "Solve the problem. End your reply with a line of the form '#### <answer>'."
+
+
+class GSM8KEnv(Env):
+    def __init__(self, train_path: str | None = None, test_path: str | None = None, instruction: str = INSTRUCTION,
+                 limit: int | None = None):
+        self.paths = {"train": train_path, "test": test_path}
+        self.instruction = instruction
+        self.limit = limit  # keep only the first `limit` rows of each split (quick runs)
+        self._cache: dict[str, list[Problem]] = {}
+
+    def problems(self, split: Split) -> Sequence[Problem]:
+        if split not in self._cache:
+            self._cache[split] = self._load(split)
+        return self._cache[split]
+
+    def _load(self, split: Split) -> list[Problem]:
+        path = self.paths.get(split)
+        if path is None:
+            raise ValueError(f"GSM8KEnv: no {split}_path was given (env.kwargs.{split}_path)")
+        problems = []
+        for i, row in enumerate(read_rows(path, ("question", "answer"))[: self.limit]):
+            solution, sep, final = row["answer"].rpartition("####")
+            gold = final.strip().replace(",", "")
+            if not sep or exact.parse_number(gold) is None:
+                raise DatasetError(f"{path}:{i + 1}: field 'answer' must end with '#### <number>', got ...{row['answer'][-40:]!r}")
+            prompt = f"{row['question'].strip()}\n\n{self.instruction}" if self.instruction else row["question"].strip()
+            problems.append(Problem(id=f"gsm8k/{Path(path).stem}/{i}", prompt=prompt, answer=gold,
+                                    meta={"solution": f"{solution.strip()}\n#### {gold}"}))
+        return problems
+
+    def score(self, problem: Problem, completion: str) -> Score:
+        return exact.score(completion, problem.answer)

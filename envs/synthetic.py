@@ -1,0 +1,218 @@
+"""A synthetic problem world: seeded, offline arithmetic and short word problems with checkable answers.
+
+    env = SyntheticEnv(difficulty=3, train_size=2000, test_size=200)
+    env.problems("test")[0].prompt
+    # 'Emily buys 3 apples and 2 oranges. Each orange costs $2 and the total is $13.
+    #  How much does each apple cost?'
+    env.problems("test")[0].meta["solution"]
+    # 'The oranges cost 2 * 2 = 4. The apples cost 13 - 4 = 9. Each apple costs 9 / 3 = 3.\\n#### 3'
+
+`difficulty` (1-4) picks which templates are in play (every template at or below it) and how large
+the numbers get: 1 is addition and subtraction of single digits, bare and as one-step word problems;
+2 the same up to 20; 3 adds multiplication and the two-step shopping problems from the talk; 4
+division and larger numbers.
+
+The train/test split is a pure function of a problem's arithmetic (`3+6`, `(13-2*2)/3`), not its
+wording, names or items, by hash: a held-out computation never appears in training under any seed,
+size or surface form. Every problem carries a worked solution ending in `#### <answer>` for SFT and the corpus.
+`SyntheticRetryEnv` is the multi-turn form: a wrong first answer gets "Not quite. Try again.".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+
+from answerkey.envs.base import SPLITS, Env, GenerateFn, Problem, Split, Trajectory, TurnBuilder
+from answerkey.rewards import Score, Status, exact
+
+NAMES = ("Emily", "Liam", "Ava", "Noah", "Mia", "Omar", "Zoe", "Ken", "Sara", "Leo")
+ITEMS = ("apple", "orange", "pear", "banana", "lemon", "plum", "kiwi", "melon", "pencil", "marble", "sticker", "cookie")
+MAX_NUMBER = {1: 9, 2: 20, 3: 50, 4: 200}  # largest operand of + and - at each difficulty
+
+# A template draws numbers and words; it returns (arithmetic, prompt, answer, solution). The
+# arithmetic (e.g. "3+6") decides the split, so "What is 3 + 6?" and "Emily has 3 apples and buys 6
+# more" are always on the same side.
+Draw = tuple[str, str, int, str]
+
+
+def add_steps(a: int, b: int) -> str:
+    """Worked addition, one small fact per step: '15 + 18' -> '5 + 8 = 13. 10 + 10 = 20. 20 + 13 = 33.'
+
+    Models need tokens to think: a held-out sum is then made of steps that appear all over training.
+    """
+    if a < 10 and b < 10:
+        return f"{a} + {b} = {a + b}."
+    a_ones, b_ones = a % 10, b % 10
+    a_rest, b_rest = a - a_ones, b - b_ones
+    steps = [f"{a_ones} + {b_ones} = {a_ones + b_ones}."]
+    if a_rest and b_rest:
+        steps.append(f"{a_rest} + {b_rest} = {a_rest + b_rest}.")
+    steps.append(f"{a_rest + b_rest} + {a_ones + b_ones} = {a + b}.")
+    return " ".join(steps)
+
+
+def sub_steps(a: int, b: int) -> str:
+    """Worked subtraction (a >= b): tens of b first, then ones, borrowing through a round number.
+
+    '20 - 13' -> '20 - 10 = 10. 10 - 3 = 7.'; '15 - 8' -> '15 - 5 = 10. 10 - 3 = 7.'; '18 - 5' -> '8 - 5 = 3. 10 + 3 = 13.'
+    """
+    if a < 10 or b == 0:
+        return f"{a} - {b} = {a - b}."
+    b_ones, b_rest = b % 10, b - b % 10
+    if b_rest:
+        head = f"{a} - {b_rest} = {a - b_rest}."
+        return head if not b_ones else f"{head} {sub_steps(a - b_rest, b_ones)}"
+    a_ones = a % 10
+    if b <= a_ones:
+        return f"{a_ones} - {b} = {a_ones - b}. {a - a_ones} + {a_ones - b} = {a - b}."
+    if a_ones == 0:
+        return f"{a} - {b} = {a - b}."
+    return f"{a} - {a_ones} = {a - a_ones}. {a - a_ones} - {b - a_ones} = {a - b}."
+
+
+def _add(rng: random.Random, d: int) -> Draw:
+    a, b = rng.randint(0, MAX_NUMBER[d]), rng.randint(0, MAX_NUMBER[d])
+    return f"{a}+{b}", f"What is {a} + {b}?", a + b, add_steps(a, b)
+
+
+def _sub(rng: random.Random, d: int) -> Draw:
+    a, b = sorted((rng.randint(0, MAX_NUMBER[d]), rng.randint(0, MAX_NUMBER[d])), reverse=True)
+    return f"{a}-{b}", f"What is {a} - {b}?", a - b, sub_steps(a, b)
+
+
+def _buys_more(rng: random.Random, d: int) -> Draw:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b = rng.randint(1, MAX_NUMBER[d]), rng.randint(1, MAX_NUMBER[d])
+    prompt = f"{name} has {a} {item}s and buys {b} more. How many {item}s does {name} have now?"
+    return f"{a}+{b}", prompt, a + b, add_steps(a, b)
+
+
+def _gives_away(rng: random.Random, d: int) -> Draw:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b = sorted((rng.randint(1, MAX_NUMBER[d]), rng.randint(1, MAX_NUMBER[d])), reverse=True)
+    prompt = f"{name} has {a} {item}s and gives {b} to a friend. How many {item}s are left?"
+    return f"{a}-{b}", prompt, a - b, sub_steps(a, b)
+
+
+def _mul(rng: random.Random, d: int) -> Draw:
+    hi = 9 if d <= 3 else 12
+    a, b = rng.randint(2, hi), rng.randint(2, hi)
+    return f"{a}*{b}", f"What is {a} * {b}?", a * b, f"{a} * {b} = {a * b}."
+
+
+def _shopping_total(rng: random.Random, d: int) -> Draw:
+    name, (item1, item2) = rng.choice(NAMES), rng.sample(ITEMS, 2)
+    n1, n2, p1, p2 = (rng.randint(1, 2 * d) for _ in range(4))
+    x, y = n1 * p1, n2 * p2
+    prompt = f"{name} buys {n1} {item1}s at ${p1} each and {n2} {item2}s at ${p2} each. How much does {name} spend?"
+    return f"{n1}*{p1}+{n2}*{p2}", prompt, x + y, f"{n1} * {p1} = {x}. {n2} * {p2} = {y}. {x} + {y} = {x + y}."
+
+
+def _unit_price(rng: random.Random, d: int) -> Draw:
+    name, (item1, item2) = rng.choice(NAMES), rng.sample(ITEMS, 2)
+    n1, n2, p1, p2 = (rng.randint(1, 2 * d) for _ in range(4))
+    x, y = n1 * p1, n2 * p2
+    prompt = (f"{name} buys {n1} {item1}s and {n2} {item2}s. Each {item2} costs ${p2} and the total is ${x + y}. "
+              f"How much does each {item1} cost?")
+    solution = (f"The {item2}s cost {n2} * {p2} = {y}. The {item1}s cost {x + y} - {y} = {x}. "
+                f"Each {item1} costs {x} / {n1} = {p1}.")
+    return f"({x + y}-{n2}*{p2})/{n1}", prompt, p1, solution
+
+
+def _share(rng: random.Random, d: int) -> Draw:
+    name = rng.choice(NAMES)
+    k, q = rng.randint(2, 9), rng.randint(1, MAX_NUMBER[d] // 4)
+    prompt = f"{name} bakes {k * q} cookies and shares them equally among {k} friends. How many cookies does each friend get?"
+    return f"{k * q}/{k}", prompt, q, f"{k * q} / {k} = {q}."
+
+
+# (template, the lowest difficulty that uses it)
+TEMPLATES: tuple[tuple[Callable[[random.Random, int], Draw], int], ...] = (
+    (_add, 1), (_sub, 1), (_buys_more, 1), (_gives_away, 1), (_mul, 3), (_shopping_total, 3), (_unit_price, 3), (_share, 4),
+)
+
+
+def split_of(arithmetic: str, test_percent: int) -> Split:
+    """The split a computation belongs to: a hash bucket, independent of seed, sizes and wording."""
+    bucket = int.from_bytes(hashlib.blake2b(arithmetic.encode(), digest_size=8).digest(), "big") % 100
+    return "test" if bucket < test_percent else "train"
+
+
+class SyntheticEnv(Env):
+    """Arithmetic and word problems; reward 1 when the last `#### x` (or `\\boxed{x}`) equals the answer."""
+
+    def __init__(self, difficulty: int = 2, train_size: int = 5000, test_size: int = 200, seed: int = 0,
+                 test_percent: int = 20, instruction: str = ""):
+        if difficulty not in MAX_NUMBER:
+            raise ValueError(f"SyntheticEnv.difficulty must be one of {sorted(MAX_NUMBER)}, got {difficulty!r}")
+        if not 0 < test_percent < 100:
+            raise ValueError(f"SyntheticEnv.test_percent must be in 1..99, got {test_percent!r}")
+        self.difficulty, self.seed, self.test_percent, self.instruction = difficulty, seed, test_percent, instruction
+        self.sizes = {"train": train_size, "test": test_size}
+        self._problems: dict[str, list[Problem]] | None = None
+
+    def problems(self, split: Split) -> Sequence[Problem]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if self._problems is None:
+            self._problems = self._generate()
+        return self._problems[split]
+
+    def _generate(self) -> dict[str, list[Problem]]:
+        """Draw problems until both splits are full or the space at this difficulty is exhausted."""
+        rng = random.Random(f"synthetic-{self.difficulty}-{self.seed}")
+        templates = [t for t, level in TEMPLATES if level <= self.difficulty]
+        out: dict[str, list[Problem]] = {"train": [], "test": []}
+        seen: set[str] = set()
+        misses = 0  # consecutive draws that added nothing: the space at this difficulty is exhausted
+        while misses < 5000:
+            template = rng.choice(templates)
+            arithmetic, prompt, answer, solution = template(rng, self.difficulty)
+            key = f"{template.__name__.strip('_')}/{arithmetic}"
+            split = split_of(arithmetic, self.test_percent)
+            if key in seen or len(out[split]) >= self.sizes[split]:
+                misses += 1
+                continue
+            seen.add(key)
+            misses = 0
+            if self.instruction:
+                prompt = f"{prompt}\n\n{self.instruction}"
+            out[split].append(Problem(id=f"synthetic/{key}", prompt=prompt, answer=str(answer),
+                                      meta={"solution": f"{solution}\n#### {answer}", "difficulty": self.difficulty}))
+            if all(len(out[s]) >= self.sizes[s] for s in SPLITS):
+                break
+        for split in SPLITS:
+            if not out[split]:
+                raise ValueError(f"SyntheticEnv(difficulty={self.difficulty}) produced no {split} problems")
+        return out
+
+    def score(self, problem: Problem, completion: str) -> Score:
+        return exact.score(completion, problem.answer)
+
+
+class SyntheticRetryEnv(SyntheticEnv):
+    """Multi-turn: after a wrong answer the env replies "Not quite. Try again." (up to `max_attempts`).
+
+    The reward is that of the last attempt, so the policy is credited for correcting itself; the
+    feedback turns are env tokens (loss mask 0), the attempts are trained on.
+    """
+
+    def __init__(self, max_attempts: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if max_attempts < 1:
+            raise ValueError(f"SyntheticRetryEnv.max_attempts must be >= 1, got {max_attempts}")
+        self.max_attempts = max_attempts
+
+    def rollout(self, problem: Problem, generate: GenerateFn, tokenizer) -> Trajectory:
+        turns = TurnBuilder(tokenizer, problem.messages())
+        score = Score.failed(Status.no_answer)
+        for attempt in range(self.max_attempts):
+            if attempt:
+                turns.add_message("user", "Not quite. Try again.")
+            completion = turns.generate(generate)
+            score = self.score(problem, completion.text)
+            if score.status == Status.correct or completion.truncated:
+                break
+        return turns.finish(score)

@@ -1,0 +1,98 @@
+"""GRPO math as pure tensor functions: group advantages, the clipped surrogate, KL, TIS, aggregation.
+
+No model, no optimizer, no Ray: each function is checked against hand-computed numbers in
+`tests/test_grpo_math.py`. Shapes: P problems, G completions each, N sequences in a micro-batch,
+T target positions.
+
+- Advantages (Shao et al. 2024, GRPO, arXiv:2402.03300): A = r - mean(group), divided by the
+  group's standard deviation (unbiased, as TRL and verl compute it) unless `scale_by_std=False`,
+  which is Dr.GRPO's fix for the difficulty bias (Liu et al. 2025, arXiv:2503.20783).
+- Surrogate: PPO's clipped objective with separate low/high clip ("clip-higher", DAPO, Yu et al.
+  2025, arXiv:2503.14476): loss = -min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), ρ = π/π_old per token.
+- KL: the k3 estimator exp(q-p) - (q-p) - 1 of KL(π || π_ref) (Schulman 2020), added in the loss.
+- TIS: tokens are weighted by min(π_old/π_rollout, cap) to correct for the engine's numerics
+  differing from the learner's (Yao et al. 2025, "Your efficient RL framework secretly brings you
+  off-policy RL training"). The weight carries no gradient.
+- Aggregation: how per-token losses become one scalar. Normalizers are computed on the whole
+  batch before it is split into micro-batches, so the sum of micro-batch gradients equals the
+  full-batch gradient exactly, in every mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+LossAgg = Literal["token-mean", "sequence-mean", "dr-grpo"]
+
+
+def group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """(P, G) rewards -> (P, G) advantages, centred within each group (and scaled by its std)."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be (P, G) with G >= 2, got shape {tuple(rewards.shape)}")
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (rewards.std(dim=1, keepdim=True) + eps)
+    return centred
+
+
+def uniform_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """(P, G) -> (P,) True where every completion of a group got the same reward (zero advantage)."""
+    return (rewards == rewards[:, :1]).all(dim=1)
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO loss and a mask of tokens where the clip was active. All (N, T); advantages (N, 1) ok."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
+    return -torch.minimum(unclipped, clipped), clipped < unclipped
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - lp) - (ref - lp) - 1 >= 0. (N, T)"""
+    delta = ref_logprobs - logprobs
+    return torch.exp(delta) - delta - 1
+
+
+def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance weights min(pi_old / pi_rollout, cap) (no gradient), and the raw ratios. (N, T)"""
+    ratio = torch.exp(old_logprobs - rollout_logprobs).detach()
+    return ratio.clamp(max=cap), ratio
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Whole-batch counts that every micro-batch divides by, so micro-batch gradients add up exactly."""
+
+    tokens: int  # loss tokens in the batch
+    sequences: int  # sequences with at least one loss token
+    max_new_tokens: int  # the generation budget, Dr.GRPO's constant per-sequence length
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: LossAgg, norm: Normalizer) -> torch.Tensor:
+    """One scalar from (N, T) per-token values over `mask`: this micro-batch's share of the batch loss.
+
+    token-mean:    sum(x * m) / tokens in the batch
+    sequence-mean: sum over sequences of [sum_t(x * m) / len(seq)] / sequences in the batch
+    dr-grpo:       sum(x * m) / (sequences in the batch * max_new_tokens)
+    """
+    masked = per_token * mask
+    if mode == "token-mean":
+        return masked.sum() / max(norm.tokens, 1)
+    if mode == "sequence-mean":
+        per_seq = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return per_seq.sum() / max(norm.sequences, 1)
+    if mode == "dr-grpo":
+        return masked.sum() / max(norm.sequences * norm.max_new_tokens, 1)
+    raise ValueError(f"unknown loss aggregation {mode!r}; expected token-mean, sequence-mean or dr-grpo")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of x over mask (a float for metrics); 0.0 when the mask is empty."""
+    n = mask.sum()
+    return float((x * mask).sum() / n) if n > 0 else 0.0

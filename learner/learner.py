@@ -1,0 +1,185 @@
+"""The Learner: a policy model, its optimizer, and one GRPO (or SFT) update per call. A plain class.
+
+    learner = Learner(model, cfg.learner, cfg.rollout.sampling(), total_steps=cfg.run.steps)
+    metrics = learner.step(groups)           # groups: P lists of G scored Trajectory
+    pairs = learner.named_arrays()           # push to the rollout engines
+
+    learner.sft_step([chat.encode(tokenizer, messages), ...])   # masked next-token loss (SFT, warm-up)
+
+`step` = `prepare` (advantages, group filtering, old/reference logprobs) + `passes` x (`backward`
+over token-budget micro-batches with gradient accumulation, then `optimizer_step`: grad-norm clip,
+AdamW, warmup + cosine). The pieces are public so tests can inject known logprobs and inspect the
+accumulated gradient. The driver wraps this class in a Ray actor; nothing here knows about Ray.
+
+Logprobs are computed with the rollout's temperature / top-k / top-p (`rollout.sampling`), so the
+policy optimized is exactly the one sampled from. With one pass the "old" logprobs are the current
+ones detached (the ratio is exactly 1; no extra forward pass); with several passes they are
+computed once, before the first update. A step whose batch has no trainable token (every group
+uniform) does not touch the optimizer and says so: `learner/skipped = 1`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+
+from answerkey.chat import Encoded
+from answerkey.config import LearnerConfig
+from answerkey.envs.base import Trajectory
+from answerkey.learner import grpo
+from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch, pack
+from answerkey.rollout import sampling as S
+from answerkey.rollout import weights
+from answerkey.rollout.engine import SamplingParams
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then cosine or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Learner:
+    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int):
+        self.model, self.cfg, self.sampling = model.train(), cfg, sampling
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        total = total_steps * cfg.passes
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.schedule, cfg.min_lr_ratio))
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        self.optimizer_steps = 0
+
+    # -- GRPO ------------------------------------------------------------------------------------
+
+    def step(self, groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
+        """One RL update from P groups of G scored trajectories; returns `learner/...` metrics."""
+        batch = self.prepare(groups)
+        metrics = dict(batch.metrics)
+        if batch.norm.tokens == 0:
+            return metrics | {"learner/skipped": 1.0}
+        for _ in range(self.cfg.passes):
+            self.optimizer.zero_grad(set_to_none=True)
+            metrics |= self.backward(batch)
+            metrics |= self.optimizer_step()
+        return metrics | {"learner/skipped": 0.0}
+
+    def prepare(self, groups: Sequence[Sequence[Trajectory]]) -> TrainBatch:
+        """Advantages and filtering; old logprobs (passes > 1) and reference logprobs (KL) per row."""
+        cfg = self.cfg
+        batch = make_batch(groups, cfg.scale_by_std, cfg.drop_uniform_groups, cfg.mask_truncated, self.sampling.max_new_tokens)
+        if batch.norm.tokens and cfg.passes > 1:
+            self._fill(batch, self.model, "old_logprobs")
+        if batch.norm.tokens and self.reference is not None:
+            self._fill(batch, self.reference, "ref_logprobs")
+        return batch
+
+    @torch.no_grad()
+    def _fill(self, batch: TrainBatch, model: torch.nn.Module, attr: str) -> None:
+        for mb in batch.micro_batches(self.cfg.micro_batch_tokens):
+            logprobs, _ = self.logprobs(model, mb)
+            for i, values in zip(mb.index, completion_values(mb, logprobs), strict=True):
+                setattr(batch.rows[i], attr, values.detach())
+
+    def logprobs(self, model: torch.nn.Module, mb: MicroBatch, sampling: SamplingParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Processed logprobs of the targets (N, T) and the per-token entropy (N, T, no gradient)."""
+        s = sampling or self.sampling
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            logits = model(input_ids=mb.input_ids.to(self.device), attention_mask=mb.attention_mask.to(self.device)).logits
+        logp = S.processed_logprobs(logits[:, :-1], s.temperature, s.top_k, s.top_p)  # (N, T, V)
+        with torch.no_grad():
+            entropy = S.entropy(logp)
+        return S.gather(logp, mb.targets.to(self.device)), entropy
+
+    def backward(self, batch: TrainBatch) -> dict[str, float]:
+        """Accumulate the gradient of the batch loss into `.grad`, one micro-batch at a time."""
+        cfg, sums = self.cfg, {}
+        for mb in batch.micro_batches(cfg.micro_batch_tokens):
+            logprobs, entropy = self.logprobs(self.model, mb)
+            dtype = logprobs.dtype
+            mask, adv = mb.loss_mask.to(self.device, dtype), mb.advantages.to(self.device, dtype)
+            old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs.to(self.device, dtype)
+            pg, clipped = grpo.clipped_surrogate(logprobs, old, adv, cfg.clip_low, cfg.clip_high)
+            if cfg.tis_cap is not None:
+                weight, ratio = grpo.tis_weights(old, mb.rollout_logprobs.to(self.device, dtype), cfg.tis_cap)
+                pg = pg * weight
+                _add(sums, "tis_ratio", (ratio * mask).sum())
+                _add(sums, "tis_clipped", ((ratio > cfg.tis_cap) * mask).sum())
+                _max(sums, "tis_ratio_max", ratio[mask.bool()])
+                _max(sums, "tis_ratio_min", -ratio[mask.bool()])
+            loss_terms = pg
+            if self.reference is not None:
+                kl = grpo.k3_kl(logprobs, mb.ref_logprobs.to(self.device, dtype))
+                loss_terms = pg + cfg.kl_coef * kl
+                _add(sums, "kl", (kl.detach() * mask).sum())
+            loss = grpo.aggregate(loss_terms, mask, cfg.loss_agg, batch.norm)
+            loss.backward()
+            _add(sums, "loss", loss.detach())
+            _add(sums, "pg_loss", grpo.aggregate(pg.detach(), mask, cfg.loss_agg, batch.norm))
+            _add(sums, "clip_fraction", (clipped * mask).sum())
+            _add(sums, "ratio", (torch.exp(logprobs.detach() - old) * mask).sum())
+            _add(sums, "entropy", (entropy * mask).sum())
+            _add(sums, "response_length", mask.sum())
+        n = max(batch.norm.tokens, 1)
+        metrics = {f"learner/{k}": float(sums[k]) for k in ("loss", "pg_loss")}
+        metrics |= {f"learner/{k}": float(sums[k]) / n for k in ("clip_fraction", "ratio", "entropy", "kl", "tis_ratio") if k in sums}
+        if "tis_clipped" in sums:
+            metrics |= {"learner/tis_clipped_fraction": float(sums["tis_clipped"]) / n,
+                        "learner/tis_ratio_max": float(sums["tis_ratio_max"]), "learner/tis_ratio_min": -float(sums["tis_ratio_min"])}
+        metrics["learner/response_length"] = float(sums["response_length"]) / max(batch.norm.sequences, 1)
+        return metrics
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Clip the gradient norm and step AdamW and the schedule; a non-finite gradient skips the update."""
+        lr = self.scheduler.get_last_lr()[0]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"learner/grad_norm": grad_norm, "learner/nonfinite_grad": 1.0, "learner/lr": lr}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer_steps += 1
+        return {"learner/grad_norm": grad_norm, "learner/nonfinite_grad": 0.0, "learner/lr": lr}
+
+    # -- SFT -------------------------------------------------------------------------------------
+
+    def sft_step(self, examples: Sequence[Encoded]) -> dict[str, float]:
+        """One optimizer step of masked next-token loss (mean over all masked tokens of the batch)."""
+        rows = [Row(list(e.ids), 1, list(e.mask[1:]), [0.0] * (len(e.ids) - 1), 0.0) for e in examples]
+        tokens = sum(sum(r.loss_mask) for r in rows)
+        if tokens == 0:
+            raise ValueError("sft_step: no example has a token to train on (the mask is all zeros)")
+        plain = SamplingParams(max_new_tokens=1)  # temperature 1, no truncation: the model's own distribution
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for idx in pack([len(r.ids) for r in rows], self.cfg.micro_batch_tokens):
+            mb = collate([rows[i] for i in idx], idx)
+            logprobs, _ = self.logprobs(self.model, mb, plain)
+            loss = -(logprobs * mb.loss_mask.to(self.device, logprobs.dtype)).sum() / tokens
+            loss.backward()
+            loss_sum += float(loss.detach())
+        return {"sft/loss": loss_sum, "sft/tokens": float(tokens)} | self.optimizer_step()
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def named_arrays(self):
+        return weights.named_arrays(self.model)
+
+    def weights_checksum(self) -> dict[str, str]:
+        return weights.checksums(self.model)
+
+
+def _add(sums: dict, key: str, value: torch.Tensor) -> None:
+    sums[key] = sums.get(key, 0.0) + value.detach()
+
+
+def _max(sums: dict, key: str, values: torch.Tensor) -> None:
+    if values.numel():
+        sums[key] = max(sums.get(key, -math.inf), float(values.max()))

@@ -1,0 +1,47 @@
+"""A tiny starting policy for an env, made locally in seconds: BPE tokenizer + Llama preset + SFT warm-up.
+
+    model, tokenizer = tiny_policy(SyntheticEnv(difficulty=1), sft_steps=100)
+
+The tokenizer is trained on the env's training conversations (each problem answered with its worked
+solution), the model is built from a preset, and a few SFT steps (`Learner.sft_step`, loss on the
+assistant tokens only) teach it the answer format. This is the starting point of the learning test
+and of `make demo` until the full pretraining pipeline (web text -> base model -> SFT) lands; it
+needs problems with `meta["solution"]` and never touches the held-out split.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from answerkey import chat
+from answerkey.config import LearnerConfig
+from answerkey.envs.base import Env
+from answerkey.learner.learner import Learner
+from answerkey.pretrain.model import build_model
+from answerkey.pretrain.tokenizer import train_bpe
+from answerkey.rollout.engine import SamplingParams
+
+
+def solution_conversations(env: Env) -> list[list[dict[str, str]]]:
+    """Every training problem asked and answered with its worked solution."""
+    problems = [p for p in env.problems("train") if p.meta.get("solution")]
+    if not problems:
+        raise ValueError(f"{type(env).__name__} has no training problems with meta['solution'] to warm up on")
+    return [p.messages() + [{"role": "assistant", "content": p.meta["solution"]}] for p in problems]
+
+
+def tiny_policy(env: Env, preset: str = "tiny", vocab_size: int = 384, sft_steps: int = 100, lr: float = 3e-3,
+                batch_size: int = 32, seed: int = 0, on_step: Callable[[int, dict], None] | None = None):
+    """(model, tokenizer): a freshly built policy after `sft_steps` of SFT on the env's worked solutions."""
+    conversations = solution_conversations(env)
+    tokenizer = train_bpe([chat.render(c) for c in conversations], vocab_size)
+    model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed)
+    learner = Learner(model, LearnerConfig(lr=lr, warmup_steps=10), SamplingParams(), total_steps=sft_steps)
+    examples = [chat.encode(tokenizer, c) for c in conversations]
+    rng = random.Random(seed)
+    for step in range(sft_steps):
+        metrics = learner.sft_step(rng.sample(examples, min(batch_size, len(examples))))
+        if on_step:
+            on_step(step, metrics)
+    return model.eval(), tokenizer

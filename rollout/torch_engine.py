@@ -1,0 +1,168 @@
+"""A batched sampling engine over any Hugging Face causal LM, with a preallocated KV cache.
+
+    engine = TorchEngine.from_pretrained("runs/sft")          # or TorchEngine(model, tokenizer)
+    groups = engine.generate([prompt_ids], n=8, sampling=SamplingParams(temperature=1.0, max_new_tokens=64))
+    groups[0][0].token_ids, groups[0][0].logprobs, groups[0][0].text, groups[0][0].finish_reason
+
+This is the CPU rollout engine (and a GPU fallback when vLLM is not installed). It implements the
+`RolloutEngine` protocol of `rollout.engine`, so the driver cannot tell it from vLLM.
+
+How it works: the P prompts are repeated G times into one batch of B = P·G rows, left-padded to the
+longest prompt, with position ids counted from each row's first real token (so a prompt has the
+same positions as in the learner's right-padded forward). A `transformers.StaticCache` sized
+prompt + max_new_tokens is allocated once per call; each step feeds one token per row, samples
+from `rollout.sampling.processed_logprobs` with the engine's seeded generator, and records the
+sampled token's processed logprob. Rows that finished keep decoding padding (their outputs are
+dropped) until every row is done; the loop ends early when all rows have stopped.
+
+What it deliberately does not do: continuous batching or paged attention (vLLM's job on GPU), and
+a prefix cache (it keeps no KV between calls, so `reset_prefix_cache` has nothing to drop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache
+
+from answerkey import chat
+from answerkey.rollout import sampling as S
+from answerkey.rollout import weights
+from answerkey.rollout.engine import Completion, SamplingParams
+
+
+class TorchEngine:
+    def __init__(self, model: torch.nn.Module, tokenizer, stop_token_ids: Sequence[int] | None = None, seed: int = 0):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.stop_ids = list(stop_token_ids if stop_token_ids is not None else chat.stop_token_ids(tokenizer))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.version = 0  # weight version, set by finish_weight_update
+        self._updating: set[str] | None = None
+        self.asleep = False
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0) -> TorchEngine:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        return cls(model, AutoTokenizer.from_pretrained(path), seed=seed)
+
+    # -- sampling ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+        if self.asleep:
+            raise RuntimeError("TorchEngine.generate called while asleep; call wake() first")
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if sampling.seed is not None:
+            self.generator.manual_seed(sampling.seed)
+        rows = [list(p) for p in prompts for _ in range(n)]  # (B,) prompt of row r is prompts[r // n]
+        tokens, logprobs, lengths = self._sample(rows, sampling)
+        out = []
+        for r in range(len(rows)):
+            ids, lps = tokens[r, : lengths[r]].tolist(), logprobs[r, : lengths[r]].tolist()
+            out.append(self._completion(ids, lps, sampling))
+        return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _sample(self, rows: list[list[int]], sampling: SamplingParams) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Decode up to max_new_tokens for every row. Returns tokens (B, T), logprobs (B, T), lengths."""
+        B, L, T = len(rows), max(len(r) for r in rows), sampling.max_new_tokens
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is not None and limit < L + T:
+            raise ValueError(f"prompt ({L} tokens) + max_new_tokens ({T}) exceeds the model's {limit} positions")
+        dev = self.device
+        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long, device=dev)
+        mask = torch.ones((B, L + T), dtype=torch.long, device=dev)  # 0 on left padding
+        for r, ids in enumerate(rows):
+            input_ids[r, L - len(ids) :] = torch.tensor(ids, device=dev)
+            mask[r, : L - len(ids)] = 0
+        positions = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        next_pos = positions[:, -1] + 1  # (B,)
+        cache = StaticCache(config=self.model.config, max_cache_len=L + T)
+        stop_ids = torch.tensor(self.stop_ids, device=dev)
+        out_tokens = torch.full((B, T), self.pad_id, dtype=torch.long, device=dev)
+        out_logprobs = torch.zeros((B, T), dtype=torch.float32, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        lengths = torch.full((B,), T, dtype=torch.long, device=dev)
+        stop_check = _StopStrings(self.tokenizer, sampling.stop) if sampling.stop else None
+
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        for t in range(T):
+            logp = S.processed_logprobs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
+            token = S.sample(logp, self.generator)
+            out_tokens[:, t] = torch.where(done, self.pad_id, token)
+            out_logprobs[:, t] = torch.where(done, 0.0, S.gather(logp, token))
+            finished = torch.zeros_like(done) if sampling.ignore_eos else torch.isin(token, stop_ids)
+            if stop_check is not None:
+                finished |= stop_check.hit(out_tokens[:, : t + 1], done)
+            newly = finished & ~done
+            lengths[newly] = t + 1
+            done |= newly
+            if t == T - 1 or bool(done.all()):
+                break
+            logits = self.model(input_ids=out_tokens[:, t : t + 1], attention_mask=mask, position_ids=(next_pos + t)[:, None],
+                                cache=cache, use_cache=True).logits[:, -1]
+        return out_tokens, out_logprobs, lengths.tolist()
+
+    def _completion(self, ids: list[int], logprobs: list[float], sampling: SamplingParams) -> Completion:
+        stopped_by_token = bool(ids) and ids[-1] in self.stop_ids and not sampling.ignore_eos
+        text = self.tokenizer.decode(ids[:-1] if stopped_by_token else ids, skip_special_tokens=False)
+        cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
+        finish = "stop" if stopped_by_token or cut >= 0 else "length"
+        return Completion(token_ids=ids, logprobs=logprobs, text=text[:cut] if cut >= 0 else text, finish_reason=finish)
+
+    # -- weights ----------------------------------------------------------------------------------
+
+    def begin_weight_update(self) -> None:
+        self._updating = set()
+
+    def update_weights(self, named_weights: Iterable[tuple[str, np.ndarray]]) -> None:
+        if self._updating is None:
+            raise RuntimeError("update_weights called without begin_weight_update")
+        self._updating |= weights.load_into(self.model, named_weights)
+
+    def finish_weight_update(self, version: int) -> None:
+        if self._updating is None:
+            raise RuntimeError("finish_weight_update called without begin_weight_update")
+        missing = sorted(set(dict(self.model.named_parameters())) - self._updating)
+        self._updating = None
+        if missing:
+            raise RuntimeError(f"weight update {version} left {len(missing)} parameter(s) unchanged, e.g. {missing[:3]}")
+        self.version = version
+
+    def weights_checksum(self) -> dict[str, str]:
+        return weights.checksums(self.model)
+
+    # -- memory -----------------------------------------------------------------------------------
+
+    def sleep(self, level: int = 1) -> None:
+        """The KV cache lives only inside `generate`; sleeping just refuses generation until `wake`."""
+        self.asleep = True
+
+    def wake(self) -> None:
+        self.asleep = False
+
+    def reset_prefix_cache(self) -> None:
+        """No KV survives a `generate` call, so there is no prefix cache to drop."""
+
+
+class _StopStrings:
+    """Detects stop strings in the tail of each row's decoded completion."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer, self.stop = tokenizer, tuple(stop)
+        self.window = max(len(s) for s in self.stop) + 8  # tokens: every token decodes to >= 1 char or byte
+
+    def hit(self, tokens: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        hits = torch.zeros_like(done)
+        for r in (~done).nonzero().flatten().tolist():
+            tail = self.tokenizer.decode(tokens[r, -self.window :].tolist(), skip_special_tokens=False)
+            hits[r] = any(s in tail for s in self.stop)
+        return hits

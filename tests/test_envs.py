@@ -1,0 +1,115 @@
+import json
+
+import pytest
+
+from answerkey.envs import Env, Problem, load_env, score_batch
+from answerkey.envs.gsm8k import GSM8KEnv
+from answerkey.envs.jsonl import DatasetError
+from answerkey.envs.math import MathEnv
+from answerkey.envs.synthetic import SyntheticEnv, split_of
+from answerkey.rewards import Score, Status
+from tests.conftest import SHARED_DATA
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3, 4])
+def test_synthetic_solutions_score_correct_and_splits_are_disjoint(difficulty):
+    env = SyntheticEnv(difficulty=difficulty, train_size=500, test_size=100)
+    train, test = env.problems("train"), env.problems("test")
+    assert train and test
+    scores = score_batch(env, [*train, *test], [p.meta["solution"] for p in [*train, *test]])
+    assert all(s.status == Status.correct for s in scores)
+    arithmetic = lambda ps: {p.id.split("/", 2)[2] for p in ps}  # noqa: E731
+    assert not arithmetic(train) & arithmetic(test)
+
+
+def test_synthetic_split_depends_only_on_the_arithmetic():
+    held_out = {p.id.split("/", 2)[2] for p in SyntheticEnv(difficulty=3, seed=0).problems("test")}
+    for seed, size in [(1, 5000), (2, 300)]:
+        other = SyntheticEnv(difficulty=3, seed=seed, train_size=size)
+        assert not held_out & {p.id.split("/", 2)[2] for p in other.problems("train")}
+    assert all(split_of(a, 20) == "test" for a in held_out)
+
+
+def test_synthetic_is_deterministic_and_has_the_talks_problem():
+    a, b = SyntheticEnv(difficulty=3, seed=7), SyntheticEnv(difficulty=3, seed=7)
+    assert a.problems("train")[:50] == b.problems("train")[:50]
+    prompts = [p.prompt for p in a.problems("train")]
+    assert any("How much does each" in p and "the total is $" in p for p in prompts)
+
+
+def test_synthetic_rejects_a_bad_difficulty():
+    with pytest.raises(ValueError, match="difficulty"):
+        SyntheticEnv(difficulty=9)
+
+
+def test_gsm8k_and_math_load_the_shared_data():
+    gsm = GSM8KEnv(test_path=str(SHARED_DATA / "gsm8k/test.jsonl"))
+    problems = gsm.problems("test")
+    assert len(problems) == 1319 and problems[0].answer == "18"
+    assert float(gsm.score(problems[0], "so she makes 18 dollars.\n#### 18")) == 1.0
+    math = MathEnv(test_path=str(SHARED_DATA / "math500/test.jsonl"))
+    assert len(math.problems("test")) == 500
+    with pytest.raises(ValueError, match="train_path"):
+        gsm.problems("train")
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ('{"question": "q"}', r"bad.jsonl:2: field 'answer' is missing"),
+        ('{"question": "q", "answer": 5}', r"bad.jsonl:2: field 'answer' must be a non-empty string"),
+        ('{"question": "q", "answer": "no marker"}', r"bad.jsonl:2: field 'answer' must end with '#### <number>'"),
+        ('{"question": "q", "answer": "#### x"}', r"bad.jsonl:2: field 'answer' must end with '#### <number>'"),
+        ('{"question": "q", "answer": ', r"bad.jsonl:2: not valid JSON"),
+        ('["q", "a"]', r"bad.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_a_bad_row_names_file_line_and_field(tmp_path, line, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"question": "fine", "answer": "x\n#### 1"}) + "\n" + line + "\n")
+    with pytest.raises(DatasetError, match=match):
+        GSM8KEnv(test_path=str(path)).problems("test")
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DatasetError, match="nope.jsonl: no such file"):
+        MathEnv(test_path=str(tmp_path / "nope.jsonl")).problems("test")
+
+
+class RaisingEnv(Env):
+    def problems(self, split):
+        return [Problem("p0", "q", "1")]
+
+    def score(self, problem, completion):
+        if completion == "boom":
+            raise RuntimeError("checker crashed")
+        return Score(1.0, Status.correct)
+
+
+def test_env_that_raises_scores_error_naming_the_problem():
+    env = RaisingEnv()
+    p = env.problems("train")[0]
+    scores = score_batch(env, [p, p], ["fine", "boom"])
+    assert [s.status for s in scores] == [Status.correct, Status.error]
+    assert "p0" in scores[1].detail and "checker crashed" in scores[1].detail
+
+
+@pytest.mark.parametrize(
+    "path, match",
+    [
+        ("answerkey.envs.synthetic", "must look like 'package.module:Name'"),
+        ("answerkey.envs.nope:Env", "cannot import module 'answerkey.envs.nope'"),
+        ("answerkey.envs.synthetic:Nope", "has no attribute 'Nope'"),
+        ("answerkey.envs.jsonl:DatasetError", "missing method"),
+    ],
+)
+def test_load_env_errors_name_the_path(path, match):
+    with pytest.raises((ImportError, ValueError, TypeError), match=match):
+        load_env(path, {})
+
+
+def test_load_env_by_dotted_path_with_kwargs():
+    env = load_env("answerkey.envs.synthetic:SyntheticEnv", {"difficulty": 1})
+    assert env.difficulty == 1 and all(int(p.answer) <= 18 for p in env.problems("test"))
+    with pytest.raises(TypeError, match="could not be constructed"):
+        load_env("answerkey.envs.synthetic:SyntheticEnv", {"difficulty_level": 1})

@@ -1,0 +1,204 @@
+"""The Learner: micro-batching is exact, TIS / clipping / multi-pass behave as the math says, SFT masks."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from answerkey import chat
+from answerkey.config import LearnerConfig
+from answerkey.envs import Trajectory
+from answerkey.learner.batch import completion_values
+from answerkey.learner.learner import Learner, lr_factor
+from answerkey.rewards import Score, Status
+from answerkey.rollout.engine import SamplingParams
+
+SAMPLING = SamplingParams(max_new_tokens=16, temperature=0.9)
+
+
+def make_groups(tokenizer, env, rewards, seed=0, truncated=()):
+    """P groups of G trajectories with prompts of different lengths and completions of 3..15 tokens."""
+    rng = random.Random(seed)
+    problems = env.problems("train")
+    groups = []
+    for p, row in enumerate(rewards):
+        prompt = chat.prompt_ids(tokenizer, problems[p * 7].messages())
+        group = []
+        for g, reward in enumerate(row):
+            n = 3 + (p * len(row) + g) * 5 % 13
+            ids = [rng.randrange(10, len(tokenizer)) for _ in range(n)]
+            finish = "length" if (p, g) in truncated else "stop"
+            status = Status.correct if reward else Status.wrong
+            group.append(Trajectory(prompt, ids, [1] * n, [-2.0] * n, Score(reward, status), finish))
+        groups.append(group)
+    return groups
+
+
+def learner_for(model, **overrides):
+    cfg = LearnerConfig(**({"lr": 1e-3} | overrides))
+    return Learner(model, cfg, SAMPLING, total_steps=10)
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+REWARDS = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "sequence-mean", "dr-grpo"])
+@pytest.mark.parametrize("extras", [{}, {"kl_coef": 0.1, "passes": 2, "mask_truncated": True}])
+def test_micro_batched_gradient_equals_full_batch_gradient_fp64(tokenizer, synthetic_env, make_model, loss_agg, extras):
+    groups = make_groups(tokenizer, synthetic_env, REWARDS, truncated={(0, 1)})
+    results = []
+    for budget in (10**6, 120):
+        model = make_model(dtype=torch.float64)
+        learner = learner_for(model, loss_agg=loss_agg, micro_batch_tokens=budget, **extras)
+        batch = learner.prepare(groups)
+        micro = batch.micro_batches(budget)
+        if budget == 120:
+            sizes = [mb.num_tokens for mb in micro]
+            assert len(micro) >= 3 and len(set(sizes)) > 1, sizes
+        else:
+            assert len(micro) == 1
+        learner.backward(batch)
+        results.append(grads(model))
+    full, split = results
+    assert full.keys() == split.keys() and full
+    for name in full:
+        torch.testing.assert_close(split[name], full[name], rtol=1e-10, atol=1e-13, msg=name)
+
+
+def test_uniform_groups_are_dropped_and_an_all_uniform_step_is_skipped_loudly(tokenizer, synthetic_env, make_model):
+    model = make_model()
+    learner = learner_for(model)
+    metrics = learner.step(make_groups(tokenizer, synthetic_env, REWARDS))
+    assert metrics["learner/groups_kept"] == 3 and metrics["learner/groups_uniform"] == 1
+    assert metrics["learner/skipped"] == 0 and metrics["learner/grad_norm"] > 0
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    metrics = learner.step(make_groups(tokenizer, synthetic_env, [[1.0, 1.0], [0.0, 0.0]]))
+    assert metrics["learner/skipped"] == 1 and metrics["learner/loss_tokens"] == 0
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_masking_truncated_completions_removes_their_tokens(tokenizer, synthetic_env, make_model):
+    groups = make_groups(tokenizer, synthetic_env, REWARDS[:2], truncated={(0, 0), (1, 3)})
+    keep = learner_for(make_model()).prepare(groups)
+    drop = learner_for(make_model(), mask_truncated=True).prepare(groups)
+    cut = len(groups[0][0].completion_ids) + len(groups[1][3].completion_ids)
+    assert drop.norm.tokens == keep.norm.tokens - cut
+    assert drop.metrics["learner/truncated_fraction"] == 2 / 8
+
+
+def true_logprobs(learner, batch):
+    """The learner's own logprobs of every row's completion, in batch order."""
+    out = [None] * len(batch.rows)
+    with torch.no_grad():
+        for mb in batch.micro_batches(10**6):
+            lp, _ = learner.logprobs(learner.model, mb)
+            for i, v in zip(mb.index, completion_values(mb, lp), strict=True):
+                out[i] = v
+    return out
+
+
+@pytest.mark.parametrize("offset, scale, clipped_fraction", [(0.0, 1.0, 0.0), (math.log(1.5), 1.5, 0.0), (math.log(3.0), 2.0, 1.0)])
+def test_tis_weights_the_gradient_by_the_truncated_ratio(tokenizer, synthetic_env, make_model, offset, scale, clipped_fraction):
+    """rollout logprob = learner logprob - offset -> ratio exp(offset), truncated at the cap of 2."""
+    groups = make_groups(tokenizer, synthetic_env, REWARDS)
+    baseline_model, model = make_model(dtype=torch.float64), make_model(dtype=torch.float64)
+    baseline = learner_for(baseline_model, tis_cap=None)
+    baseline.backward(baseline.prepare(groups))
+    learner = learner_for(model, tis_cap=2.0)
+    batch = learner.prepare(groups)
+    for row, lp in zip(batch.rows, true_logprobs(learner, batch), strict=True):
+        row.rollout_logprobs = (lp - offset).tolist()
+    metrics = learner.backward(batch)
+    assert metrics["learner/tis_clipped_fraction"] == pytest.approx(clipped_fraction)
+    assert metrics["learner/tis_ratio"] == pytest.approx(math.exp(offset))
+    want = grads(baseline_model)
+    for name, grad in grads(model).items():  # Llama's RMSNorm computes in fp32 even in an fp64 model
+        torch.testing.assert_close(grad, scale * want[name], rtol=1e-4, atol=1e-7)
+
+
+def test_clipping_through_injected_old_logprobs(tokenizer, synthetic_env, make_model):
+    """old = current + log 2 -> ratio 0.5 < 1 - clip_low: A > 0 rows train at half weight, A < 0 rows are clipped."""
+    groups = make_groups(tokenizer, synthetic_env, REWARDS)
+    ref_model, model = make_model(dtype=torch.float64), make_model(dtype=torch.float64)
+    reference = learner_for(ref_model, tis_cap=None)
+    ref_batch = reference.prepare(groups)
+    for row in ref_batch.rows:
+        row.advantage = max(row.advantage, 0.0)  # only the positive-advantage rows contribute
+    reference.backward(ref_batch)
+    learner = learner_for(model, tis_cap=None)
+    batch = learner.prepare(groups)
+    for row, lp in zip(batch.rows, true_logprobs(learner, batch), strict=True):
+        row.old_logprobs = lp + math.log(2.0)
+    metrics = learner.backward(batch)
+    negative = sum(len(r.loss_mask) for r in batch.rows if r.advantage < 0)
+    assert metrics["learner/clip_fraction"] == pytest.approx(negative / batch.norm.tokens)
+    assert metrics["learner/ratio"] == pytest.approx(0.5)
+    want = grads(ref_model)
+    for name, grad in grads(model).items():  # Llama's RMSNorm computes in fp32 even in an fp64 model
+        torch.testing.assert_close(grad, 0.5 * want[name], rtol=1e-4, atol=1e-7)
+
+
+def test_multi_pass_ratio_is_against_the_pre_update_logprobs(tokenizer, synthetic_env, make_model):
+    groups = make_groups(tokenizer, synthetic_env, REWARDS)
+    learner = learner_for(make_model(dtype=torch.float64), passes=2, lr=1e-2, tis_cap=None)
+    batch = learner.prepare(groups)
+    before = true_logprobs(learner, batch)
+    for row, lp in zip(batch.rows, before, strict=True):
+        torch.testing.assert_close(row.old_logprobs, lp)  # filled once, before any update
+    first = learner.backward(batch)
+    learner.optimizer_step()
+    second = learner.backward(batch)
+    assert first["learner/ratio"] == pytest.approx(1.0, abs=1e-12)
+    assert abs(second["learner/ratio"] - 1.0) > 1e-3  # the policy moved; old logprobs did not
+    for row, lp in zip(batch.rows, before, strict=True):
+        torch.testing.assert_close(row.old_logprobs, lp)
+    metrics = learner_for(make_model(), passes=3).step(groups)
+    assert metrics["learner/lr"] > 0 and metrics["learner/clip_fraction"] >= 0
+
+
+def test_kl_is_zero_before_the_first_update_and_positive_after(tokenizer, synthetic_env, make_model):
+    groups = make_groups(tokenizer, synthetic_env, REWARDS)
+    learner = learner_for(make_model(), kl_coef=0.5, lr=1e-2)
+    first = learner.step(groups)
+    second = learner.step(groups)
+    assert first["learner/kl"] == pytest.approx(0.0, abs=1e-7)
+    assert second["learner/kl"] > 1e-5
+
+
+def test_sft_step_trains_only_assistant_tokens(tokenizer, synthetic_env, make_model):
+    model = make_model(dtype=torch.float64)
+    learner = learner_for(model, lr=3e-3)
+    messages = synthetic_env.problems("train")[0].messages() + [{"role": "assistant", "content": "1 + 2 = 3.\n#### 3"}]
+    enc = chat.encode(tokenizer, messages)
+    with torch.no_grad():
+        logp = model(torch.tensor([enc.ids])).logits[0, :-1].log_softmax(-1)
+        nll = -logp.gather(-1, torch.tensor(enc.ids[1:])[:, None])[:, 0]
+        mask = torch.tensor(enc.mask[1:], dtype=torch.float64)
+        expected = float((nll * mask).sum() / mask.sum())
+    metrics = learner.sft_step([enc])
+    assert metrics["sft/loss"] == pytest.approx(expected, rel=1e-9)
+    assert metrics["sft/tokens"] == sum(enc.mask[1:])
+    losses = [learner.sft_step([enc])["sft/loss"] for _ in range(20)]
+    assert losses[-1] < 0.5 * expected
+    with pytest.raises(ValueError, match="mask is all zeros"):
+        learner.sft_step([chat.Encoded(enc.ids, [0] * len(enc.ids))])
+
+
+@pytest.mark.parametrize(
+    "step, warmup, total, schedule, expected",
+    [
+        (0, 4, 100, "cosine", 0.25),  # warmup never starts at 0: the first step is not a no-op
+        (3, 4, 100, "cosine", 1.0),
+        (4, 4, 100, "cosine", 1.0),
+        (52, 4, 100, "cosine", 0.1 + 0.9 * 0.5),  # halfway through the decay
+        (100, 4, 100, "cosine", 0.1),
+        (50, 0, 100, "constant", 1.0),
+    ],
+)
+def test_lr_schedule(step, warmup, total, schedule, expected):
+    assert lr_factor(step, warmup, total, schedule, 0.1) == pytest.approx(expected)
