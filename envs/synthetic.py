@@ -10,7 +10,8 @@
 `difficulty` (1-4) picks which templates are in play (every template at or below it) and how large
 the numbers get: 1 is addition and subtraction of single digits, bare and as one-step word problems;
 2 the same up to 20; 3 adds multiplication and the two-step shopping problems from the talk; 4
-division and larger numbers.
+division and larger numbers. `kinds` narrows the templates, e.g. `["unit_price"]` for the talk's
+problem only.
 
 The train/test split is a pure function of a problem's arithmetic (`3+6`, `(13-2*2)/3`), not its
 wording, names or items, by hash: a held-out computation never appears in training under any seed,
@@ -37,63 +38,28 @@ MAX_NUMBER = {1: 9, 2: 20, 3: 50, 4: 200}  # largest operand of + and - at each 
 Draw = tuple[str, str, int, str]
 
 
-def add_steps(a: int, b: int) -> str:
-    """Worked addition, one small fact per step: '15 + 18' -> '5 + 8 = 13. 10 + 10 = 20. 20 + 13 = 33.'
-
-    Models need tokens to think: a held-out sum is then made of steps that appear all over training.
-    """
-    if a < 10 and b < 10:
-        return f"{a} + {b} = {a + b}."
-    a_ones, b_ones = a % 10, b % 10
-    a_rest, b_rest = a - a_ones, b - b_ones
-    steps = [f"{a_ones} + {b_ones} = {a_ones + b_ones}."]
-    if a_rest and b_rest:
-        steps.append(f"{a_rest} + {b_rest} = {a_rest + b_rest}.")
-    steps.append(f"{a_rest + b_rest} + {a_ones + b_ones} = {a + b}.")
-    return " ".join(steps)
-
-
-def sub_steps(a: int, b: int) -> str:
-    """Worked subtraction (a >= b): tens of b first, then ones, borrowing through a round number.
-
-    '20 - 13' -> '20 - 10 = 10. 10 - 3 = 7.'; '15 - 8' -> '15 - 5 = 10. 10 - 3 = 7.'; '18 - 5' -> '8 - 5 = 3. 10 + 3 = 13.'
-    """
-    if a < 10 or b == 0:
-        return f"{a} - {b} = {a - b}."
-    b_ones, b_rest = b % 10, b - b % 10
-    if b_rest:
-        head = f"{a} - {b_rest} = {a - b_rest}."
-        return head if not b_ones else f"{head} {sub_steps(a - b_rest, b_ones)}"
-    a_ones = a % 10
-    if b <= a_ones:
-        return f"{a_ones} - {b} = {a_ones - b}. {a - a_ones} + {a_ones - b} = {a - b}."
-    if a_ones == 0:
-        return f"{a} - {b} = {a - b}."
-    return f"{a} - {a_ones} = {a - a_ones}. {a - a_ones} - {b - a_ones} = {a - b}."
-
-
 def _add(rng: random.Random, d: int) -> Draw:
     a, b = rng.randint(0, MAX_NUMBER[d]), rng.randint(0, MAX_NUMBER[d])
-    return f"{a}+{b}", f"What is {a} + {b}?", a + b, add_steps(a, b)
+    return f"{a}+{b}", f"What is {a} + {b}?", a + b, f"{a} + {b} = {a + b}."
 
 
 def _sub(rng: random.Random, d: int) -> Draw:
     a, b = sorted((rng.randint(0, MAX_NUMBER[d]), rng.randint(0, MAX_NUMBER[d])), reverse=True)
-    return f"{a}-{b}", f"What is {a} - {b}?", a - b, sub_steps(a, b)
+    return f"{a}-{b}", f"What is {a} - {b}?", a - b, f"{a} - {b} = {a - b}."
 
 
 def _buys_more(rng: random.Random, d: int) -> Draw:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = rng.randint(1, MAX_NUMBER[d]), rng.randint(1, MAX_NUMBER[d])
     prompt = f"{name} has {a} {item}s and buys {b} more. How many {item}s does {name} have now?"
-    return f"{a}+{b}", prompt, a + b, add_steps(a, b)
+    return f"{a}+{b}", prompt, a + b, f"{a} + {b} = {a + b}."
 
 
 def _gives_away(rng: random.Random, d: int) -> Draw:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = sorted((rng.randint(1, MAX_NUMBER[d]), rng.randint(1, MAX_NUMBER[d])), reverse=True)
     prompt = f"{name} has {a} {item}s and gives {b} to a friend. How many {item}s are left?"
-    return f"{a}-{b}", prompt, a - b, sub_steps(a, b)
+    return f"{a}-{b}", prompt, a - b, f"{a} - {b} = {a - b}."
 
 
 def _mul(rng: random.Random, d: int) -> Draw:
@@ -144,9 +110,14 @@ class SyntheticEnv(Env):
     """Arithmetic and word problems; reward 1 when the last `#### x` (or `\\boxed{x}`) equals the answer."""
 
     def __init__(self, difficulty: int = 2, train_size: int = 5000, test_size: int = 200, seed: int = 0,
-                 test_percent: int = 20, instruction: str = ""):
+                 test_percent: int = 20, instruction: str = "", kinds: Sequence[str] | None = None):
         if difficulty not in MAX_NUMBER:
             raise ValueError(f"SyntheticEnv.difficulty must be one of {sorted(MAX_NUMBER)}, got {difficulty!r}")
+        available = {t.__name__.strip("_"): t for t, level in TEMPLATES if level <= difficulty}
+        unknown = sorted(set(kinds or ()) - set(available))
+        if unknown:
+            raise ValueError(f"SyntheticEnv.kinds: {unknown} not available at difficulty {difficulty}; choose from {sorted(available)}")
+        self.templates = [available[k] for k in kinds] if kinds else list(available.values())
         if not 0 < test_percent < 100:
             raise ValueError(f"SyntheticEnv.test_percent must be in 1..99, got {test_percent!r}")
         self.difficulty, self.seed, self.test_percent, self.instruction = difficulty, seed, test_percent, instruction
@@ -163,12 +134,11 @@ class SyntheticEnv(Env):
     def _generate(self) -> dict[str, list[Problem]]:
         """Draw problems until both splits are full or the space at this difficulty is exhausted."""
         rng = random.Random(f"synthetic-{self.difficulty}-{self.seed}")
-        templates = [t for t, level in TEMPLATES if level <= self.difficulty]
         out: dict[str, list[Problem]] = {"train": [], "test": []}
         seen: set[str] = set()
         misses = 0  # consecutive draws that added nothing: the space at this difficulty is exhausted
         while misses < 5000:
-            template = rng.choice(templates)
+            template = rng.choice(self.templates)
             arithmetic, prompt, answer, solution = template(rng, self.difficulty)
             key = f"{template.__name__.strip('_')}/{arithmetic}"
             split = split_of(arithmetic, self.test_percent)

@@ -37,9 +37,17 @@ def test_synthetic_is_deterministic_and_has_the_talks_problem():
     assert any("How much does each" in p and "the total is $" in p for p in prompts)
 
 
-def test_synthetic_rejects_a_bad_difficulty():
+def test_synthetic_rejects_a_bad_difficulty_or_kind():
     with pytest.raises(ValueError, match="difficulty"):
         SyntheticEnv(difficulty=9)
+    with pytest.raises(ValueError, match=r"kinds: \['mul'\] not available at difficulty 1"):
+        SyntheticEnv(difficulty=1, kinds=["mul"])
+
+
+def test_synthetic_kinds_narrow_the_templates():
+    env = SyntheticEnv(difficulty=3, kinds=["unit_price"], train_size=50)
+    assert all(p.id.startswith("synthetic/unit_price/") for p in env.problems("train"))
+    assert all("How much does each" in p.prompt for p in env.problems("test"))
 
 
 def test_gsm8k_and_math_load_the_shared_data():
