@@ -48,7 +48,8 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
 
 class Learner:
     def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int):
-        self.model, self.cfg, self.sampling = model.train(), cfg, sampling
+        # eval mode: no dropout, so the learner's logprobs are those of the policy the engine samples
+        self.model, self.cfg, self.sampling = model.eval(), cfg, sampling
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         total = total_steps * cfg.passes
@@ -112,8 +113,7 @@ class Learner:
                 pg = pg * weight
                 _add(sums, "tis_ratio", (ratio * mask).sum())
                 _add(sums, "tis_clipped", ((ratio > cfg.tis_cap) * mask).sum())
-                _max(sums, "tis_ratio_max", ratio[mask.bool()])
-                _max(sums, "tis_ratio_min", -ratio[mask.bool()])
+                _extremes(sums, "tis_ratio", ratio[mask.bool()])
             loss_terms = pg
             if self.reference is not None:
                 kl = grpo.k3_kl(logprobs, mb.ref_logprobs.to(self.device, dtype))
@@ -132,7 +132,7 @@ class Learner:
         metrics |= {f"learner/{k}": float(sums[k]) / n for k in ("clip_fraction", "ratio", "entropy", "kl", "tis_ratio") if k in sums}
         if "tis_clipped" in sums:
             metrics |= {"learner/tis_clipped_fraction": float(sums["tis_clipped"]) / n,
-                        "learner/tis_ratio_max": float(sums["tis_ratio_max"]), "learner/tis_ratio_min": -float(sums["tis_ratio_min"])}
+                        "learner/tis_ratio_max": sums["tis_ratio_max"], "learner/tis_ratio_min": sums["tis_ratio_min"]}
         metrics["learner/response_length"] = float(sums["response_length"]) / max(batch.norm.sequences, 1)
         return metrics
 
@@ -180,6 +180,8 @@ def _add(sums: dict, key: str, value: torch.Tensor) -> None:
     sums[key] = sums.get(key, 0.0) + value.detach()
 
 
-def _max(sums: dict, key: str, values: torch.Tensor) -> None:
+def _extremes(sums: dict, key: str, values: torch.Tensor) -> None:
+    """Running max and min of `values` under `<key>_max` / `<key>_min`."""
     if values.numel():
-        sums[key] = max(sums.get(key, -math.inf), float(values.max()))
+        sums[f"{key}_max"] = max(sums.get(f"{key}_max", -math.inf), float(values.max()))
+        sums[f"{key}_min"] = min(sums.get(f"{key}_min", math.inf), float(values.min()))
