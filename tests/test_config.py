@@ -16,7 +16,7 @@ def test_example_loads_and_overrides_apply():
     assert cfg.env.kwargs["difficulty"] == 2
     sampling = cfg.rollout.sampling()
     assert sampling.max_new_tokens == cfg.rollout.max_new_tokens and sampling.stop == ("\n\n",)
-    assert "16 problems x 8 completions = 128 completions per step" in describe_batch(cfg)
+    assert "32 problems x 8 completions = 256 completions per step" in describe_batch(cfg)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_cli_help_lists_subcommands_and_bad_config_exits_2(capsys):
     assert main(["config", str(EXAMPLE), "--rollout.group_size=1"]) == 2
     assert "rollout.group_size" in capsys.readouterr().out
     assert main(["config", str(EXAMPLE), "--run.steps=2"]) == 0
-    assert "2 steps = 256 completions" in capsys.readouterr().out.replace("\n", " ")
+    assert "2 steps = 512 completions" in capsys.readouterr().out.replace("\n", " ")
 
 
 def test_cli_env_checks_the_reward_on_worked_solutions(capsys):
