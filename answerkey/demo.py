@@ -6,7 +6,8 @@
 2. train a BPE tokenizer and build a tiny Llama, warm it up on the answer format with SFT,
 3. evaluate it on the held-out problems (mean reward of 16 samples per problem, and greedy),
 4. run GRPO with the torch engine and the learner in one process,
-5. evaluate again, print a before/after table, and write metrics.jsonl + curves.png to runs/demo-*/.
+5. evaluate again, print a before/after table, and write metrics.jsonl + curves.png to runs/demo-*/
+   (the warm-up's loss goes to runs/demo-*/sft/metrics.jsonl + loss.png).
 
 The full story (web text -> tokenizer -> pretraining -> SFT -> GRPO through Ray actors) replaces
 steps 2 and 4 as those stages land; the numbers printed here are the README's "demo" row.
@@ -53,10 +54,16 @@ def run(cfg: Config, console: Console) -> dict[str, dict[str, float]]:
     sampling = cfg.rollout.sampling()
     test = env.problems("test")
 
+    sft_log = MetricsLog(run_dir / "sft")
     with progress() as bar:
         task = bar.add_task("SFT warm-up", total=WARMUP_STEPS, info="")
-        model, tokenizer = tiny_policy(env, sft_steps=WARMUP_STEPS, seed=cfg.run.seed,
-                                       on_step=lambda s, m: bar.update(task, advance=1, info=f"loss {m['sft/loss']:.3f}"))
+
+        def sft_step_done(step: int, metrics: dict[str, float]) -> None:
+            sft_log.write(step + 1, metrics)
+            bar.update(task, advance=1, info=f"loss {metrics['sft/loss']:.3f}")
+
+        model, tokenizer = tiny_policy(env, sft_steps=WARMUP_STEPS, seed=cfg.run.seed, on_step=sft_step_done)
+    sft_log.plot(["sft/loss"], run_dir / "sft" / "loss.png", "SFT warm-up on worked solutions")
     console.print(f"policy: Llama, {num_parameters(model):,} parameters, {len(tokenizer)}-token BPE vocabulary")
     engine = TorchEngine(model, tokenizer, seed=cfg.run.seed)
     results = {"before RL": evaluate(engine, env, tokenizer, test, sampling, EVAL_SAMPLES)}

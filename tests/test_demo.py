@@ -25,6 +25,9 @@ def test_demo_writes_metrics_plot_and_a_policy_that_loads(tmp_path, monkeypatch)
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert all("reward/mean" in r and "time/step_s" in r for r in steps)
     assert (run_dir / "curves.png").stat().st_size > 10_000
+    sft_rows = MetricsLog(run_dir / "sft").read()
+    assert [r["step"] for r in sft_rows] == list(range(1, 21)) and all(r["sft/loss"] > 0 for r in sft_rows)
+    assert (run_dir / "sft" / "loss.png").stat().st_size > 5_000
     assert json.loads((run_dir / "config.json").read_text())["run"]["steps"] == 3
     policy = AutoModelForCausalLM.from_pretrained(run_dir / "policy")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "policy")
