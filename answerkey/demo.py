@@ -24,8 +24,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from answerkey.config import Config, describe_batch, load_config
+from answerkey.config import Config, ConfigError, describe_batch, load_config
 from answerkey.envs import load_env
+from answerkey.envs.base import Trajectory
+from answerkey.learner import grpo
 from answerkey.learner.learner import Learner
 from answerkey.local import collect, evaluate
 from answerkey.metrics import MetricsLog
@@ -46,6 +48,8 @@ def progress() -> Progress:
 
 
 def run(cfg: Config, console: Console) -> dict[str, dict[str, float]]:
+    if cfg.model.path:
+        raise ConfigError(f"model.path: the demo builds and warms up its own policy; leave it empty (got {cfg.model.path!r})")
     torch.manual_seed(cfg.run.seed)
     run_dir = Path(cfg.run.out_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     log = MetricsLog(run_dir)
@@ -79,14 +83,14 @@ def run(cfg: Config, console: Console) -> dict[str, dict[str, float]]:
             start = time.perf_counter()
             groups, draws = [], 0
             # dynamic sampling: a batch whose groups all scored alike teaches nothing, so draw more problems
-            while not any(len({t.score.value for t in g}) > 1 for g in groups) and draws <= MAX_REFILLS:
+            while not any_informative(groups) and draws <= MAX_REFILLS:
                 problems = [train[i] for i in torch.randperm(len(train), generator=rng)[: cfg.rollout.problems_per_step]]
                 groups += collect(engine, env, tokenizer, problems, sampling, cfg.rollout.group_size)
                 draws += 1
             rollout_s = time.perf_counter() - start
-            rewards = [t.score.value for g in groups for t in g]
-            metrics = learner.step(groups) | status_counts(t.score for g in groups for t in g) | {
-                "reward/mean": sum(rewards) / len(rewards),
+            scores = [t.score for g in groups for t in g]
+            metrics = learner.step(groups) | status_counts(scores) | {
+                "reward/mean": sum(s.value for s in scores) / len(scores),
                 "rollout/refills": draws - 1, "time/rollout_s": rollout_s, "time/step_s": time.perf_counter() - start}
             log.write(step, metrics)
             bar.update(task, advance=1, info=f"reward {metrics['reward/mean']:.2f}")
@@ -98,6 +102,11 @@ def run(cfg: Config, console: Console) -> dict[str, dict[str, float]]:
     console.print(table(results, len(test)))
     console.print(f"run directory: {run_dir} (metrics.jsonl, curves.png, policy/)")
     return results
+
+
+def any_informative(groups: list[list[Trajectory]]) -> bool:
+    """True when at least one group's rewards differ (a non-zero advantage to learn from)."""
+    return bool(groups) and not bool(grpo.uniform_groups(torch.tensor([[t.score.value for t in g] for g in groups])).all())
 
 
 def table(results: dict[str, dict[str, float]], n_problems: int) -> Table:
@@ -114,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     path = argv[0] if argv and not argv[0].startswith("--") else EXAMPLE
     overrides = argv[1:] if argv and not argv[0].startswith("--") else argv
-    run(load_config(path, overrides), Console())
+    try:
+        run(load_config(path, overrides), Console())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -35,6 +35,11 @@ def test_demo_writes_metrics_plot_and_a_policy_that_loads(tmp_path, monkeypatch)
     assert "mean reward" in console.export_text()
 
 
+def test_demo_rejects_a_model_path_it_would_ignore(capsys):
+    assert demo.main(["--model.path=runs/sft"]) == 2
+    assert "model.path: the demo builds and warms up its own policy" in capsys.readouterr().err
+
+
 def test_metrics_log_keeps_every_row_and_marks_non_finite_values(tmp_path):
     log = MetricsLog(tmp_path)
     log.write(1, {"reward/mean": 0.5, "learner/grad_norm": float("nan")})
