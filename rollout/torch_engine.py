@@ -22,6 +22,7 @@ a prefix cache (it keeps no KV between calls, so `reset_prefix_cache` has nothin
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -70,8 +71,24 @@ class TorchEngine:
             out.append(self._completion(ids, lps, sampling))
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def _sample(self, rows: list[list[int]], sampling: SamplingParams) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Decode up to max_new_tokens for every row. Returns tokens (B, T), logprobs (B, T), lengths."""
+    @torch.inference_mode()
+    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int], sampling: SamplingParams) -> list[float]:
+        """Processed logprobs of a given completion, decoded through the same cached loop as `generate`.
+
+        The driver compares these with the learner's after every weight sync: they agree only if the
+        engine generates with the learner's weights and the same sampling distribution.
+        """
+        forced = torch.tensor([list(completion)], dtype=torch.long, device=self.device)
+        fixed = replace(sampling, max_new_tokens=len(completion), ignore_eos=True, stop=())
+        _, logprobs, _ = self._sample([list(prompt)], fixed, forced=forced)
+        return logprobs[0].tolist()
+
+    def _sample(self, rows: list[list[int]], sampling: SamplingParams,
+                forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Decode up to max_new_tokens for every row. Returns tokens (B, T), logprobs (B, T), lengths.
+
+        `forced` (B, T) feeds given tokens instead of sampled ones (teacher forcing, for `logprobs_of`).
+        """
         B, L, T = len(rows), max(len(r) for r in rows), sampling.max_new_tokens
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and limit < L + T:
@@ -96,7 +113,7 @@ class TorchEngine:
                             use_cache=True, logits_to_keep=1).logits[:, -1]
         for t in range(T):
             logp = S.processed_logprobs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-            token = S.sample(logp, self.generator)
+            token = S.sample(logp, self.generator) if forced is None else forced[:, t]
             out_tokens[:, t] = torch.where(done, self.pad_id, token)
             out_logprobs[:, t] = torch.where(done, 0.0, S.gather(logp, token))
             finished = torch.zeros_like(done) if sampling.ignore_eos else torch.isin(token, stop_ids)
