@@ -108,6 +108,7 @@ class TorchEngine:
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.full((B,), T, dtype=torch.long, device=dev)
         stop_check = _StopStrings(self.tokenizer, sampling.stop) if sampling.stop else None
+        can_stop = not sampling.ignore_eos or stop_check is not None  # else skip the per-step GPU->CPU sync
 
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -120,13 +121,13 @@ class TorchEngine:
             if stop_check is not None:
                 finished |= stop_check.hit(out_tokens[:, : t + 1], done)
             newly = finished & ~done
-            lengths[newly] = t + 1
+            lengths = torch.where(newly, t + 1, lengths)  # not lengths[newly] = ...: a bool index syncs on GPU
             done |= newly
-            if t == T - 1 or bool(done.all()):
+            if t == T - 1 or (can_stop and bool(done.all())):
                 break
             logits = self.model(input_ids=out_tokens[:, t : t + 1], attention_mask=mask, position_ids=(next_pos + t)[:, None],
                                 cache=cache, use_cache=True).logits[:, -1]
-        return out_tokens, out_logprobs, lengths.tolist()
+        return out_tokens.cpu(), out_logprobs.cpu(), lengths.tolist()  # one copy, not one per row
 
     def _completion(self, ids: list[int], logprobs: list[float], sampling: SamplingParams) -> Completion:
         stopped_by_token = bool(ids) and ids[-1] in self.stop_ids and not sampling.ignore_eos
