@@ -35,7 +35,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import AutoTokenizer
 
 from answerkey.config import Config, ConfigError, describe_batch
-from answerkey.envs.base import Env, Problem, Trajectory, load_env
+from answerkey.envs.base import MultiTurnEnv, Problem, Trajectory, load_env
 from answerkey.evaluate import summarize
 from answerkey.learner import checkpoint
 from answerkey.learner.learner import PretrainedLearner
@@ -154,7 +154,7 @@ class Driver:
         """(P, n) scored trajectories, generated across the workers, and the phase timings."""
         start = time.perf_counter()
         chunks = split(len(problems), len(self.workers))
-        if not isinstance(self.env, Env):  # multi-turn: the env runs the episode (and scores it) in the worker
+        if isinstance(self.env, MultiTurnEnv):  # multi-turn: the env runs the episode (and scores it) in the worker
             cfg = self.cfg.env
             parts = self._on_workers(lambda w, idx: w.rollout.remote(cfg.path, cfg.kwargs, [problems[i] for i in idx], n, sampling), chunks)
             return [g for part in parts for g in part], {"time/rollout_s": time.perf_counter() - start, "time/reward_s": 0.0}

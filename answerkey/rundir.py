@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from answerkey.config import Config
+from answerkey.config import Config, ConfigError
 from answerkey.metrics import MetricsLog
 
 PACKAGES = ("answerkey", "torch", "transformers", "tokenizers", "ray", "numpy", "pydantic", "vllm")
@@ -62,10 +62,12 @@ class RunDir:
 
     def _open_sinks(self) -> None:
         if self.cfg.run.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+            _require("tensorboard", "run.tensorboard")
+            from torch.utils.tensorboard import SummaryWriter
 
             self._sinks.append(SummaryWriter(str(self.path / "tb")))
         if self.cfg.run.wandb_project:
+            _require("wandb", "run.wandb_project")
             import wandb
 
             self._sinks.append(wandb.init(project=self.cfg.run.wandb_project, name=self.path.name, dir=str(self.path),
@@ -118,6 +120,11 @@ def describe_environment() -> dict[str, Any]:
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _require(package: str, key: str) -> None:
+    if _version(package) is None:
+        raise ConfigError(f"{key}: needs the `{package}` package (pip install 'answerkey[logging]')")
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -17,7 +17,7 @@ import ray
 from safetensors.numpy import load_file
 
 from answerkey import cli
-from answerkey.config import load_config
+from answerkey.config import ConfigError, load_config
 from answerkey.driver import Driver, SyncError
 from answerkey.rundir import RunDir
 
@@ -139,3 +139,20 @@ def test_a_rollout_worker_killed_mid_step_is_restarted_and_the_step_completes(dr
     assert metrics["rollout/worker_restarts"] == 1 and metrics["sync/verified"] == 1.0
     assert sum(v for k, v in metrics.items() if k.startswith("reward/status/")) == 8 * 4
     assert ray.get(driver.workers[0].pid.remote()) > 0  # the replacement answers
+
+
+def test_a_multi_turn_env_runs_its_episodes_in_the_workers(ray_session, policy_dir, tmp_path):
+    driver = make_driver(policy_dir, tmp_path, "retry", "--run.steps=1", "--env.path=answerkey.envs.synthetic:SyntheticRetryEnv")
+    try:
+        driver.step = 1
+        metrics = driver.train_step()
+        evaluation = driver.evaluate()
+    finally:
+        driver.close()
+    assert sum(v for k, v in metrics.items() if k.startswith("reward/status/")) == 8 * 4
+    assert metrics["sync/verified"] == 1.0 and 0 <= evaluation["eval/pass@1"] <= 1
+
+
+def test_more_workers_than_the_cluster_has_cpus_fails_at_start_naming_the_keys(ray_session, policy_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"rollout.workers x rollout.threads_per_worker = 3 CPUs.*has 2"):
+        make_driver(policy_dir, tmp_path, "big", "--rollout.workers=3")
