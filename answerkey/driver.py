@@ -47,6 +47,7 @@ from answerkey.scoring import ScorerPool
 
 LOGPROB_TOLERANCE = 1e-5  # engine vs learner logprobs of the fixed completion after a sync (fp32)
 SAMPLES_PER_LOG = 4  # decoded completions written to samples.jsonl every run.sample_every steps
+RESOURCE_WAIT_S = 60.0  # how long start-up waits for CPUs still held by a previous run's exiting actors
 
 
 class SyncError(RuntimeError):
@@ -307,13 +308,22 @@ def sample_rows(problems: Sequence[Problem], groups: Sequence[Sequence[Trajector
             for p, g in list(zip(problems, groups, strict=True))[:SAMPLES_PER_LOG]]
 
 
-def check_resources(cfg: Config) -> None:
-    """Fail at start-up, not as a silent hang of pending actors, when the workers cannot all be placed."""
+def check_resources(cfg: Config, wait_s: float = RESOURCE_WAIT_S) -> None:
+    """Fail at start-up, not as a silent hang of pending actors, when the workers cannot all be placed.
+
+    CPUs held by actors that are still shutting down (a previous run in the same cluster) are waited for.
+    """
     needed = cfg.rollout.workers * cfg.rollout.threads_per_worker
     have = ray.cluster_resources().get("CPU", 0)
     if needed > have:
         raise ConfigError(f"rollout.workers x rollout.threads_per_worker = {needed} CPUs, but the Ray cluster has {have:g}; "
                           "use fewer workers or threads")
+    deadline = time.monotonic() + wait_s
+    while (free := ray.available_resources().get("CPU", 0)) < needed:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the rollout workers need {needed} CPUs but only {free:g} of the cluster's {have:g} have been "
+                               f"free for {wait_s:g} s (another run's actors hold the rest); wait for it or use fewer workers")
+        time.sleep(0.2)
 
 
 def check_same_config(cfg: Config, saved: dict) -> None:

@@ -32,11 +32,15 @@ from answerkey import chat
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import Completion, SamplingParams
+from answerkey.rollout.llama_decode import LlamaDecoder
 
 
 class TorchEngine:
-    def __init__(self, model: torch.nn.Module, tokenizer, stop_token_ids: Sequence[int] | None = None, seed: int = 0):
+    def __init__(self, model: torch.nn.Module, tokenizer, stop_token_ids: Sequence[int] | None = None, seed: int = 0,
+                 lean: bool = True):
         self.model = model.eval()
+        # the lean Llama forward (rollout/llama_decode.py) when the model is a plain Llama; else HF's forward
+        self.decoder = LlamaDecoder.for_model(model) if lean else None
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_token_ids if stop_token_ids is not None else chat.stop_token_ids(tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -101,7 +105,6 @@ class TorchEngine:
             mask[r, : L - len(ids)] = 0
         positions = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)  # (B, L)
         next_pos = positions[:, -1] + 1  # (B,)
-        cache = StaticCache(config=self.model.config, max_cache_len=L + T)
         stop_ids = torch.tensor(self.stop_ids, device=dev)
         out_tokens = torch.full((B, T), self.pad_id, dtype=torch.long, device=dev)
         out_logprobs = torch.zeros((B, T), dtype=torch.float32, device=dev)
@@ -110,8 +113,13 @@ class TorchEngine:
         stop_check = _StopStrings(self.tokenizer, sampling.stop) if sampling.stop else None
         can_stop = not sampling.ignore_eos or stop_check is not None  # else skip the per-step GPU->CPU sync
 
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        decoder = self.decoder
+        if decoder is not None:
+            logits = decoder.prefill(input_ids, mask.bool(), positions, L + T)
+        else:
+            cache = StaticCache(config=self.model.config, max_cache_len=L + T)
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1]
         for t in range(T):
             logp = S.processed_logprobs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
             token = S.sample(logp, self.generator) if forced is None else forced[:, t]
@@ -125,8 +133,11 @@ class TorchEngine:
             done |= newly
             if t == T - 1 or (can_stop and bool(done.all())):
                 break
-            logits = self.model(input_ids=out_tokens[:, t : t + 1], attention_mask=mask, position_ids=(next_pos + t)[:, None],
-                                cache=cache, use_cache=True).logits[:, -1]
+            if decoder is not None:
+                logits = decoder.step(out_tokens[:, t], next_pos + t, L + t)  # cache slot L + t
+            else:
+                logits = self.model(input_ids=out_tokens[:, t : t + 1], attention_mask=mask,
+                                    position_ids=(next_pos + t)[:, None], cache=cache, use_cache=True).logits[:, -1]
         return out_tokens.cpu(), out_logprobs.cpu(), lengths.tolist()  # one copy, not one per row
 
     def _completion(self, ids: list[int], logprobs: list[float], sampling: SamplingParams) -> Completion:
