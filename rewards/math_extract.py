@@ -126,6 +126,8 @@ def _first_math_or_sentence(rest: str) -> str | None:
     for left, right in _MATH_DELIMS:
         if rest.startswith(left):
             end = rest.find(right, len(left))
+            while end > 0 and rest[end - 1] == "\\":  # `\$` inside the math is a dollar sign
+                end = rest.find(right, end + 1)
             return rest[len(left) : end] if end != -1 else None
     line = rest.split("\n", 1)[0]
     end = re.search(r"\.(?:\s|$)|\*\*|__", line)  # sentence end or closing bold; "3.5" is kept whole

@@ -40,7 +40,7 @@ _UNIT_WORDS = re.compile(
 )
 _FRAC_SHORT = re.compile(r"\\frac\s*(\d|\{[^{}]*\})\s*(\d|\{[^{}]*\})")
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d+|[A-Za-z])")
-_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,])(?:\.\d+)?")
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
 def normalize(answer: str) -> str:
@@ -61,9 +61,10 @@ def normalize(answer: str) -> str:
     s = _FRAC_SHORT.sub(lambda m: f"\\frac{{{m.group(1).strip('{}')}}}{{{m.group(2).strip('{}')}}}", s)
     s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
     s = re.sub(r"(?i)\b(?:infinity|inf)\b", r"\\infty", s)
-    s = _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), s)
     s = re.sub(r"\s+", " ", s).strip()
     s = s.rstrip(".").strip()
+    if _THOUSANDS.fullmatch(s.lstrip("+-")):  # only a whole answer: in (12,102) the comma separates
+        s = s.replace(",", "")
     s = re.sub(r"\s*([,()\[\]{}=+\-^_<>])\s*", r"\1", s)  # spaces around punctuation never matter
     return s
 
