@@ -22,6 +22,7 @@ from answerkey.rewards.math_parse import (
     based_number,
     choice,
     guard,
+    has_relation,
     normalize,
     rational,
     split_assignment,
@@ -80,7 +81,9 @@ def _same_answer(gold: str, answer: str, sympy_ok: bool) -> bool:
         return text_word(answer) == word
     g_lhs, g_rhs = split_assignment(gold)
     a_lhs, a_rhs = split_assignment(answer)
-    if not (g_lhs and a_lhs and g_lhs != a_lhs):  # x=5 vs 5, x=5 vs x=5; but y=2x vs x=2y stay relations
+    # `x=5` vs `5` and `x=5` vs `x=5` compare values; `y=2x` vs `x=-2y` or `2x-y=0` stay relations.
+    same_target = g_lhs == a_lhs if g_lhs and a_lhs else not has_relation(a_rhs if g_lhs else g_rhs)
+    if same_target:
         gold, answer = g_rhs, a_rhs
     return compare(gold, answer, sympy_ok)
 
@@ -137,7 +140,10 @@ def _leaf(gold: str, answer: str, sympy_ok: bool) -> bool:
         a_expr = math_equiv.parse(answer)
     except Exception as exc:  # noqa: BLE001
         raise AnswerUnparseable(f"{type(exc).__name__}: {exc}"[:120]) from None
-    return math_equiv.equivalent(g_expr, a_expr)
+    try:
+        return math_equiv.equivalent(g_expr, a_expr)
+    except (OverflowError, RecursionError, MemoryError) as exc:  # sizes the guards could not see
+        raise AnswerUnparseable(f"too large to evaluate ({type(exc).__name__})") from None
 
 
 def bracketed(s: str) -> tuple[str, str, list[str]] | None:

@@ -87,7 +87,10 @@ def _digits(expr: sympy.Basic) -> float:
             return 0.0
         if exp > 6:
             raise Refused("exponent above 10^6")
-        size = abs(float(sympy.N(expr.exp, 15))) * max(base, 1.0) if expr.exp.is_number else exp
+        try:
+            size = abs(float(sympy.N(expr.exp, 15))) * max(base, 1.0) if expr.exp.is_number else exp
+        except (OverflowError, TypeError, ValueError):
+            raise Refused("exponent cannot be bounded") from None
         if size > MAX_DIGITS:
             raise Refused(f"power with about 10^{size:.0f}")
         return size

@@ -27,7 +27,7 @@ MAX_ANSWER_CHARS = 600  # a final answer longer than this is not one; also bound
 MAX_DEPTH = 40  # brace/paren nesting; deeper input is adversarial and would recurse in the parser
 MAX_DIGITS = 20_000  # largest integer power / factorial result we let sympy compute (in digits)
 
-_SPACING = re.compile(r"\\(?:[,;:! ]|quad|qquad|displaystyle|textstyle|left|right|big|Big|bigg|Bigg)(?![A-Za-z])")
+_SPACING = re.compile(r"(?<!\\)\\(?:[,;:! ]|quad|qquad|displaystyle|textstyle|left|right|big|Big|bigg|Bigg)(?![A-Za-z])")
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|textnormal|operatorname|bf|rm)\s*\{")
 _UNICODE = {"−": "-", "–": "-", "—": "-", "×": "\\times ", "·": "\\cdot ", "π": "\\pi ", "√": "\\sqrt",
             "∞": "\\infty ", "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ", "°": "", "∪": "\\cup ", "\u00a0": " "}
@@ -58,6 +58,7 @@ def normalize(answer: str) -> str:
     s = s.replace("\\varnothing", "\\emptyset").replace("**", "^").replace("\\infin ", "\\infty ")
     s = _unwrap_text(s)
     s = _UNIT_WORDS.sub("", s)  # trailing plain-word units: "18 dollars", "5 cm^2"
+    s = re.sub(r"(?<=\S)\s+and\s+(?=\S)", ",", s)  # "3 and 4" is the list 3, 4
     s = _FRAC_SHORT.sub(lambda m: f"\\frac{{{m.group(1).strip('{}')}}}{{{m.group(2).strip('{}')}}}", s)
     s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
     s = re.sub(r"(?i)\b(?:infinity|inf)\b", r"\\infty", s)
@@ -113,7 +114,7 @@ _SIGNED = re.compile(rf"([+-]?)({_NUM})")
 _SCI = re.compile(rf"([+-]?{_NUM})(?:[eE]|\\times10\^|\\cdot10\^|\*10\^)\{{?([+-]?\d{{1,4}})\}}?")
 _FRAC = re.compile(rf"([+-]?)\\frac\{{([+-]?{_NUM})\}}\{{([+-]?{_NUM})\}}")
 _SLASH = re.compile(rf"([+-]?{_NUM})/([+-]?{_NUM})")
-_MIXED_TEX = re.compile(r"([+-]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
+_MIXED_TEX = re.compile(r"([+-]?)(\d+) ?\\frac\{(\d+)\}\{(\d+)\}")
 _MIXED_PLAIN = re.compile(r"([+-]?)(\d+) (\d+)/(\d+)")
 
 
@@ -140,24 +141,22 @@ def rational(s: str) -> Fraction | None:
     return None
 
 
-_CHOICE = re.compile(r"\(?([A-E])\)?(?:[ :.].*)?")
-
-
 def choice(s: str) -> str | None:
-    """The letter of a multiple-choice answer: `B`, `(B)`, `\\text{(B)}`, `(B) 12`, `B.`; else None."""
+    """The letter of a multiple-choice answer: `B`, `(B)`, `\\text{(B)}`, `(B) 12`, `B)`; else None.
+
+    "B 12" is not a choice (it could be a product); "(B) 12" is choice B with its value.
+    """
     s = s.strip()
-    m = _CHOICE.fullmatch(s)
-    if m is None or (len(s) > 3 and not s.startswith("(")):
-        return None  # "B 12" is not a choice, "(B) 12" is
-    return m.group(1)
+    m = re.fullmatch(r"\(([A-E])\).*", s) or re.fullmatch(r"([A-E])(?:[.:)].*)?", s)
+    return m.group(1) if m else None
 
 
 def text_word(s: str) -> str | None:
     """A word answer (`Evelyn`, `\\text{east}`, `even`) lowercased, else None. Single letters are variables."""
     s = s.strip().strip(".")
-    if re.fullmatch(r"[A-Za-z][A-Za-z' -]*[A-Za-z]", s) and not s.lower().startswith(("sin", "cos", "tan", "log", "ln")):
-        return s.lower()
-    return None
+    if not re.fullmatch(r"[A-Za-z][A-Za-z' ]*[A-Za-z]", s) or not re.search(r"[A-Za-z]{3}", s):
+        return None  # "p-q", "xy", "pi": expressions, not words
+    return None if s.lower().startswith(("sin", "cos", "tan", "cot", "sec", "csc", "log", "exp", "sqrt")) else s.lower()
 
 
 def based_number(s: str) -> tuple[str, str] | None:
@@ -170,6 +169,7 @@ def based_number(s: str) -> tuple[str, str] | None:
 # Static guard: cheap refusals before sympy ever sees the text.
 
 _FACTORIAL = re.compile(r"(\d+)\s*!")
+_BIG_OPERATOR = re.compile(r"\\(?:sum|prod)_(?:\{[^{}]*\}|\S)\^(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\}|\d+)")
 _POWER = re.compile(r"(\d+(?:\.\d+)?)\s*\^\s*\{?\s*(\d+)")
 
 
@@ -188,6 +188,9 @@ def guard(s: str) -> str | None:
         return f"nesting deeper than {MAX_DEPTH}"
     if s.count("^") > 40 or s.count("!") > 20:
         return "too many powers or factorials"
+    for m in _BIG_OPERATOR.finditer(s):
+        if len(m.group(1)) > 4 or "^" in m.group(1):
+            return f"sum or product up to {m.group(1)[:20]}"
     for m in _FACTORIAL.finditer(s):
         if len(m.group(1)) > 5 or int(m.group(1)) > 5000:
             return f"factorial of {m.group(1)[:20]}"
@@ -198,9 +201,13 @@ def guard(s: str) -> str | None:
     return None
 
 
+def has_relation(s: str) -> bool:
+    return bool(re.search(r"=|<|>|\\(?:[lg]eq?|ne|in)(?![a-z])", s))
+
+
 def split_assignment(s: str) -> tuple[str, str]:
     """(`x`, `5`) for `x=5` or `x\\in[1,2]` (one symbol on the left, no other relation); else ("", s)."""
     m = re.fullmatch(r"([A-Za-z](?:_\{?\w+\}?)?|\\[a-z]+)(?:=|\\in(?![a-z]))(.+)", s)
-    if m and not re.search(r"=|<|>|\\[lg]eq?(?![a-z])|\\ne", m.group(2)):
+    if m and not has_relation(m.group(2)):
         return m.group(1), m.group(2)
     return "", s
