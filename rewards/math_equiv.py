@@ -13,12 +13,13 @@ it parses 492 raw and all after `math_parse.normalize`, at ~6 ms each, where sym
 to the ANTLR 4.13 runtime latex2sympy2_extended needs). We call it with its own normalization off
 (ours ran already) and symbols kept case-sensitive.
 
-Comparison is exact first: numbers without symbols that evaluate to rationals compare as
-rationals. Otherwise two values are equal when they agree to `TOL` relative error at `PREC`
-significant digits, at `len(POINTS)` fixed points for the free symbols (polynomial identity
-testing, Schwartz–Zippel style), which covers expanded vs factored, radicals, π, trig/log
-identities and complex numbers (`i` is the imaginary unit on both sides). There is no rounding, no
-absolute tolerance and no `chop`: `1/2^99 != 1/2^98`. Sets are order-free, intervals compare
+Comparison is exact first: values that evaluate to rationals compare as rationals, with the free
+symbols set to `len(POINTS)` fixed rational points (polynomial identity testing, Schwartz–Zippel
+style), so polynomials and rational functions are compared with no tolerance at all. Values that
+stay irrational (radicals, π, trig/log, complex numbers with `i` as the imaginary unit on both sides)
+are equal when they agree to `TOL` (1e-60) relative error at `PREC` (80) significant digits. There is
+no rounding, no absolute tolerance and no `chop`: `1/2^99 != 1/2^98`, `0.142857 != 1/7`; only
+constructed inputs differing by less than 1e-60 relatively would pass as equal. Sets are order-free, intervals compare
 brackets and endpoints, matrices shape and entries; a univariate inequality equals its solution set;
 equations are equal when one side-difference is a nonzero constant multiple of the other; `x = 5`
 equals `5`. Callers must run this under a hard wall-clock bound (`math_pool`): sympy can still be
@@ -39,9 +40,10 @@ from sympy.core.relational import Relational
 
 from answerkey.rewards.math_parse import MAX_DIGITS
 
-PREC = 50  # significant digits for numeric comparison
-TOL = sympy.Float("1e-35", PREC)  # relative; far below any real answer's difference, far above noise
-POINTS = ("0.7316", "-1.2389", "2.0517", "0.4183")  # values for free symbols (no special angles)
+PREC = 80  # significant digits for numeric comparison
+TOL = sympy.Float("1e-60", PREC)  # relative; far below any real answer's difference, far above noise
+POINTS = (sympy.Rational(7316, 10000), sympy.Rational(-12389, 10000), sympy.Rational(20517, 10000),
+          sympy.Rational(4183, 10000))  # values for free symbols: exact rationals, no special angles
 MAX_NODES = 3000  # expression-tree size cap
 
 _NORMALIZE_OFF = NormalizationConfig(basic_latex=False, units=False, malformed_operators=False, nits=False,
@@ -259,14 +261,16 @@ def same_value(g: sympy.Expr, a: sympy.Expr) -> bool:
 
 def _assignments(symbols: set) -> list[dict]:
     ordered = sorted(symbols, key=str)
-    return [{s: sympy.Float(POINTS[(k + j) % len(POINTS)], PREC) for j, s in enumerate(ordered)}
-            for k in range(len(POINTS))]
+    return [{s: POINTS[(k + j) % len(POINTS)] for j, s in enumerate(ordered)} for k in range(len(POINTS))]
 
 
 def _evaluate(expr: sympy.Expr, subs: dict) -> sympy.Expr | None:
-    """`expr` at `subs` to PREC digits, or None when it is not a finite number there."""
+    """`expr` at `subs`: an exact Rational when it is one, else PREC digits; None when not a finite number."""
     try:
-        value = sympy.N(expr.subs(subs), PREC)
+        exact = expr.subs(subs).doit()
+        if exact.is_Rational:
+            return exact
+        value = sympy.N(exact, PREC)
     except (TypeError, ValueError, ZeroDivisionError, ArithmeticError):
         return None
     if not value.is_number or value.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) or value.free_symbols:
@@ -284,6 +288,8 @@ def _numerically_equal(x: sympy.Expr, y: sympy.Expr, subs: dict) -> bool:
 
 
 def _close(x: sympy.Expr, y: sympy.Expr) -> bool:
+    if x.is_Rational and y.is_Rational:
+        return x == y
     scale = max(abs(x), abs(y))
     if scale == 0:
         return True

@@ -188,6 +188,8 @@ def guard(s: str) -> str | None:
         return f"nesting deeper than {MAX_DEPTH}"
     if s.count("^") > 40 or s.count("!") > 20:
         return "too many powers or factorials"
+    if _exponent_depth(s) > 2:
+        return "power tower (an exponent inside an exponent inside an exponent)"
     for m in _BIG_OPERATOR.finditer(s):
         if len(m.group(1)) > 4 or "^" in m.group(1):
             return f"sum or product up to {m.group(1)[:20]}"
@@ -199,6 +201,19 @@ def guard(s: str) -> str | None:
         if base > 1 and (len(exp) > 7 or int(exp) * math.log10(base) > MAX_DIGITS):
             return f"power {m.group(1)[:20]}^{exp[:20]} too large"
     return None
+
+
+def _exponent_depth(s: str) -> int:
+    """How deeply `^{…}` exponents nest: `a^{b^{c}}` is 2, `5^{(5^{(5^{5})})}` is 3."""
+    stack: list[bool] = []  # one entry per open brace: is it an exponent's brace?
+    deepest = 0
+    for i, ch in enumerate(s):
+        if ch == "{":
+            stack.append(i > 0 and s[i - 1] == "^")
+            deepest = max(deepest, sum(stack))
+        elif ch == "}" and stack:
+            stack.pop()
+    return deepest
 
 
 def has_relation(s: str) -> bool:

@@ -482,4 +482,29 @@ ADVERSARIAL = [
     ("\\boxed{1" + "0" * 100 + "}", "1", {W}),
 ]
 
-TABLE = EXTRACTION + NORMALIZATION + NUMBERS + SYMBOLIC + STRUCTURES + RELATIONS + MATH_VERIFY_ROWS
+# More near misses: answers a lenient checker (tolerance, rounding, bracket stripping) would credit.
+NEAR_MISSES = [
+    (b("0.6667"), "\\frac23", W),
+    (b("0.67"), "\\frac23", W),
+    (b("3.1416"), "\\pi", W),
+    (b("1.414"), "\\sqrt2", W),
+    (b("1.4142135623730951"), "\\sqrt2", W),
+    (b("2.718"), "e", W),
+    (b("100"), "99.99", W),
+    (b("0.0001"), "0", W),
+    (b("1000"), "1000.1", W),
+    (b("2500"), "25", W),  # no percent x100 guessing
+    (b("0.25"), "25", W),
+    (b("[0,1]"), "(0,1)", W),
+    (b("(0,1)"), "[0,1]", W),
+    (b("\\{1,2\\}"), "(1,2)", W),
+    (b("(1,2)"), "\\{1,2\\}", W),
+    (b("\\frac{1}{3}"), "\\frac{1}{3}+10^{-30}", W),
+    (b("x+1"), "x+1+10^{-40}x", W),
+    (b("\\sqrt{3}"), "\\sqrt{3}+10^{-20}", W),
+    (b("-\\frac{24}{25}"), "\\frac{24}{25}", W),
+    (b("\\frac{25}{24}"), "\\frac{24}{25}", W),
+    (b("2^{98}"), "2^{99}", W),
+]
+
+TABLE = NEAR_MISSES + EXTRACTION + NORMALIZATION + NUMBERS + SYMBOLIC + STRUCTURES + RELATIONS + MATH_VERIFY_ROWS
