@@ -38,6 +38,7 @@ __all__ = ["DEFAULT_TIMEOUT_S", "MathChecker", "check", "score", "score_batch"]
 
 DEFAULT_TIMEOUT_S = 5.0
 _TARGET = "answerkey.rewards.math_equiv:worker_check"  # imports sympy at worker start, not per item
+_WARM_UP = "answerkey.rewards.math_equiv:warm_up"  # the parser's first use of each construct is slow
 
 
 class MathChecker:
@@ -56,7 +57,7 @@ class MathChecker:
     def pool(self) -> KillPool:
         with self._lock:
             if self._pool is None:
-                self._pool = KillPool(_TARGET, workers=self.workers)
+                self._pool = KillPool(_TARGET, workers=self.workers, init=_WARM_UP)
             return self._pool
 
     def score(self, response: str, gold: str, timeout_s: float | None = None) -> Score:

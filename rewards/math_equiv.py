@@ -107,6 +107,27 @@ def _digits(expr: sympy.Basic) -> float:
     return max(children, default=0.0) + 1
 
 
+_WARM_UP_PAIRS = (
+    ("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}"), ("x^2+2x+1", "(x+1)^2"), ("(2,\\infty)", "x>2"), ("2x+4y=6", "x+2y=3"),
+    ("\\{1,2\\}", "1\\pm 1"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)"), ("\\sin^2 x+\\cos^2 x", "1"),
+    ("\\log_2 8", "3"), ("2+3i", "e^{i\\pi}"), ("(-\\infty,2)\\cup(3,\\infty)", "[0,1]"), ("\\dfrac{3\\pi}{4}", "5!"),
+    ("-\\frac{24}{25}", "\\tan^{-1}(1)"), ("a_1 b^{2}", "|x|"), ("\\binom{5}{2}", "\\sqrt[3]{27}"),
+)
+
+
+def warm_up() -> None:
+    """Run a few representative comparisons so the ANTLR parser's caches are built before real items.
+
+    The parser's first sight of each construct costs ~0.1-0.3 s; a pool worker calls this once at
+    start (off every item's clock), so the first items after a start or a kill are not slow.
+    """
+    for gold, answer in _WARM_UP_PAIRS:
+        try:
+            equal_latex(gold, answer)
+        except Exception:  # noqa: BLE001, S112 - warming only; a failure here is harmless
+            continue
+
+
 def worker_check(response: str, gold: str, sympy_ok: bool = True):
     """`math_check.check`, as the pool's workers call it (importing this module loads sympy up front)."""
     from answerkey.rewards.math_check import check

@@ -1,6 +1,6 @@
 """A pool of worker processes that runs a function per item under a hard wall-clock bound.
 
-    pool = KillPool("answerkey.rewards.math_check:check", workers=2)
+    pool = KillPool("answerkey.rewards.math_check:check", workers=2, init=None)
     pool.map([(response, gold, True), ...], timeout_s=5.0)   # -> [("ok", Score) | ("timeout", "") | ("error", msg)]
 
 Each item gets at most `timeout_s` of a worker's time, counted from when it is handed to a ready
@@ -34,7 +34,7 @@ MEMORY_LIMIT_BYTES = 3 * 1024**3  # per worker address space: a runaway sympy ca
 STARTUP_S = 120.0  # a worker not ready by then (broken install, import error) fails its items loudly
 
 
-def _worker_main(fd: int, target: str) -> None:
+def _worker_main(fd: int, target: str, init: str | None = None) -> None:
     """Worker loop: import `module:function`, say ready, then answer (task_id, args) requests forever."""
     conn = Connection(fd)
     try:
@@ -47,6 +47,9 @@ def _worker_main(fd: int, target: str) -> None:
         pass  # no limit on this platform: the wall-clock kill still bounds the item
     module, name = target.split(":")
     fn = getattr(importlib.import_module(module), name)
+    if init:  # e.g. warm the parser's caches, off every item's clock
+        init_module, init_name = init.split(":")
+        getattr(importlib.import_module(init_module), init_name)()
     conn.send(("ready", None, None))
     while True:
         try:
@@ -62,9 +65,10 @@ def _worker_main(fd: int, target: str) -> None:
 class _Worker:
     """A fresh interpreter (`python -c`), talking over a socketpair; never a fork of the caller."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, init: str | None):
         parent, child = socket.socketpair()
-        code = f"from answerkey.rewards.math_pool import _worker_main; _worker_main({child.fileno()}, {target!r})"
+        code = (f"from answerkey.rewards.math_pool import _worker_main; "
+                f"_worker_main({child.fileno()}, {target!r}, {init!r})")
         self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno()],
                                         stdin=subprocess.DEVNULL, close_fds=True)
         child.close()
@@ -81,10 +85,11 @@ class _Worker:
 class KillPool:
     """Up to `workers` processes running `target` ("module:function"); see module docstring."""
 
-    def __init__(self, target: str, workers: int = 2):
+    def __init__(self, target: str, workers: int = 2, init: str | None = None):
         if workers < 1:
             raise ValueError(f"KillPool needs at least one worker, got {workers}")
         self.target = target
+        self.init = init  # "module:function" each worker calls once before it says ready
         self.size = workers
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._lock = threading.Lock()
@@ -101,7 +106,7 @@ class KillPool:
             if self._closed:
                 raise RuntimeError("KillPool is closed")
             while self._started < self.size and len(borrowed) < wanted:
-                borrowed.append(_Worker(self.target))
+                borrowed.append(_Worker(self.target, self.init))
                 self._started += 1
         while len(borrowed) < wanted:
             try:
@@ -112,7 +117,7 @@ class KillPool:
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.kill()
-        return _Worker(self.target)
+        return _Worker(self.target, self.init)
 
     def map(self, items: Sequence[tuple], timeout_s: float) -> list[tuple[str, Any]]:
         """Run `target(*item)` for each item; ("ok", result), ("timeout", "") or ("error", message) each."""
