@@ -1,6 +1,6 @@
 """A pool of worker processes that runs a function per item under a hard wall-clock bound.
 
-    pool = KillPool("answerkey.rewards.math_check:check", workers=2, init=None)
+    pool = KillPool("answerkey.rewards.math_check:check", workers=2)
     pool.map([(response, gold, True), ...], timeout_s=5.0)   # -> [("ok", Score) | ("timeout", "") | ("error", msg)]
 
 Each item gets at most `timeout_s` of a worker's time, counted from when it is handed to a ready
@@ -95,6 +95,7 @@ class KillPool:
         self._lock = threading.Lock()
         self._started = 0
         self._closed = False
+        self._live: set[_Worker] = set()  # every worker not yet killed, borrowed or idle (for close)
         self._early_deaths = 0  # workers that died before saying ready (a broken install)
         self.kills = 0  # workers killed for overrunning (for metrics and tests)
         atexit.register(self.close)
@@ -105,9 +106,9 @@ class KillPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("KillPool is closed")
-            while self._started < self.size and len(borrowed) < wanted:
-                borrowed.append(_Worker(self.target, self.init))
-                self._started += 1
+            to_start = min(self.size - self._started, wanted)
+            self._started += to_start
+        borrowed += [self._new_worker() for _ in range(to_start)]
         while len(borrowed) < wanted:
             try:
                 borrowed.append(self._idle.get(block=not borrowed))
@@ -115,9 +116,17 @@ class KillPool:
                 break
         return borrowed
 
+    def _new_worker(self) -> _Worker:
+        worker = _Worker(self.target, self.init)
+        with self._lock:
+            self._live.add(worker)
+        return worker
+
     def _replace(self, worker: _Worker) -> _Worker:
         worker.kill()
-        return _Worker(self.target, self.init)
+        with self._lock:
+            self._live.discard(worker)
+        return self._new_worker()
 
     def map(self, items: Sequence[tuple], timeout_s: float) -> list[tuple[str, Any]]:
         """Run `target(*item)` for each item; ("ok", result), ("timeout", "") or ("error", message) each."""
@@ -138,6 +147,10 @@ class KillPool:
         pending = list(range(len(items)))[::-1]  # pop() from the end hands out items in order
         busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, deadline)
         while pending or busy:
+            if self._closed:  # closed under us (interpreter exit): fail what is left, loudly
+                for index in pending + [index for index, _ in busy.values()]:
+                    results[index] = ("error", "KillPool was closed while the item was pending")
+                return
             for slot, worker in enumerate(workers):
                 if worker.ready and slot not in busy and pending:
                     index = pending.pop()
@@ -179,11 +192,9 @@ class KillPool:
         results[index] = (status, value)
 
     def close(self) -> None:
-        """Kill the idle workers; any still borrowed are daemons and die with this process."""
+        """Kill every worker, idle or borrowed (a `map` still running then reports its items as errors)."""
         with self._lock:
             self._closed = True
-        while True:
-            try:
-                self._idle.get_nowait().kill()
-            except queue.Empty:
-                break
+            live, self._live = list(self._live), set()
+        for worker in live:
+            worker.kill()

@@ -472,7 +472,7 @@ ADVERSARIAL = [
     ("\\boxed{\\sum_{n=1}^{10^{12}} n^{n}}", "1", {U, W, Status.timeout}),
     ("\\boxed{\\prod_{k=1}^{10^{9}} k}", "1", {U, W, Status.timeout}),
     ("\\boxed{" + "x^" * 200 + "x}", "1", {U, W, Status.timeout}),
-    ("\\boxed{" + "a" * 600 + "}", "1", {U, W}),
+    ("\\boxed{" + "a" * 600 + "}", "1", {U, W, Status.timeout}),
     ("\\boxed{\\\\\\\\\\\\\\\\}", "1", {U, W, N}),
     ("\\boxed{$$$$}", "1", {U, W, N}),
     ("\\boxed{\\begin{pmatrix}" + "1&" * 2000 + "1\\end{pmatrix}}", "1", {U, W, N, Status.timeout}),
