@@ -42,6 +42,13 @@ def _decimal(value: Fraction) -> str | None:
     return ("-" if value < 0 else "") + text
 
 
+def _truncated(value: Fraction, places: int) -> str:
+    """`value` cut (not rounded) to `places` decimals: 1/7 -> 0.142857; never equal to a non-terminating value."""
+    scaled = abs(value.numerator) * 10**places // value.denominator
+    digits = str(scaled).rjust(places + 1, "0")
+    return ("-" if value < 0 else "") + f"{digits[:-places]}.{digits[-places:]}"
+
+
 def _thousands(n: int) -> str:
     return f"{n:,}"
 
@@ -84,8 +91,8 @@ def wrong_forms(gold: str) -> list[str]:
         if value != 0:
             forms.append(f"\\boxed{{{_tex(-value)}}}")
         dec = _decimal(value)
-        if dec is None:
-            forms.append(f"\\boxed{{{float(value):.4f}}}")  # a non-terminating value, truncated
+        if dec is None:  # a non-terminating value, truncated as a model would write it (4 and 6 places)
+            forms += [f"\\boxed{{{_truncated(value, 4)}}}", f"The answer is ${_truncated(value, 6)}$."]
         elif "." in dec and len(dec.split(".")[1]) > 1:
             forms.append(f"\\boxed{{{dec[:-1]}}}")
         return forms
