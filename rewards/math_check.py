@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from answerkey.rewards.math_extract import extract
+from answerkey.rewards.math_extract import brace_group, extract
 from answerkey.rewards.math_parse import (
     based_number,
     choice,
@@ -31,6 +31,17 @@ from answerkey.rewards.math_parse import (
 from answerkey.rewards.score import Score, Status
 
 _OPEN = {"(": ")", "[": "]"}
+MAX_RAW_CHARS = 2000  # an extracted answer longer than this is not normalized at all
+
+
+def _unboxed(gold: str) -> str:
+    """A gold given as `\\boxed{5}` (some datasets store it so) is the bare `5`."""
+    text = gold.strip()
+    if text.startswith("\\boxed{") and text.endswith("}"):
+        inner = brace_group(text, len("\\boxed"))
+        if inner is not None and len(inner) == len(text) - len("\\boxed{}"):
+            return inner
+    return gold
 
 
 class NeedSympy(Exception):
@@ -47,14 +58,16 @@ class GoldUnparseable(ValueError):
 
 def check(response: str, gold: str, sympy_ok: bool = True) -> Score | None:
     """Score `response` against `gold`; None only when `sympy_ok` is False and sympy is needed."""
-    gold_n = normalize(gold)
+    gold_n = normalize(_unboxed(gold))
     if not gold_n:
         return Score.failed(Status.error, f"gold {gold!r:.80} is empty after normalization")
     found = extract(response, hedge_ok=bool(re.search(r"(?i)\bor\b", gold)))
     if found.answer is None:
         return Score.failed(Status.no_answer, found.reason)
-    answer_n = normalize(found.answer)
     detail = found.answer[:100]
+    if len(found.answer) > MAX_RAW_CHARS:  # bounds the fast path's own work in the caller's process
+        return Score.failed(Status.unparseable, f"answer of {len(found.answer)} characters (> {MAX_RAW_CHARS})")
+    answer_n = normalize(found.answer)
     if not answer_n:
         return Score.failed(Status.no_answer, f"empty answer {detail!r}")
     try:

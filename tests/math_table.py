@@ -70,6 +70,11 @@ EXTRACTION = [
     # a list for a scalar gold is wrong, not credited
     ("\\boxed{3, 4}", "3", W),
     ("\\boxed{3, 4}", "4", W),
+    # a gold stored boxed is read bare; a giant box is refused before normalization
+    ("\\boxed{5}", "\\boxed{5}", C),
+    ("\\boxed{6}", "\\boxed{5}", W),
+    ("\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", C),
+    ("\\boxed{" + "\\text{a}" * 300 + "}", "5", U),
     # long responses: only the tail is scanned
     ("x" * 100_000 + "\\boxed{6}", "6", C),
     ("\\boxed{6}" + "x" * 100_000, "6", N),
