@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import os
 import queue
 import socket
 import subprocess
@@ -69,8 +70,10 @@ class _Worker:
         parent, child = socket.socketpair()
         code = (f"from answerkey.rewards.math_pool import _worker_main; "
                 f"_worker_main({child.fileno()}, {target!r}, {init!r})")
+        # The child sees the caller's import path (a package found through a runtime sys.path entry too).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno()],
-                                        stdin=subprocess.DEVNULL, close_fds=True)
+                                        stdin=subprocess.DEVNULL, close_fds=True, env=env)
         child.close()
         self.conn = Connection(parent.detach())
         self.ready = False
