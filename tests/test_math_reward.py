@@ -4,6 +4,7 @@ same verdicts from 4 threads as from the main thread."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,24 @@ def test_four_threads_get_the_main_threads_verdicts(table_verdicts):
     assert threading.active_count() >= 1
     for statuses in per_thread:
         assert statuses == expected
+
+
+def test_asyncio_executor_calls_get_the_same_verdicts(table_verdicts):
+    rows = list(range(0, len(TABLE), 10))
+
+    async def all_rows():
+        return await asyncio.gather(*(asyncio.to_thread(math_reward.score, *TABLE[i][:2]) for i in rows))
+
+    assert [s.status for s in asyncio.run(all_rows())] == [table_verdicts[i].status for i in rows]
+
+
+def test_a_checker_with_its_own_pool_scores_and_closes():
+    checker = math_reward.MathChecker(workers=1, timeout_s=5.0)
+    try:
+        scores = checker.score_batch([("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"), ("#### 7", "7"), ("\\boxed{x+1}", "x")])
+        assert [s.status for s in scores] == [Status.correct, Status.correct, Status.wrong]
+    finally:
+        checker.close()
 
 
 def test_extraction_reports_why_there_is_no_answer():
