@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from answerkey.rewards.math_pool import KillPool  # noqa: E402
 from answerkey.rewards.score import Status  # noqa: E402
+from tests.math_adversarial import ADVERSARIAL  # noqa: E402
 from tests.math_forms import equivalent_forms, wrong_forms  # noqa: E402
-from tests.math_table import ADVERSARIAL, TABLE  # noqa: E402
+from tests.math_table import TABLE  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 BOUND_S = 5.0

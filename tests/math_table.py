@@ -2,8 +2,8 @@
 
 Each group has positives and negatives. `MATH_VERIFY_ROWS` are the wrong verdicts reported
 publicly against Math-Verify (huggingface/Math-Verify issues #14, #41, #60, #76 and PR #81) with the
-verdict a correct checker gives. `ADVERSARIAL` inputs must each come back within the bound with a
-non-correct status. Used by tests/test_math_reward.py and benchmarks/math_checker.py.
+verdict a correct checker gives. The adversarial inputs live in tests/math_adversarial.py. Used by
+tests/test_math_reward.py and benchmarks/math_checker.py.
 """
 
 from __future__ import annotations
@@ -443,48 +443,6 @@ MATH_VERIFY_ROWS = [
     # #44: repeated boxes concatenated
     ("\\boxed{840} \\boxed{840}", "840840", W),
     ("\\boxed{840} \\boxed{840}", "840", C),
-]
-
-# Adversarial: each must come back within the bound, and never as correct.
-_TOWER = "\\boxed{\\dfrac{5^{(5^{(5^{(5^5)})}-4)}-5}{16}}"
-ADVERSARIAL = [
-    (_TOWER, "5", {U, W, Status.timeout}),  # Math-Verify #65
-    ("\\boxed{10**10**10}", "1", {U, W, Status.timeout}),
-    ("\\boxed{10^{10^{10}}}", "1", {U, W, Status.timeout}),
-    ("\\boxed{2^{2^{2^{2^{2^{2}}}}}}", "1", {U, W, Status.timeout}),
-    ("\\boxed{9^{9^{9}}}", "1", {U, W, Status.timeout}),
-    ("\\boxed{(10^8)!}", "1", {U, W, Status.timeout}),
-    ("\\boxed{100000000!}", "1", {U, W, Status.timeout}),
-    ("\\boxed{\\frac{1}{(10^{8})!}}", "0", {U, W, Status.timeout}),
-    ("\\boxed{123456789!!}", "1", {U, W, Status.timeout}),
-    ("\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}", "1", {U, W, N, Status.timeout}),
-    ("\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}", "1", {U, W, N, Status.timeout}),
-    ("\\boxed{" + "\\sqrt{" * 3000 + "2" + "}" * 3000 + "}", "1", {U, W, N, Status.timeout}),
-    ("\\boxed{" + "\\frac{1}{" * 2000 + "2" + "}" * 2000 + "}", "1", {U, W, N, Status.timeout}),
-    ("x" * 100_000, "1", {N}),
-    ("\\boxed{" + "1+" * 50_000 + "1}", "1", {U, W, N, Status.timeout}),
-    ("9" * 100_000, "1", {N}),
-    ("\\boxed{" + "9" * 5000 + "}", "1", {U, W, N}),  # the box opens before the scanned tail
-    ("\\boxed{\\log_{2^5}(\\log_{2^4}(\\log_{2^3}(\\log_{2^2}(2^{2^{2^{2^{16}}}}))))}", "1", {U, W, Status.timeout}),  # #63
-    ("\\boxed{\\frac{1}{2}", "1", {N}),
-    ("\\boxed{\\frac{1}{2}}}}}}", "\\frac12", {C, N, U, W}),  # stray closers after a complete box
-    ("\\boxed{\\frac{}{}}", "1", {U, W}),
-    ("\\boxed{\\left( 1, 2 \\right}", "(1,2)", {U, W}),
-    ("\\boxed{\\begin{pmatrix} 1 & 2 \\end{bmatrix}}", "1", {U, W}),
-    ("\\boxed{\\x00\x00\x00}", "1", {U, W, N}),
-    ("\x00" * 1000 + "\\boxed{1\x002}", "12", {C, U, W}),
-    ("\\boxed{\\int_0^{10^{100}} e^{x^2} dx}", "1", {U, W, Status.timeout}),
-    ("\\boxed{\\sum_{n=1}^{10^{12}} n^{n}}", "1", {U, W, Status.timeout}),
-    ("\\boxed{\\prod_{k=1}^{10^{9}} k}", "1", {U, W, Status.timeout}),
-    ("\\boxed{" + "x^" * 200 + "x}", "1", {U, W, Status.timeout}),
-    ("\\boxed{" + "a" * 600 + "}", "1", {U, W, Status.timeout}),
-    ("\\boxed{\\\\\\\\\\\\\\\\}", "1", {U, W, N}),
-    ("\\boxed{$$$$}", "1", {U, W, N}),
-    ("\\boxed{\\begin{pmatrix}" + "1&" * 2000 + "1\\end{pmatrix}}", "1", {U, W, N, Status.timeout}),
-    ("\\boxed{x^{x^{x^{x^{x^{x^{x}}}}}}}", "x", {U, W, Status.timeout}),
-    ("\\boxed{\\sin(10^{10^{10}})}", "0", {U, W, Status.timeout}),
-    ("\\boxed{e^{e^{e^{e^{e^{10}}}}}}", "1", {U, W, Status.timeout}),
-    ("\\boxed{1" + "0" * 100 + "}", "1", {W}),
 ]
 
 # More near misses: answers a lenient checker (tolerance, rounding, bracket stripping) would credit.

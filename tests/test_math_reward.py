@@ -16,7 +16,8 @@ from answerkey.rewards import math as math_reward
 from answerkey.rewards.math_extract import extract
 from answerkey.rewards.math_parse import normalize, rational
 from answerkey.rewards.math_pool import KillPool
-from tests.math_table import ADVERSARIAL, MATH_VERIFY_ROWS, TABLE
+from tests.math_adversarial import ADVERSARIAL
+from tests.math_table import MATH_VERIFY_ROWS, TABLE
 
 BOUND_S = 5.0
 

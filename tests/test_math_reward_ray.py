@@ -9,7 +9,8 @@ import pytest
 
 from answerkey.rewards import math as math_reward
 from tests import conftest
-from tests.math_table import ADVERSARIAL, TABLE
+from tests.math_adversarial import ADVERSARIAL
+from tests.math_table import TABLE
 
 ray = pytest.importorskip("ray")
 
