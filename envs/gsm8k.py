@@ -5,8 +5,9 @@
     kwargs = { train_path = "../shared/data/gsm8k/train.jsonl", test_path = "../shared/data/gsm8k/test.jsonl" }
 
 The gold answer is the number after `####` (thousands separators removed). A completion is scored by
-the exact-number checker (`rewards.exact`): its last `\\boxed{}` or `#### x` must equal the gold
-exactly. The prompt asks for `#### <answer>` on the last line. The worked solution is kept in
+the math reward (`rewards.math`): its final answer (last `\\boxed{}`, else `#### x`, else "the answer
+is …") must equal the gold exactly, as a rational or symbolically; `score_batch` goes through the
+math reward's process pool with its per-item kill. The prompt asks for `#### <answer>` on the last line. The worked solution is kept in
 `meta["solution"]` for SFT. A row whose answer has no `####` number raises naming file and line.
 """
 
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from answerkey.envs.base import Env, Problem, Split
 from answerkey.envs.jsonl import DatasetError, read_rows
-from answerkey.rewards import Score, exact
+from answerkey.rewards import Score
+from answerkey.rewards import math as math_reward
+from answerkey.rewards.math_parse import normalize, rational
 
 INSTRUCTION = "Solve the problem. End your reply with a line of the form '#### <answer>'."
 
@@ -43,7 +46,7 @@ class GSM8KEnv(Env):
         for i, row in enumerate(read_rows(path, ("question", "answer"))[: self.limit]):
             solution, sep, final = row["answer"].rpartition("####")
             gold = final.strip().replace(",", "")
-            if not sep or exact.parse_number(gold) is None:
+            if not sep or rational(normalize(gold)) is None:
                 raise DatasetError(f"{path}:{i + 1}: field 'answer' must end with '#### <number>', got ...{row['answer'][-40:]!r}")
             prompt = f"{row['question'].strip()}\n\n{self.instruction}" if self.instruction else row["question"].strip()
             problems.append(Problem(id=f"gsm8k/{Path(path).stem}/{i}", prompt=prompt, answer=gold,
@@ -51,4 +54,7 @@ class GSM8KEnv(Env):
         return problems
 
     def score(self, problem: Problem, completion: str) -> Score:
-        return exact.score(completion, problem.answer)
+        return math_reward.score(completion, problem.answer)
+
+    def score_batch(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[Score]:
+        return math_reward.score_batch([(c, p.answer) for p, c in zip(problems, completions, strict=True)])

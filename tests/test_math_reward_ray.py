@@ -1,0 +1,52 @@
+"""The math reward inside a Ray actor (where `signal.alarm` checkers fail) gives the main thread's verdicts,
+including the kill of an overrunning item. Skipped when Ray is not installed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from answerkey.rewards import math as math_reward
+from tests import conftest
+from tests.math_adversarial import ADVERSARIAL
+from tests.math_table import TABLE
+
+ray = pytest.importorskip("ray")
+
+if not hasattr(conftest, "ray_session"):  # the shared session fixture, when conftest has none yet
+
+    @pytest.fixture(scope="module")
+    def ray_session():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False)
+        yield
+        ray.shutdown()
+
+
+def test_verdicts_from_a_ray_actor_match_the_main_thread(ray_session):
+    rows = [(r, g) for r, g, _ in TABLE[::4]] + [(r, g) for r, g, _ in ADVERSARIAL[:3]]
+    rows.append(("\\boxed{\\sum_{n=1}^{N} n^{n^{n}}}", "1"))  # passes the static guards; bounded by the kill
+
+    @ray.remote(num_cpus=1)
+    class Scorer:
+        def score_batch(self, pairs, timeout_s):
+            from answerkey.rewards import math as reward  # imported in the actor's own process
+
+            return [s.status.value for s in reward.score_batch(pairs, timeout_s=timeout_s)]
+
+        def score_each_in_threads(self, pairs):
+            from concurrent.futures import ThreadPoolExecutor
+
+            from answerkey.rewards import math as reward
+
+            with ThreadPoolExecutor(max_workers=4) as executor:
+                return [s.status.value for s in executor.map(lambda p: reward.score(*p, timeout_s=2.0), pairs)]
+
+    actor = Scorer.remote()
+    main = [s.status.value for s in math_reward.score_batch(rows, timeout_s=2.0)]
+    from_actor = ray.get(actor.score_batch.remote(rows, 2.0), timeout=300)
+    from_actor_threads = ray.get(actor.score_each_in_threads.remote(rows), timeout=300)
+    assert from_actor == main
+    assert from_actor_threads == main
+    assert "correct" in main and "wrong" in main
