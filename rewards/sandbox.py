@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 FEATURES = ("namespaces", "uid_drop", "cgroup_pids", "cgroup_memory")
 JUDGE_UID, FIRST_UID = 60999, 61000  # the judge's uid; slot i runs programs as FIRST_UID + i
-BACKSTOP_S = 15.0  # beyond a job's own timeout, how long the caller waits before killing its worker
+BACKSTOP_S = 15.0
+MAX_RESULT = 4 << 20  # bytes of one judge result  # beyond a job's own timeout, how long the caller waits before killing its worker
 
 
 class SandboxUnavailable(RuntimeError):
@@ -115,16 +116,22 @@ class _Worker:
             raise SandboxUnavailable(f"sandbox worker {self.slot} failed to start: {hello.get('fatal', 'exited')} "
                                      f"(log: {self.log_path})")
 
-    def submit(self, job: Job, job_id: int, nonce: str) -> None:
+    def submit(self, job: Job, job_id: int, nonce: str) -> int:
+        """Send the job; returns the memfd the judge will write the result into (the caller closes it)."""
         program = _memfd("program", job.program.encode("utf-8", "surrogatepass"))
         tests = _memfd("tests", json.dumps({"tests": job.tests, "prelude": job.prelude, "entry_point": job.entry_point,
                                             "nonce": nonce}).encode())
+        result = _memfd("result", b"")
         header = {"job": job_id, "entry_point": job.entry_point, "timeout_s": job.timeout_s}
         try:
-            socket.send_fds(self.sock, [json.dumps(header).encode()], [program, tests])
+            socket.send_fds(self.sock, [json.dumps(header).encode()], [program, tests, result])
+        except OSError:
+            os.close(result)
+            raise
         finally:
             os.close(program)
             os.close(tests)
+        return result
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -218,7 +225,7 @@ class Sandbox:
             log.warning("running untrusted code in a WEAKER sandbox: %s", self._missing_text())
         results: list[Outcome | None] = [None] * len(jobs)
         pending = deque(range(len(jobs)))
-        busy: dict[int, tuple[int, str, float]] = {}  # slot -> (job index, nonce, backstop deadline)
+        busy: dict[int, tuple[int, str, float, int]] = {}  # slot -> (job index, nonce, backstop deadline, result fd)
         idle = [w for w in self.workers if w.proc is not None]
         by_slot = {w.slot: w for w in self.workers}
         with selectors.DefaultSelector() as selector:
@@ -227,32 +234,35 @@ class Sandbox:
                     worker, index = idle.pop(), pending.popleft()
                     nonce = secrets.token_hex(16)
                     try:
-                        worker.submit(jobs[index], index, nonce)
+                        result_fd = worker.submit(jobs[index], index, nonce)
                     except OSError as exc:
                         results[index] = Outcome("infra", detail=f"could not submit to worker {worker.slot}: {exc}")
                         idle.extend(self._restart(worker))
                         continue
-                    busy[worker.slot] = (index, nonce, time.monotonic() + jobs[index].timeout_s + BACKSTOP_S)
+                    busy[worker.slot] = (index, nonce, time.monotonic() + jobs[index].timeout_s + BACKSTOP_S, result_fd)
                     selector.register(worker.sock, selectors.EVENT_READ, worker)
                 if not busy:
                     break
-                wait = max(0.0, min(d for _, _, d in busy.values()) - time.monotonic())
+                wait = max(0.0, min(b[2] for b in busy.values()) - time.monotonic())
                 ready = {key.data.slot for key, _ in selector.select(wait)}
                 for slot in list(busy):
-                    index, nonce, deadline = busy[slot]
+                    index, nonce, deadline, result_fd = busy[slot]
                     worker = by_slot[slot]
                     if slot not in ready and time.monotonic() < deadline:
                         continue
                     selector.unregister(worker.sock)
                     del busy[slot]
-                    results[index], healthy = self._collect(worker, index, nonce, slot in ready)
+                    try:
+                        results[index], healthy = self._collect(worker, index, nonce, slot in ready, result_fd)
+                    finally:
+                        os.close(result_fd)
                     idle.extend([worker] if healthy else self._restart(worker))
         for i, r in enumerate(results):
             if r is None:
                 results[i] = Outcome("infra", detail="no sandbox worker could run this job")
         return results  # type: ignore[return-value]
 
-    def _collect(self, worker: _Worker, index: int, nonce: str, readable: bool) -> tuple[Outcome, bool]:
+    def _collect(self, worker: _Worker, index: int, nonce: str, readable: bool, result_fd: int) -> tuple[Outcome, bool]:
         """The outcome of the job on `worker`, and whether the worker can take another job."""
         if not readable:
             return Outcome("infra", detail=f"worker {worker.slot} did not answer within the backstop"), False
@@ -268,7 +278,7 @@ class Sandbox:
         if reply["timed_out"]:
             return Outcome("timeout", detail="ran past its wall-clock limit and was killed", wall_s=wall), True
         try:
-            result = json.loads(reply["judge"])
+            result = json.loads(os.pread(result_fd, MAX_RESULT, 0))
         except ValueError:
             return Outcome("infra", detail="the judge wrote no result", wall_s=wall), True
         if result.get("nonce") != nonce:

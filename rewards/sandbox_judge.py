@@ -150,7 +150,7 @@ def run_judge(tests: str, prelude: str, entry_point: str, sock: socket.socket) -
     check_args = namespace.get("check").__code__.co_varnames[:1] if callable(namespace.get("check")) else ()
     for name in {"candidate", entry_point, *check_args}:
         namespace[name] = proxy
-    units = []
+    units, shown = [], 0
     for stmt, counts in statements:
         try:
             exec(compile(ast.Module(body=[stmt], type_ignores=[]), "<tests>", "exec"), namespace)
@@ -158,5 +158,6 @@ def run_judge(tests: str, prelude: str, entry_point: str, sock: socket.socket) -
         except Exception as exc:  # noqa: BLE001 - any failure of a unit is that unit's failure
             error = _describe(exc)
         if counts:
-            units.append([not error, f"line {stmt.lineno}: {error}" if error else ""])
+            shown += bool(error)
+            units.append([not error, f"line {stmt.lineno}: {error}" if error and shown <= 20 else ""])
     return {"load": "ok", "units": units}

@@ -1,24 +1,28 @@
 """One slot of the sandbox pool: a warm interpreter that forks an isolated child per execution.
 
 Started by `sandbox.Sandbox` as `python -I -S sandbox_worker.py CONFIG_JSON` with an empty
-environment and one Unix socket (fd given in the config). It never reads a job's program or tests
-itself: each job arrives as a small header plus two memfds (program, tests), so the memory that the
-candidate's process inherits by `fork` holds no test, no expected value and no nonce.
+environment and one Unix socket (fd given in the config). It never reads a job's program, tests or
+result itself: each job arrives as a small header plus three memfds (program, tests, result), so
+the memory that a candidate inherits by `fork` holds no test, no expected value, no nonce and no
+earlier job's result.
+
+At start it builds, in a private mount namespace, the read-only root the candidates will see
+(/usr, the stdlib, /dev/null...; no /etc, /home, /root contents, /proc or /sys), imports the usual
+stdlib modules, and forks the judge: a persistent process, with its own unprivileged uid and not
+dumpable, that runs each job's tests (`sandbox_judge.run_judge`) and never loads a program.
 
 Per job:
-  candidate  fork -> join the slot's cgroups -> unshare(pid, net, mount, ipc, uts) -> fork again:
-             the grandchild is pid 1 of a fresh pid namespace, with only a down `lo` for a network;
-             it mounts a private tmpfs on /tmp of a read-only root made once per worker (/usr, the
-             stdlib, /dev/null...; no /etc, /home, /root, /proc), chroots into it, sets rlimits
-             (CPU, file size, open files, core, nproc), points stdin/stdout/stderr at /dev/null, drops to
-             the slot's own unprivileged uid with no capabilities and no_new_privs, then runs the program
-             and serves calls of the entry point (`sandbox_judge.serve_candidate`).
-  judge      fork -> drop to the judge uid -> read the tests and the nonce from the tests memfd ->
-             run them against the candidate over a socketpair -> write the result, tagged with
-             the nonce, to a pipe this worker relays to the caller.
-The worker waits for the judge's result or the wall-clock deadline, then SIGKILLs the namespace's
-pid 1 (the kernel kills everything in the namespace, daemons included) and the judge, kills
-whatever is still in the cgroup, and reaps every child (it is a child subreaper).
+  candidate  unshare(pid, net, mount, ipc, uts) in the worker, fork, setns back: the child is pid 1
+             of a fresh pid namespace with only a down `lo` for a network. It joins the slot's
+             cgroups (pids, memory), mounts a private tmpfs on /tmp, chroots into the read-only
+             root, sets rlimits (CPU, file size, open files, core, nproc), points stdin/stdout/stderr
+             at /dev/null, drops to the slot's uid (no groups, no capabilities, no_new_privs), then
+             runs the program and answers calls of the entry point over a socketpair.
+  judge      gets the tests memfd, its end of the socketpair and the result memfd; writes the
+             result, tagged with the job's nonce, into the result memfd (read by the caller).
+The worker waits for the judge or the wall-clock deadline, then SIGKILLs pid 1 (the kernel kills
+everything else in the namespace, daemons included), kills whatever is still in the cgroup, reaps,
+and replaces the judge if it did not finish. It answers the caller with timings and errors only.
 
 Isolation features may be switched off only by the caller's explicit weaker mode (`features` in
 the config); this file does what it is told and reports failures as `{"fatal": ...}`.
@@ -130,31 +134,6 @@ def read_fd(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def namespace_child(cfg: dict, job: dict, fds: dict[str, int], rpc_judge: socket.socket,
-                    rpc_candidate: socket.socket) -> None:
-    """Enter new namespaces, fork pid 1 of the new pid namespace (the candidate), then be the judge."""
-    try:
-        close_fds_except({*fds.values(), rpc_judge.fileno(), rpc_candidate.fileno()})
-        if "namespaces" in cfg["features"]:
-            unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
-        pid = os.fork()
-        if pid == 0:
-            for name in ("tests", "report", "result"):
-                os.close(fds[name])
-            rpc_judge.close()
-            sandboxed_child(cfg, job, fds["program"], rpc_candidate)
-        os.close(fds["program"])
-        rpc_candidate.close()
-        os.write(fds["report"], f"P{pid}".encode())
-        os.close(fds["report"])
-        judge(cfg, fds["tests"], rpc_judge, fds["result"])
-    except BaseException as exc:  # noqa: BLE001 - reported to the worker as a start failure
-        with contextlib.suppress(OSError):
-            os.write(fds["report"], f"E{type(exc).__name__}: {exc}"[:500].encode())
-    finally:
-        os._exit(0)
-
-
 def sandboxed_child(cfg: dict, job: dict, program_fd: int, rpc: socket.socket) -> None:
     """pid 1 of the namespace: lock itself in, drop privileges, run the program (never returns)."""
     try:
@@ -205,76 +184,135 @@ def set_rlimits(limits: dict, timeout_s: float, features: list[str]) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
 
 
-def judge(cfg: dict, tests_fd: int, rpc: socket.socket, result_w: int) -> None:
-    """Run the tests against the candidate; write the nonce-tagged result to `result_w`.
+class Namespaces:
+    """Enter fresh namespaces for the next fork, then return to the worker's own (fds kept open)."""
 
-    Only now, after the candidate was forked, are the tests read: its memory never held them."""
-    payload = json.loads(read_fd(tests_fd))
-    null = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    if "uid_drop" in cfg["features"]:
-        os.setgroups([])
-        os.setresgid(cfg["judge_uid"], cfg["judge_uid"], cfg["judge_uid"])
-        os.setresuid(cfg["judge_uid"], cfg["judge_uid"], cfg["judge_uid"])
-    prctl(PR_SET_DUMPABLE, 0)
+    KINDS = (("pid", CLONE_NEWPID), ("net", CLONE_NEWNET), ("mnt", CLONE_NEWNS), ("ipc", CLONE_NEWIPC),
+             ("uts", CLONE_NEWUTS))
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.own = {kind: os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind, _ in self.KINDS}
+
+    def fresh(self) -> None:
+        """The worker moves into new net/mnt/ipc/uts namespaces; its next child is pid 1 of a new pid namespace."""
+        if self.enabled:
+            unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
+
+    def restore(self) -> None:
+        """Back to the worker's own namespaces; the fresh ones now belong to the child alone."""
+        if self.enabled:
+            for kind, flag in self.KINDS:
+                _check(_libc.setns(self.own[kind], flag), f"setns({kind})")
+
+
+def judge_loop(cfg: dict, sock: socket.socket) -> None:
+    """The persistent judge: per job, run the tests against the candidate, write the result to a memfd.
+
+    Forked before any job, so it shares no memory with a candidate; it never runs a candidate's code."""
+    try:
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if "uid_drop" in cfg["features"]:
+            os.setgroups([])
+            os.setresgid(cfg["judge_uid"], cfg["judge_uid"], cfg["judge_uid"])
+            os.setresuid(cfg["judge_uid"], cfg["judge_uid"], cfg["judge_uid"])
+        prctl(PR_SET_DUMPABLE, 0)
+        while True:
+            data, fds, _, _ = socket.recv_fds(sock, 1024, 3)
+            if not data or len(fds) != 3:
+                return
+            tests_fd, rpc_fd, result_fd = fds
+            with socket.socket(fileno=rpc_fd) as rpc:
+                result = judge_one(read_fd(tests_fd), rpc)
+            view = memoryview(json.dumps(result).encode())
+            while view:
+                view = view[os.write(result_fd, view):]
+            os.close(result_fd)
+            sock.send(b"D")
+    finally:
+        os._exit(0)
+
+
+def judge_one(payload_bytes: bytes, rpc: socket.socket) -> dict:
+    payload = json.loads(payload_bytes)
     try:
         result = run_judge(payload["tests"], payload["prelude"], payload["entry_point"], rpc)
     except Exception as exc:  # noqa: BLE001 - the tests themselves failed: not the candidate's fault
         result = {"load": "judge_error", "error": f"{type(exc).__name__}: {exc}"[:500]}
     result["nonce"] = payload["nonce"]
-    view = memoryview(json.dumps(result).encode())
-    while view:
-        view = view[os.write(result_w, view):]
+    return result
 
 
-def run_job(cfg: dict, job: dict, program_fd: int, tests_fd: int) -> dict:
-    """Fork the namespace child (judge + candidate), wait for the result or the deadline, kill, reap."""
-    started = time.monotonic()
-    deadline = started + float(job["timeout_s"])
-    rpc_judge, rpc_candidate = socket.socketpair()
-    report_r, report_w = os.pipe()
-    result_r, result_w = os.pipe()
-    fds = {"program": program_fd, "tests": tests_fd, "report": report_w, "result": result_w}
-    child = os.fork()
-    if child == 0:
-        namespace_child(cfg, job, fds, rpc_judge, rpc_candidate)
-    for fd in fds.values():
-        os.close(fd)
-    rpc_judge.close()
-    rpc_candidate.close()
-    report, _ = _read_until(report_r, deadline, 600)
-    init_pid = int(report[1:]) if report.startswith(b"P") else 0
-    result, complete = _read_until(result_r, deadline, 1 << 20) if init_pid else (b"", True)
-    for pid in (init_pid, child):
-        if pid:
-            _kill(pid)
-    for pid in (child, init_pid):  # the child first: once it is gone, pid 1 is ours (we are subreaper)
-        if pid:
+class Worker:
+    """The job loop: one judge process kept warm, one fresh namespace set and pid 1 per job."""
+
+    def __init__(self, cfg: dict, sock: socket.socket):
+        self.cfg, self.sock = cfg, sock
+        self.namespaces = Namespaces("namespaces" in cfg["features"])
+        self.judge_pid, self.judge_sock = 0, None
+        self.start_judge()
+
+    def start_judge(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            close_fds_except({theirs.fileno()})
+            judge_loop(self.cfg, theirs)
+        theirs.close()
+        self.judge_pid, self.judge_sock = pid, ours
+
+    def stop_judge(self) -> None:
+        _kill(self.judge_pid)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.judge_pid, 0)
+        self.judge_sock.close()
+
+    def run_job(self, job: dict, program_fd: int, tests_fd: int, result_fd: int) -> dict:
+        """Fork pid 1 of fresh namespaces, hand the tests to the judge, wait for it or the deadline, kill, reap."""
+        started = time.monotonic()
+        deadline = started + float(job["timeout_s"])
+        rpc_judge, rpc_candidate = socket.socketpair()
+        init_pid, start_error = 0, ""
+        try:
+            self.namespaces.fresh()
+            try:
+                init_pid = os.fork()
+                if init_pid == 0:
+                    close_fds_except({program_fd, rpc_candidate.fileno()})
+                    sandboxed_child(self.cfg, job, program_fd, rpc_candidate)
+            finally:
+                self.namespaces.restore()
+        except OSError as exc:
+            start_error = str(exc)
+        os.close(program_fd)
+        rpc_candidate.close()
+        done = False
+        if init_pid:
+            socket.send_fds(self.judge_sock, [b"J"], [tests_fd, rpc_judge.fileno(), result_fd])
+            if _wait_readable(self.judge_sock, deadline):
+                done = self.judge_sock.recv(16) == b"D"
+                start_error = "" if done else "the judge process died"
+        for fd in (tests_fd, result_fd):
+            os.close(fd)
+        rpc_judge.close()
+        if init_pid:
+            _kill(init_pid)  # pid 1: the kernel kills the rest of its namespace
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)  # SIGKILLed: returns promptly
-    leftovers = empty_cgroup(cfg)
-    reap()
-    os.close(report_r)
-    os.close(result_r)
-    return {"job": job["job"], "timed_out": not complete, "judge": result.decode("utf-8", "replace"),
-            "start_error": "" if init_pid else report[1:].decode("utf-8", "replace") or "no report",
-            "leftovers": leftovers, "wall_s": time.monotonic() - started}
+                os.waitpid(init_pid, 0)
+        leftovers = empty_cgroup(self.cfg)
+        if init_pid and not done:  # the judge may be mid-test: replace it
+            self.stop_judge()
+            self.start_judge()
+        reap()
+        return {"job": job["job"], "timed_out": bool(init_pid) and not done and not start_error, "start_error": start_error,
+                "leftovers": leftovers, "wall_s": time.monotonic() - started}
 
 
-def _read_until(fd: int, deadline: float, limit: int) -> tuple[bytes, bool]:
-    """(everything written to `fd` until EOF, the deadline or `limit` bytes; whether EOF was reached)."""
-    chunks, got = [], 0
-    while got < limit:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return b"".join(chunks), False
-        chunk = os.read(fd, limit - got)
-        if not chunk:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks), False
+def _wait_readable(sock: socket.socket, deadline: float) -> bool:
+    left = deadline - time.monotonic()
+    return left > 0 and bool(select.select([sock], [], [], left)[0])
 
 
 def _kill(pid: int) -> None:
@@ -324,15 +362,16 @@ def main() -> None:
     except BaseException as exc:  # noqa: BLE001 - tell the caller exactly what failed
         sock.send(json.dumps({"fatal": f"{type(exc).__name__}: {exc}"}).encode())
         sys.exit(1)
+    worker = Worker(cfg, sock)
     sock.send(json.dumps({"ready": os.getpid()}).encode())
     while True:
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2)
+        data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
         if not data:
             return
         job = json.loads(data)
-        if len(fds) != 2:
-            raise SystemExit(f"job {job.get('job')} came with {len(fds)} fds, expected 2")
-        sock.send(json.dumps(run_job(cfg, job, fds[0], fds[1])).encode())
+        if len(fds) != 3:
+            raise SystemExit(f"job {job.get('job')} came with {len(fds)} fds, expected 3")
+        sock.send(json.dumps(worker.run_job(job, *fds)).encode())
 
 
 if __name__ == "__main__":

@@ -76,9 +76,8 @@ def plain(program: str, tests: str = TESTS, timeout: float = 20.0, **kwargs) -> 
     return 1.0 if out.returncode == 0 else 0.0
 
 
-def sandbox_processes() -> list[int]:
-    """Pids of every process on the machine running as a sandbox uid (candidate slots or the judge)."""
-    uids = {JUDGE_UID, *range(FIRST_UID, FIRST_UID + 64)}
+def sandbox_processes(uids: set[int] = set(range(FIRST_UID, FIRST_UID + 64))) -> list[int]:  # noqa: B006
+    """Pids of every process on the machine running as one of `uids` (default: the candidates' uids)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -97,6 +96,7 @@ def assert_clean(box, workers_before: list[int]) -> None:
     while sandbox_processes() and time.monotonic() < give_up:
         time.sleep(0.05)
     assert sandbox_processes() == []
+    assert len(sandbox_processes({JUDGE_UID})) == len(box.workers)  # one judge per worker, none leaked
     assert all(box.cgroups.pids_in(slot) == [] for slot in range(len(box.workers)))
     assert [w.proc.pid for w in box.workers] == workers_before, "a worker died and was restarted"
     assert all(w.proc.poll() is None for w in box.workers)
