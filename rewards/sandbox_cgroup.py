@@ -1,7 +1,7 @@
 """Per-slot cgroups for the sandbox: a pids limit and a memory limit that bound a whole process tree.
 
     groups = SlotCgroups.create(slots=4, pids=64, memory_bytes=512 << 20)   # raises CgroupError naming what failed
-    groups.procs_files(0)      # the cgroup.procs files a slot-0 child writes its pid into
+    groups.procs_files(0)      # per half: the cgroup.procs files a slot-0 child writes itself into
     groups.kill_all(0); groups.remove()
 
 RLIMIT_NPROC does not bind root and RLIMIT_AS bounds one process, not the sum over a fork tree; a
@@ -10,6 +10,10 @@ machines) and v2 (one unified hierarchy, when the `pids` and `memory` controller
 below our own cgroup). Each sandbox owns `answerkey-sandbox-<pid>` below the caller's own cgroup;
 leftovers of dead callers are removed when found empty. v1 has no `cgroup.kill`: `kill_all` loops
 over `cgroup.procs` with SIGKILL until it is empty.
+
+Each slot has two halves (`slot0a`, `slot0b`) with the same limits, used by alternate jobs: a
+killed namespace takes milliseconds to finish dying (the kernel waits for an RCU grace period when
+it drops the mount namespace), and the next job need not wait for it in the same cgroup.
 """
 
 from __future__ import annotations
@@ -114,39 +118,51 @@ class SlotCgroups:
             raise
         return groups
 
-    def _make_slot(self, slot: int, pids: int, memory_bytes: int) -> None:
-        for name, base in self.bases.items():
-            d = base / f"slot{slot}"
-            d.mkdir(exist_ok=True)
-            if name == "pids":
-                _write(d / "pids.max", str(pids))
-                if (d / "pids.max").read_text().strip() != str(pids):
-                    raise CgroupError(f"{d}/pids.max reads back {(d / 'pids.max').read_text().strip()}, wrote {pids}")
-            elif (d / "memory.limit_in_bytes").exists():  # v1
-                _write(d / "memory.limit_in_bytes", str(memory_bytes))
-                if (d / "memory.memsw.limit_in_bytes").exists():  # no escape into swap
-                    _write(d / "memory.memsw.limit_in_bytes", str(memory_bytes))
-                if int((d / "memory.limit_in_bytes").read_text()) > memory_bytes:
-                    raise CgroupError(f"{d}/memory.limit_in_bytes did not take {memory_bytes}")
-            else:  # v2
-                _write(d / "memory.max", str(memory_bytes))
-                if (d / "memory.swap.max").exists():
-                    _write(d / "memory.swap.max", "0")
+    def _dirs(self, slot: int, name: str) -> list[Path]:
+        return [self.bases[name] / f"slot{slot}{half}" for half in "ab"]
 
-    def procs_files(self, slot: int) -> list[str]:
-        """The distinct cgroup.procs files of the slot, pids first (the one the worker polls)."""
-        files = []
-        for name in CONTROLLERS:
-            f = str(self.bases[name] / f"slot{slot}" / "cgroup.procs")
-            if f not in files:
-                files.append(f)
-        return files
+    def _make_slot(self, slot: int, pids: int, memory_bytes: int) -> None:
+        for name in self.bases:
+            for d in self._dirs(slot, name):
+                self._limit(name, d, pids, memory_bytes)
+
+    @staticmethod
+    def _limit(name: str, d: Path, pids: int, memory_bytes: int) -> None:
+        d.mkdir(exist_ok=True)
+        if name == "pids":
+            _write(d / "pids.max", str(pids))
+            if (d / "pids.max").read_text().strip() != str(pids):
+                raise CgroupError(f"{d}/pids.max reads back {(d / 'pids.max').read_text().strip()}, wrote {pids}")
+        elif (d / "memory.limit_in_bytes").exists():  # v1
+            _write(d / "memory.limit_in_bytes", str(memory_bytes))
+            if (d / "memory.memsw.limit_in_bytes").exists():  # no escape into swap
+                _write(d / "memory.memsw.limit_in_bytes", str(memory_bytes))
+            if int((d / "memory.limit_in_bytes").read_text()) > memory_bytes:
+                raise CgroupError(f"{d}/memory.limit_in_bytes did not take {memory_bytes}")
+        else:  # v2
+            _write(d / "memory.max", str(memory_bytes))
+            if (d / "memory.swap.max").exists():
+                _write(d / "memory.swap.max", "0")
+
+    def procs_files(self, slot: int) -> list[list[str]]:
+        """For each half of the slot, its distinct cgroup.procs files, pids first (the one the worker polls)."""
+        halves = []
+        for half in range(2):
+            files = []
+            for name in CONTROLLERS:
+                f = str(self._dirs(slot, name)[half] / "cgroup.procs")
+                if f not in files:
+                    files.append(f)
+            halves.append(files)
+        return halves
 
     def pids_in(self, slot: int) -> list[int]:
-        try:
-            return [int(p) for p in Path(self.procs_files(slot)[0]).read_text().split()]
-        except FileNotFoundError:
-            return []
+        """Every process in the slot (both halves)."""
+        pids = []
+        for files in self.procs_files(slot):
+            with contextlib.suppress(FileNotFoundError):
+                pids += [int(p) for p in Path(files[0]).read_text().split()]
+        return pids
 
     def kill_all(self, slot: int, timeout_s: float = 5.0) -> None:
         """SIGKILL every process in the slot until the cgroup is empty."""

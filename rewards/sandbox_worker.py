@@ -134,11 +134,12 @@ def read_fd(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def sandboxed_child(cfg: dict, job: dict, program_fd: int, rpc: socket.socket) -> None:
+def sandboxed_child(cfg: dict, job: dict, program_fd: int, rpc: socket.socket, cgroup_procs: list[str]) -> None:
     """pid 1 of the namespace: lock itself in, drop privileges, run the program (never returns)."""
     try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
-        for procs in cfg["cgroup_procs"]:
+        for procs in cgroup_procs:
             with open(procs, "w") as f:
                 f.write("0")  # "0": the writing process
         limits, features = cfg["limits"], cfg["features"]
@@ -211,6 +212,7 @@ def judge_loop(cfg: dict, sock: socket.socket) -> None:
 
     Forked before any job, so it shares no memory with a candidate; it never runs a candidate's code."""
     try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
@@ -252,11 +254,12 @@ class Worker:
         self.cfg, self.sock = cfg, sock
         self.namespaces = Namespaces("namespaces" in cfg["features"])
         self.judge_pid, self.judge_sock = 0, None
+        self.jobs = 0  # jobs run; alternate jobs use the two halves of the slot's cgroup
         self.start_judge()
 
     def start_judge(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        pid, self.judge_pidfd = fork_with_pidfd()
         if pid == 0:
             close_fds_except({theirs.fileno()})
             judge_loop(self.cfg, theirs)
@@ -264,7 +267,7 @@ class Worker:
         self.judge_pid, self.judge_sock = pid, ours
 
     def stop_judge(self) -> None:
-        _kill(self.judge_pid)
+        kill_pidfd(self.judge_pidfd)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.judge_pid, 0)
         self.judge_sock.close()
@@ -274,17 +277,21 @@ class Worker:
         started = time.monotonic()
         deadline = started + float(job["timeout_s"])
         rpc_judge, rpc_candidate = socket.socketpair()
-        init_pid, start_error = 0, ""
+        init_pid, init_pidfd, start_error = 0, -1, ""
+        halves = self.cfg["cgroup_procs"]
+        cgroup = halves[self.jobs % 2] if halves else []
+        self.jobs += 1
         try:
+            vacate(cgroup)
             self.namespaces.fresh()
             try:
-                init_pid = os.fork()
+                init_pid, init_pidfd = fork_with_pidfd()
                 if init_pid == 0:
                     close_fds_except({program_fd, rpc_candidate.fileno()})
-                    sandboxed_child(self.cfg, job, program_fd, rpc_candidate)
+                    sandboxed_child(self.cfg, job, program_fd, rpc_candidate, cgroup)
             finally:
                 self.namespaces.restore()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             start_error = str(exc)
         os.close(program_fd)
         rpc_candidate.close()
@@ -298,16 +305,38 @@ class Worker:
             os.close(fd)
         rpc_judge.close()
         if init_pid:
-            _kill(init_pid)  # pid 1: the kernel kills the rest of its namespace
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(init_pid, 0)
-        leftovers = empty_cgroup(self.cfg)
+            # pid 1 of the namespace: the kernel kills everything else in it. Its exit finishes in the
+            # background (SIGCHLD reaps it); this half of the cgroup is vacated before its next use.
+            kill_pidfd(init_pidfd)
         if init_pid and not done:  # the judge may be mid-test: replace it
             self.stop_judge()
             self.start_judge()
-        reap()
-        return {"job": job["job"], "timed_out": bool(init_pid) and not done and not start_error, "start_error": start_error,
-                "leftovers": leftovers, "wall_s": time.monotonic() - started}
+        return {"job": job["job"], "timed_out": bool(init_pid) and not done and not start_error,
+                "start_error": start_error, "wall_s": time.monotonic() - started}
+
+
+def fork_with_pidfd() -> tuple[int, int]:
+    """fork(), and in the parent a pidfd of the child taken before SIGCHLD can reap it (no pid reuse race)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    pid = -1
+    try:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+            return 0, -1
+        return pid, os.pidfd_open(pid)
+    finally:
+        if pid:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
+def kill_pidfd(pidfd: int) -> None:
+    """SIGKILL the process behind `pidfd` (a no-op if it is gone) and close the pidfd."""
+    if pidfd >= 0:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
 
 
 def _wait_readable(sock: socket.socket, deadline: float) -> bool:
@@ -320,22 +349,22 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def empty_cgroup(cfg: dict) -> int:
-    """SIGKILL whatever is left in the slot's cgroup until it is empty; how many had to be killed."""
-    if not cfg["cgroup_procs"]:
-        return 0
-    killed, give_up = 0, time.monotonic() + 5.0
-    while time.monotonic() < give_up:
-        with open(cfg["cgroup_procs"][0]) as f:
+def vacate(cgroup_procs: list[str], timeout_s: float = 5.0) -> None:
+    """Make sure the cgroup is empty before a job uses it: SIGKILL and reap anything still there."""
+    if not cgroup_procs:
+        return
+    give_up = time.monotonic() + timeout_s
+    while True:
+        reap()
+        with open(cgroup_procs[0]) as f:
             pids = [int(p) for p in f.read().split()]
         if not pids:
-            return killed
+            return
+        if time.monotonic() > give_up:
+            raise RuntimeError(f"cgroup {cgroup_procs[0]} still has processes {pids} after SIGKILL for {timeout_s} s")
         for pid in pids:
             _kill(pid)
-            killed += 1
-        time.sleep(0.001)
-        reap()
-    raise RuntimeError(f"cgroup {cfg['cgroup_procs'][0]} still has processes after SIGKILL for 5 s")
+        time.sleep(0.0005)
 
 
 def reap() -> None:
@@ -363,6 +392,7 @@ def main() -> None:
         sock.send(json.dumps({"fatal": f"{type(exc).__name__}: {exc}"}).encode())
         sys.exit(1)
     worker = Worker(cfg, sock)
+    signal.signal(signal.SIGCHLD, lambda *_: reap())  # killed namespaces finish dying in the background
     sock.send(json.dumps({"ready": os.getpid()}).encode())
     while True:
         data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
