@@ -165,9 +165,16 @@ def detect_features() -> dict[str, str]:
 class Sandbox:
     """A pool of sandbox workers; `run` executes a batch of jobs on them, in parallel."""
 
-    def __init__(self, workers: int = 2, limits: Limits = Limits(), allow_weaker: bool = False):
+    def __init__(self, workers: int = 2, limits: Limits | None = None, allow_weaker: bool = False,
+                 disable: Sequence[str] = ()):
+        """`disable`: isolation to leave off on purpose ("namespaces", "uid_drop", "cgroups"), e.g. in a
+        container without cgroup delegation; like anything missing, it needs `allow_weaker=True`."""
         if workers < 1:
             raise ValueError(f"Sandbox: workers must be >= 1, got {workers}")
+        unknown = set(disable) - {"namespaces", "uid_drop", "cgroups"}
+        if unknown:
+            raise ValueError(f"Sandbox: disable has unknown feature(s) {sorted(unknown)}; known: namespaces, uid_drop, cgroups")
+        limits = limits or Limits()
         self.limits, self.allow_weaker = limits, allow_weaker
         self._tmp = tempfile.mkdtemp(prefix="answerkey-sandbox-")
         os.chmod(self._tmp, 0o755)
@@ -175,11 +182,15 @@ class Sandbox:
         self._resources: dict = {"workers": self.workers, "cgroups": None, "tmp": self._tmp}
         self._finalizer = weakref.finalize(self, _cleanup, self._resources)
         missing = {f: why for f, why in detect_features().items() if why}
-        try:
-            self.cgroups: SlotCgroups | None = SlotCgroups.create(workers, limits.processes, limits.memory_bytes)
-        except CgroupError as exc:
-            self.cgroups = None
-            missing |= {"cgroup_pids": str(exc), "cgroup_memory": str(exc)}
+        missing |= {f: "disabled by the caller" for f in disable if f != "cgroups"}
+        self.cgroups: SlotCgroups | None = None
+        if "cgroups" in disable:
+            missing |= {"cgroup_pids": "disabled by the caller", "cgroup_memory": "disabled by the caller"}
+        else:
+            try:
+                self.cgroups = SlotCgroups.create(workers, limits.processes, limits.memory_bytes)
+            except CgroupError as exc:
+                missing |= {"cgroup_pids": str(exc), "cgroup_memory": str(exc)}
         self._resources["cgroups"] = self.cgroups
         self.missing = missing
         if missing and not allow_weaker:

@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import contextlib
 
 from sandbox_judge import run_judge, serve_candidate  # noqa: E402
+from sandbox_wire import send_frame  # noqa: E402
 
 # Modules a typical program imports, loaded once here so every fork starts warm.
 WARM = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "typing",
@@ -57,6 +58,7 @@ CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 4, 36, 38
 _libc = ctypes.CDLL(None, use_errno=True)
+JUDGE_MEMORY = 4 << 30  # address space of the judge process (RLIMIT_AS)
 
 
 def _check(ret: int, what: str) -> None:
@@ -161,11 +163,12 @@ def sandboxed_child(cfg: dict, job: dict, program_fd: int, rpc: socket.socket, c
             os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
             os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
         prctl(PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_DUMPABLE, 0)
         os.environ.clear()
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     except BaseException as exc:  # noqa: BLE001 - the judge reports it as an infrastructure error
         try:
-            rpc.sendall(json.dumps({"load": "infra", "error": f"sandbox set-up: {type(exc).__name__}: {exc}"}).encode())
+            send_frame(rpc, {"load": "infra", "error": f"sandbox set-up: {type(exc).__name__}: {exc}"})
         finally:
             os._exit(70)
     try:
@@ -180,8 +183,9 @@ def set_rlimits(limits: dict, timeout_s: float, features: list[str]) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_bytes"], limits["file_bytes"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"] * 4, limits["processes"] * 4))
-    if "cgroup_memory" not in features:  # without a cgroup, bound each process at least
+    if "cgroup_pids" not in features:  # weaker mode: per-uid, and only binding once the uid is not root
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
+    if "cgroup_memory" not in features:  # weaker mode: bounds each process, not their sum
         resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
 
 
@@ -221,6 +225,8 @@ def judge_loop(cfg: dict, sock: socket.socket) -> None:
             os.setresgid(cfg["judge_uid"], cfg["judge_uid"], cfg["judge_uid"])
             os.setresuid(cfg["judge_uid"], cfg["judge_uid"], cfg["judge_uid"])
         prctl(PR_SET_DUMPABLE, 0)
+        # Outside the cgroup, so bound it here: what a candidate sends it is bounded by the frame size.
+        resource.setrlimit(resource.RLIMIT_AS, (JUDGE_MEMORY, JUDGE_MEMORY))
         while True:
             data, fds, _, _ = socket.recv_fds(sock, 1024, 3)
             if not data or len(fds) != 3:

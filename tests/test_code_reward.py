@@ -7,6 +7,7 @@ Runs as root like CI; a missing isolation feature makes `Sandbox()` raise, so th
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from answerkey.envs.jsonl import DatasetError
 from answerkey.rewards import Status
 from answerkey.rewards import code as code_reward
 from answerkey.rewards.code import Job, extract_code, run_tests, run_tests_batch
+from answerkey.rewards.sandbox import Sandbox, SandboxUnavailable
 
 ADD = "def add(a, b):\n    return a + b\n"
 
@@ -166,6 +168,19 @@ def test_refuses_to_run_without_isolation_and_names_what_is_missing():
     assert out.returncode == 0, out.stderr
     for words in ("namespaces (not running as root", "uid_drop", "cgroup_pids", "cgroup_memory", "allow_weaker=True"):
         assert words in out.stdout
+
+
+def test_weaker_mode_needs_the_opt_in_and_is_logged_on_every_run(caplog):
+    with pytest.raises(SandboxUnavailable, match=r"cgroup_pids \(disabled by the caller\).*allow_weaker=True"):
+        Sandbox(workers=1, disable=["cgroups"])
+    with Sandbox(workers=1, disable=["cgroups"], allow_weaker=True) as box, caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            assert [float(s) for s in run_tests_batch([Job(ADD, CHECK, "add", 5.0)], box)] == [0.8]
+        # Without the cgroup, RLIMIT_NPROC (the uid is not root) still stops a fork bomb.
+        bomb = ADD + "import os, time\nfor _ in range(1000):\n    if os.fork() == 0:\n        time.sleep(30)\n        os._exit(0)\n"
+        assert run_tests_batch([Job(bomb, CHECK, "add", 5.0)], box)[0].value == 0.0
+    warnings = [r.getMessage() for r in caplog.records if "WEAKER sandbox" in r.getMessage()]
+    assert len(warnings) == 3 and "cgroup_memory (disabled by the caller)" in warnings[0]
 
 
 def test_batch_rejects_bad_items():
