@@ -220,6 +220,9 @@ def judge_loop(cfg: dict, sock: socket.socket) -> None:
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        if "namespaces" in cfg["features"]:  # the same read-only view as the candidates: the stdlib, no more
+            os.chroot(cfg["root"])
+            os.chdir("/")
         if "uid_drop" in cfg["features"]:
             os.setgroups([])
             os.setresgid(cfg["judge_uid"], cfg["judge_uid"], cfg["judge_uid"])

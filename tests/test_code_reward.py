@@ -90,6 +90,12 @@ def test_mbpp_style_top_level_asserts_and_tests_without_asserts():
     assert no_asserts.status == Status.error and "no assert" in no_asserts.detail
 
 
+def test_program_and_tests_may_import_any_stdlib_module():
+    program = "import zipfile, xml.dom.minidom\ndef f():\n    return zipfile.ZIP_STORED\n"
+    tests = "import tarfile, email.utils\ndef check(candidate):\n    assert candidate() == 0 and tarfile.BLOCKSIZE == 512\n"
+    assert run_tests(program, tests, "f", 5.0).status == Status.correct
+
+
 def test_values_cross_with_their_exact_types():
     program = textwrap.dedent("""
         def f(kind):
