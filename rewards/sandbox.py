@@ -6,8 +6,8 @@
 
 Each worker (`sandbox_worker.py`) is a warm `python -I -S` started with an empty environment that
 forks an isolated child per job: fresh pid/net/mount/ipc/uts namespaces, a read-only root with a
-private tmpfs, an unprivileged per-slot uid, rlimits, and a per-slot cgroup bounding processes and
-memory. The tests run in a separate judge process (`sandbox_judge.py`) that the program cannot reach.
+private tmpfs, an unprivileged uid (from its slot's range, a new one each job), rlimits, and a
+per-slot cgroup bounding processes and memory. The tests run in a separate judge process (`sandbox_judge.py`) that the program cannot reach.
 Program and tests go to the worker as memfds, the result comes back tagged with a per-job nonce
 that only the judge saw; the exit status and output of the program are never looked at.
 
@@ -47,7 +47,8 @@ from answerkey.rewards.sandbox_probe import PROBE_PROGRAM, probe_tests
 log = logging.getLogger(__name__)
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 FEATURES = ("namespaces", "uid_drop", "cgroup_pids", "cgroup_memory")
-JUDGE_UID, FIRST_UID = 60999, 61000  # the judge's uid; slot i runs programs as FIRST_UID + i
+JUDGE_UID, FIRST_UID = 60999, 61000  # the judge's uid; slot i's jobs run as FIRST_UID + i + UID_STRIDE * k
+UID_STRIDE, UID_CYCLE = 64, 1024  # so candidate uids are FIRST_UID .. FIRST_UID + 64 * 1024 (slots <= 64)
 BACKSTOP_S = 15.0
 MAX_RESULT = 4 << 20  # bytes of one judge result  # beyond a job's own timeout, how long the caller waits before killing its worker
 
@@ -169,8 +170,8 @@ class Sandbox:
                  disable: Sequence[str] = ()):
         """`disable`: isolation to leave off on purpose ("namespaces", "uid_drop", "cgroups"), e.g. in a
         container without cgroup delegation; like anything missing, it needs `allow_weaker=True`."""
-        if workers < 1:
-            raise ValueError(f"Sandbox: workers must be >= 1, got {workers}")
+        if not 1 <= workers <= UID_STRIDE:
+            raise ValueError(f"Sandbox: workers must be in [1, {UID_STRIDE}], got {workers}")
         unknown = set(disable) - {"namespaces", "uid_drop", "cgroups"}
         if unknown:
             raise ValueError(f"Sandbox: disable has unknown feature(s) {sorted(unknown)}; known: namespaces, uid_drop, cgroups")
@@ -212,7 +213,8 @@ class Sandbox:
 
     def _worker_config(self, slot: int) -> dict:
         stdlib = sorted({os.path.dirname(os.__file__), os.path.dirname(getattr(math, "__file__", os.__file__))})
-        return {"slot": slot, "uid": FIRST_UID + slot, "gid": FIRST_UID + slot, "judge_uid": JUDGE_UID,
+        return {"slot": slot, "uid": FIRST_UID + slot, "uid_stride": UID_STRIDE, "uid_cycle": UID_CYCLE,
+                "judge_uid": JUDGE_UID,
                 "root": self._tmp, "stdlib": [p for p in stdlib if not p.startswith("/usr/")],
                 "features": self.features,
                 "cgroup_procs": self.cgroups.procs_files(slot) if self.cgroups else [],

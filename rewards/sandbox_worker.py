@@ -15,9 +15,10 @@ Per job:
   candidate  unshare(pid, net, mount, ipc, uts) in the worker, fork, setns back: the child is pid 1
              of a fresh pid namespace with only a down `lo` for a network. It joins the slot's
              cgroups (pids, memory), mounts a private tmpfs on /tmp, chroots into the read-only
-             root, sets rlimits (CPU, file size, open files, core, nproc), points stdin/stdout/stderr
-             at /dev/null, drops to the slot's uid (no groups, no capabilities, no_new_privs), then
-             runs the program and answers calls of the entry point over a socketpair.
+             root, sets rlimits (CPU, file size, open files, core), points stdin/stdout/stderr at
+             /dev/null, drops to a uid from the slot's range, a new one each job (no groups, no
+             capabilities, no_new_privs), then runs the program and answers calls of the entry
+             point over a socketpair.
   judge      gets the tests memfd, its end of the socketpair and the result memfd; writes the
              result, tagged with the job's nonce, into the result memfd (read by the caller).
 The worker waits for the judge or the wall-clock deadline, then SIGKILLs pid 1 (the kernel kills
@@ -136,7 +137,8 @@ def read_fd(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def sandboxed_child(cfg: dict, job: dict, program_fd: int, rpc: socket.socket, cgroup_procs: list[str]) -> None:
+def sandboxed_child(cfg: dict, job: dict, program_fd: int, rpc: socket.socket, cgroup_procs: list[str],
+                    uid: int) -> None:
     """pid 1 of the namespace: lock itself in, drop privileges, run the program (never returns)."""
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -160,8 +162,8 @@ def sandboxed_child(cfg: dict, job: dict, program_fd: int, rpc: socket.socket, c
         set_rlimits(limits, float(job["timeout_s"]), features)
         if "uid_drop" in features:
             os.setgroups([])
-            os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
-            os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         prctl(PR_SET_DUMPABLE, 0)
         os.environ.clear()
@@ -266,6 +268,11 @@ class Worker:
         self.jobs = 0  # jobs run; alternate jobs use the two halves of the slot's cgroup
         self.start_judge()
 
+    def uid(self) -> int:
+        """This job's uid: the slot's own range, a different uid for each of `uid_cycle` consecutive jobs,
+        so that nothing the kernel keys by uid (keyrings, RLIMIT_NPROC) carries from one job to the next."""
+        return self.cfg["uid"] + self.cfg["uid_stride"] * (self.jobs % self.cfg["uid_cycle"])
+
     def start_judge(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid, self.judge_pidfd = fork_with_pidfd()
@@ -297,7 +304,7 @@ class Worker:
                 init_pid, init_pidfd = fork_with_pidfd()
                 if init_pid == 0:
                     close_fds_except({program_fd, rpc_candidate.fileno()})
-                    sandboxed_child(self.cfg, job, program_fd, rpc_candidate, cgroup)
+                    sandboxed_child(self.cfg, job, program_fd, rpc_candidate, cgroup, self.uid())
             finally:
                 self.namespaces.restore()
         except (OSError, RuntimeError) as exc:

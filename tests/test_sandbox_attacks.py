@@ -29,7 +29,7 @@ import pytest
 from answerkey.rewards import Status
 from answerkey.rewards import code as code_reward
 from answerkey.rewards.code import Job, run_tests_batch
-from answerkey.rewards.sandbox import FIRST_UID, JUDGE_UID
+from answerkey.rewards.sandbox import FIRST_UID, JUDGE_UID, UID_CYCLE, UID_STRIDE
 
 SOLUTION = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"  # fails every assert of TESTS
@@ -76,7 +76,10 @@ def plain(program: str, tests: str = TESTS, timeout: float = 20.0, **kwargs) -> 
     return 1.0 if out.returncode == 0 else 0.0
 
 
-def sandbox_processes(uids: set[int] = set(range(FIRST_UID, FIRST_UID + 64))) -> list[int]:  # noqa: B006
+CANDIDATE_UIDS = set(range(FIRST_UID, FIRST_UID + UID_STRIDE * UID_CYCLE))
+
+
+def sandbox_processes(uids: set[int] = CANDIDATE_UIDS) -> list[int]:
     """Pids of every process on the machine running as one of `uids` (default: the candidates' uids)."""
     found = []
     for entry in Path("/proc").iterdir():
