@@ -13,7 +13,8 @@ Three ways to run each of the 164 canonical programs plus its tests, at the same
               the base interpreter on the file; `bwrap -I -S` is the same with `python -I -S`.
 Methods run in interleaved rounds (the machine is shared), each round over all programs; the
 table gives the median round's programs/s, latency percentiles of single executions over all
-rounds, and ratios of ours to each peer. Every execution must pass (exit 0 / score 1.0).
+rounds (ours: the worker's wall time from fork to verdict; peers: each `subprocess.run` call), and
+the ratios of ours to each peer. Every execution must pass (exit 0 / score 1.0).
 Needs root and bubblewrap (`make install` installs it as root). Numbers are for this machine.
 """
 

