@@ -4,7 +4,10 @@
     answerkey config --docs                                      # every key with its default and doc
     answerkey env answerkey.envs.synthetic:SyntheticEnv --kwargs '{"difficulty": 3}' -n 3
 
-Each later stage adds its own subcommand here (rl, eval, tokenize, pretrain, sft, ...). Errors a
+    answerkey rl examples/tiny_cpu.toml --model.path=runs/demo-x/policy --run.name=r1 [--resume]
+    answerkey eval runs/r1/checkpoints/step_000010/model --env answerkey.envs.synthetic:SyntheticEnv --n 8
+
+Each later stage adds its own subcommand here (tokenize, pretrain, sft, ...). Errors a
 user can fix (bad config, bad dataset row, bad env path) print one clear message and exit 2,
 without a traceback.
 """
@@ -56,6 +59,21 @@ def cmd_env(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_rl(args: argparse.Namespace, overrides: list[str]) -> int:
+    from answerkey import driver
+
+    cfg = load_config(args.config, overrides)
+    metrics = driver.main(cfg, resume=args.resume)
+    console.print({k: round(v, 4) for k, v in metrics.items() if k in ("reward/mean", "learner/loss", "time/step_s")})
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from answerkey import evaluate
+
+    return evaluate.main(args.args + overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="answerkey", description="RL from verifiable rewards, from pretraining to GRPO.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -72,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("-n", type=int, default=3, help="problems to print")
     p.set_defaults(run=cmd_env)
+
+    p = sub.add_parser("rl", help="GRPO through Ray actors (rollout workers, learner, reward processes)",
+                       description="Run GRPO with CONFIG (TOML) and dotted overrides like --run.steps=50.")
+    p.add_argument("config", help="TOML file, e.g. examples/tiny_cpu.toml")
+    p.add_argument("--resume", action="store_true",
+                   help="continue run.out_dir/run.name from its latest complete checkpoint")
+    p.set_defaults(run=cmd_rl)
+
+    p = sub.add_parser("eval", help="pass@1, pass@k and maj@k of a checkpoint on an env (`answerkey eval -h`)",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(run=cmd_eval)
     return parser
 
 
@@ -79,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
     try:
         return args.run(args, overrides)
-    except (ConfigError, ValueError, ImportError, TypeError) as exc:
+    except (ConfigError, ValueError, ImportError, TypeError, FileNotFoundError, FileExistsError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         return 2
 

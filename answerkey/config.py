@@ -47,6 +47,10 @@ class EnvConfig(Section):
     """Dotted path 'package.module:Class' of the environment; no registry."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the env's constructor (e.g. difficulty, data paths)."""
+    reward_timeout_s: float = Field(30.0, gt=0)
+    """Wall-clock bound on scoring one completion; past it the scoring process is killed and the item scores 0 (timeout)."""
+    reward_processes: int = Field(1, ge=1)
+    """Processes that run the env's reward code (never the trainer's process)."""
 
 
 class RolloutConfig(Section):
@@ -64,6 +68,10 @@ class RolloutConfig(Section):
     """Keep only the k most likely tokens (0 = off)."""
     stop: list[str] = Field(default_factory=list)
     """Stop strings, in addition to the stop tokens (<|im_end|>, <|endoftext|>)."""
+    workers: int = Field(2, ge=1)
+    """Rollout workers (Ray actors, each with its own engine); the P problems are split between them."""
+    threads_per_worker: int = Field(1, ge=1)
+    """torch threads of each CPU rollout worker (workers x threads should not exceed the cores)."""
 
     @field_validator("group_size")
     @classmethod
@@ -116,6 +124,8 @@ class LearnerConfig(Section):
     """Token budget of one forward/backward (rows x padded length); gradients are accumulated."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision: bf16 autocast over fp32 master weights, or plain fp32."""
+    threads: int = Field(2, ge=1)
+    """torch threads of the learner actor on CPU."""
 
     @field_validator("lr")
     @classmethod
@@ -132,6 +142,27 @@ class RunConfig(Section):
     """Seed for problem order, sampling and initialization."""
     out_dir: str = "runs"
     """Parent directory of run directories."""
+    name: str = ""
+    """Run directory name under out_dir (default: rl-<date>-<time>); --resume needs the same name."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Save a checkpoint every N steps (0 = only after the last step)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Complete checkpoints kept on disk; older ones are deleted after a newer one is written."""
+    eval_every: int = Field(0, ge=0)
+    """Evaluate on the held-out split every N steps (0 = only before the first and after the last step)."""
+    eval_samples: int = Field(4, ge=1)
+    """Sampled completions per held-out problem in evaluation (a greedy one is added)."""
+    eval_problems: int = Field(0, ge=0)
+    """Held-out problems evaluated (the first N; 0 = all)."""
+    sample_every: int = Field(10, ge=0)
+    """Write a few decoded completions with their rewards to samples.jsonl every N steps (0 = never)."""
+    verify_every: int = Field(1, ge=1)
+    """Compare each engine's logprobs of a fixed completion with the learner's every N steps (the per-parameter
+    checksum comparison runs on every sync)."""
+    tensorboard: bool = False
+    """Also write metrics to TensorBoard (run_dir/tb; needs the `tensorboard` package)."""
+    wandb_project: str = ""
+    """Also log metrics to this Weights & Biases project (needs `wandb`; empty = off)."""
 
     @field_validator("steps")
     @classmethod

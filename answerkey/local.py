@@ -21,6 +21,11 @@ from answerkey.rewards import status_counts
 from answerkey.rollout.engine import RolloutEngine, SamplingParams
 
 
+def prompts_for(tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
+    """Token ids of each problem's conversation, ending with the assistant header."""
+    return [chat.prompt_ids(tokenizer, p.messages()) for p in problems]
+
+
 def collect(engine: RolloutEngine, env: Env | MultiTurnEnv, tokenizer, problems: Sequence[Problem],
             sampling: SamplingParams, group_size: int) -> list[list[Trajectory]]:
     """`group_size` scored trajectories for each problem, (P, G)."""
@@ -28,7 +33,7 @@ def collect(engine: RolloutEngine, env: Env | MultiTurnEnv, tokenizer, problems:
         def generate(ids):
             return engine.generate([list(ids)], 1, sampling)[0][0]
         return [[env.rollout(p, generate, tokenizer) for _ in range(group_size)] for p in problems]
-    prompts = [chat.prompt_ids(tokenizer, p.messages()) for p in problems]
+    prompts = prompts_for(tokenizer, problems)
     groups = engine.generate(prompts, group_size, sampling)
     flat_problems = [p for p in problems for _ in range(group_size)]
     scores = score_batch(env, flat_problems, [c.text for g in groups for c in g])

@@ -29,7 +29,7 @@ import torch
 from answerkey.chat import Encoded
 from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
-from answerkey.learner import grpo
+from answerkey.learner import checkpoint, grpo
 from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch, pack
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
@@ -57,6 +57,7 @@ class Learner:
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.schedule, cfg.min_lr_ratio))
         self.reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
         self.optimizer_steps = 0
+        self.tokenizer = None  # saved with checkpoints (PretrainedLearner sets it)
 
     # -- GRPO ------------------------------------------------------------------------------------
 
@@ -175,6 +176,40 @@ class Learner:
     def weights_checksum(self) -> dict[str, str]:
         return weights.checksums(self.model)
 
+    @torch.no_grad()
+    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int]) -> list[float]:
+        """The policy's processed logprobs of one given completion (the sync check's reference)."""
+        row = Row(list(prompt) + list(completion), len(prompt), [1] * len(completion), [0.0] * len(completion), 0.0)
+        mb = collate([row], [0])
+        logprobs, _ = self.logprobs(self.model, mb)
+        return completion_values(mb, logprobs.float())[0].tolist()
+
+    # -- checkpoint ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything but the model weights that an exact resume needs (optimizer, schedule, counters, RNG)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimizer_steps = state["optimizer_steps"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_checkpoint(self, root: str, step: int, run_state: dict, config_json: str, keep: int) -> str:
+        """Write an atomic checkpoint (learner/checkpoint.py) of the policy, this learner and `run_state`."""
+        if self.tokenizer is None:
+            raise RuntimeError("save_checkpoint needs the tokenizer: build it as a PretrainedLearner")
+        return str(checkpoint.save(root, step, self.model, self.tokenizer, self.state_dict(), run_state, config_json, keep))
+
+    def resume(self, path: str) -> None:
+        """Load the optimizer/schedule/RNG state of the checkpoint at `path` (PretrainedLearner loaded its model)."""
+        self.load_state_dict(checkpoint.load(path).learner_state)
+
+    def weights_nbytes(self) -> int:
+        return sum(p.numel() * 4 for p in self.model.parameters())  # pushed as float32
+
 
 def _add(sums: dict, key: str, value: torch.Tensor) -> None:
     sums[key] = sums.get(key, 0.0) + value.detach()
@@ -185,3 +220,24 @@ def _extremes(sums: dict, key: str, values: torch.Tensor) -> None:
     if values.numel():
         sums[f"{key}_max"] = max(sums.get(f"{key}_max", -math.inf), float(values.max()))
         sums[f"{key}_min"] = min(sums.get(f"{key}_min", math.inf), float(values.min()))
+
+
+class PretrainedLearner(Learner):
+    """A Learner built from a Hugging Face checkpoint path (what a Ray actor's constructor can be given).
+
+    On resume `path` is the checkpoint's model and `reference_path` the run's initial policy, so the KL
+    reference stays the frozen initial policy however often the run was resumed.
+    """
+
+    def __init__(self, path: str, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int,
+                 reference_path: str | None = None, threads: int | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        if threads:
+            torch.set_num_threads(threads)
+        hf_logging.disable_progress_bar()
+        super().__init__(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg, sampling, total_steps)
+        if self.reference is not None and reference_path and str(reference_path) != str(path):
+            self.reference = AutoModelForCausalLM.from_pretrained(reference_path, dtype=torch.float32).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)

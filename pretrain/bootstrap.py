@@ -33,11 +33,12 @@ def solution_conversations(env: Env) -> list[list[dict[str, str]]]:
 
 def tiny_policy(env: Env, preset: str = "tiny", vocab_size: int = 384, sft_steps: int = 100, lr: float = 3e-3,
                 batch_size: int = 32, seed: int = 0, schedule: str = "constant",
-                on_step: Callable[[int, dict], None] | None = None):
+                on_step: Callable[[int, dict], None] | None = None, device: str = "cpu"):
     """(model, tokenizer): a freshly built policy after `sft_steps` of SFT on the env's worked solutions."""
     conversations = solution_conversations(env)
     tokenizer = train_bpe([chat.render(c) for c in conversations], vocab_size)
     model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed)
+    model = model.to(device)
     cfg = LearnerConfig(lr=lr, warmup_steps=min(20, sft_steps // 10), schedule=schedule, min_lr_ratio=0.05)
     learner = Learner(model, cfg, SamplingParams(), total_steps=sft_steps)
     examples = [chat.encode(tokenizer, c) for c in conversations]

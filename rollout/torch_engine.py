@@ -22,6 +22,7 @@ a prefix cache (it keeps no KV between calls, so `reset_prefix_cache` has nothin
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -31,11 +32,15 @@ from answerkey import chat
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import Completion, SamplingParams
+from answerkey.rollout.llama_decode import LlamaDecoder
 
 
 class TorchEngine:
-    def __init__(self, model: torch.nn.Module, tokenizer, stop_token_ids: Sequence[int] | None = None, seed: int = 0):
+    def __init__(self, model: torch.nn.Module, tokenizer, stop_token_ids: Sequence[int] | None = None, seed: int = 0,
+                 lean: bool = True):
         self.model = model.eval()
+        # the lean Llama forward (rollout/llama_decode.py) when the model is a plain Llama; else HF's forward
+        self.decoder = LlamaDecoder.for_model(model) if lean else None
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_token_ids if stop_token_ids is not None else chat.stop_token_ids(tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -70,8 +75,24 @@ class TorchEngine:
             out.append(self._completion(ids, lps, sampling))
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def _sample(self, rows: list[list[int]], sampling: SamplingParams) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Decode up to max_new_tokens for every row. Returns tokens (B, T), logprobs (B, T), lengths."""
+    @torch.inference_mode()
+    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int], sampling: SamplingParams) -> list[float]:
+        """Processed logprobs of a given completion, decoded through the same cached loop as `generate`.
+
+        The driver compares these with the learner's after every weight sync: they agree only if the
+        engine generates with the learner's weights and the same sampling distribution.
+        """
+        forced = torch.tensor([list(completion)], dtype=torch.long, device=self.device)
+        fixed = replace(sampling, max_new_tokens=len(completion), ignore_eos=True, stop=())
+        _, logprobs, _ = self._sample([list(prompt)], fixed, forced=forced)
+        return logprobs[0].tolist()
+
+    def _sample(self, rows: list[list[int]], sampling: SamplingParams,
+                forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Decode up to max_new_tokens for every row. Returns tokens (B, T), logprobs (B, T), lengths.
+
+        `forced` (B, T) feeds given tokens instead of sampled ones (teacher forcing, for `logprobs_of`).
+        """
         B, L, T = len(rows), max(len(r) for r in rows), sampling.max_new_tokens
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and limit < L + T:
@@ -84,32 +105,40 @@ class TorchEngine:
             mask[r, : L - len(ids)] = 0
         positions = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)  # (B, L)
         next_pos = positions[:, -1] + 1  # (B,)
-        cache = StaticCache(config=self.model.config, max_cache_len=L + T)
         stop_ids = torch.tensor(self.stop_ids, device=dev)
         out_tokens = torch.full((B, T), self.pad_id, dtype=torch.long, device=dev)
         out_logprobs = torch.zeros((B, T), dtype=torch.float32, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.full((B,), T, dtype=torch.long, device=dev)
         stop_check = _StopStrings(self.tokenizer, sampling.stop) if sampling.stop else None
+        can_stop = not sampling.ignore_eos or stop_check is not None  # else skip the per-step GPU->CPU sync
 
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        decoder = self.decoder
+        if decoder is not None:
+            logits = decoder.prefill(input_ids, mask.bool(), positions, L + T)
+        else:
+            cache = StaticCache(config=self.model.config, max_cache_len=L + T)
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1]
         for t in range(T):
             logp = S.processed_logprobs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-            token = S.sample(logp, self.generator)
+            token = S.sample(logp, self.generator) if forced is None else forced[:, t]
             out_tokens[:, t] = torch.where(done, self.pad_id, token)
             out_logprobs[:, t] = torch.where(done, 0.0, S.gather(logp, token))
             finished = torch.zeros_like(done) if sampling.ignore_eos else torch.isin(token, stop_ids)
             if stop_check is not None:
                 finished |= stop_check.hit(out_tokens[:, : t + 1], done)
             newly = finished & ~done
-            lengths[newly] = t + 1
+            lengths = torch.where(newly, t + 1, lengths)  # not lengths[newly] = ...: a bool index syncs on GPU
             done |= newly
-            if t == T - 1 or bool(done.all()):
+            if t == T - 1 or (can_stop and bool(done.all())):
                 break
-            logits = self.model(input_ids=out_tokens[:, t : t + 1], attention_mask=mask, position_ids=(next_pos + t)[:, None],
-                                cache=cache, use_cache=True).logits[:, -1]
-        return out_tokens, out_logprobs, lengths.tolist()
+            if decoder is not None:
+                logits = decoder.step(out_tokens[:, t], next_pos + t, L + t)  # cache slot L + t
+            else:
+                logits = self.model(input_ids=out_tokens[:, t : t + 1], attention_mask=mask,
+                                    position_ids=(next_pos + t)[:, None], cache=cache, use_cache=True).logits[:, -1]
+        return out_tokens.cpu(), out_logprobs.cpu(), lengths.tolist()  # one copy, not one per row
 
     def _completion(self, ids: list[int], logprobs: list[float], sampling: SamplingParams) -> Completion:
         stopped_by_token = bool(ids) and ids[-1] in self.stop_ids and not sampling.ignore_eos

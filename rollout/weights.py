@@ -13,6 +13,7 @@ build on these two functions (driver and GPU issues).
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 import torch
@@ -47,7 +48,9 @@ def load_into(model: torch.nn.Module, named_weights) -> set[str]:
             if name not in params:
                 raise KeyError(f"weight update names parameter {name!r}, which the engine's model does not have")
             param = params[name]
-            tensor = torch.as_tensor(value)
+            with warnings.catch_warnings():  # a read-only view from Ray's object store: we only read it
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                tensor = torch.as_tensor(value)
             if tuple(tensor.shape) != tuple(param.shape):
                 raise ValueError(f"weight update for {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
             param.copy_(tensor)

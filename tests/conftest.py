@@ -3,6 +3,8 @@ in well under a second (no hub downloads)."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,52 @@ def make_model(tokenizer):
         return model.to(dtype)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def policy_dir(tmp_path_factory, synthetic_env) -> Path:
+    """A tiny policy warmed up on the synthetic world's worked solutions (it earns some reward), saved in HF format."""
+    from answerkey.pretrain.bootstrap import tiny_policy
+
+    model, tok = tiny_policy(synthetic_env, sft_steps=150, seed=0)
+    path = tmp_path_factory.mktemp("policy")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray head for the whole test session: pinned CPUs and object store, no dashboard, auth off.
+
+    Yields the GCS address (for driver subprocesses). On teardown Ray is shut down and no process of
+    this Ray session may survive it.
+    """
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    context = ray.init(address="local", num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False,
+                       log_to_driver=False)
+    session = Path(context.address_info["session_dir"]).name
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+    survivors = _processes_mentioning(session, wait_s=20)
+    assert not survivors, f"Ray processes of session {session} survived ray.shutdown(): {survivors}"
+
+
+def _processes_mentioning(text: str, wait_s: float) -> list[str]:
+    """Command lines of live processes whose command line contains `text`, after waiting up to wait_s for them to exit."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if text in cmd:
+                    found.append(f"{proc.name}: {cmd[:160]}")
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)

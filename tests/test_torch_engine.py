@@ -153,3 +153,33 @@ def test_prompt_too_long_for_the_model(tokenizer, make_model):
     engine = TorchEngine(make_model(), tokenizer)
     with pytest.raises(ValueError, match="exceeds the model's 1024 positions"):
         engine.generate([[5] * 1020], 1, SamplingParams(max_new_tokens=10))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "1.4m"])  # tiny has grouped-query attention (4 heads, 2 kv heads)
+def test_the_lean_llama_path_equals_the_hf_forward(tokenizer, make_model, preset):
+    ids = prompts(tokenizer)
+    model = make_model(seed=3, preset=preset)
+    lean, plain = TorchEngine(model, tokenizer, seed=5), TorchEngine(model, tokenizer, seed=5, lean=False)
+    assert lean.decoder is not None and plain.decoder is None
+    greedy = SamplingParams(max_new_tokens=12, top_k=1, ignore_eos=True)
+    a, b = lean.generate(ids, 1, greedy), plain.generate(ids, 1, greedy)
+    assert [g[0].token_ids for g in a] == [g[0].token_ids for g in b]
+    sampling = SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9)
+    for prompt in ids:
+        completion = lean.generate([prompt], 1, sampling)[0][0].token_ids
+        x, y = lean.logprobs_of(prompt, completion, sampling), plain.logprobs_of(prompt, completion, sampling)
+        assert max(abs(u - v) for u, v in zip(x, y, strict=True)) < 1e-5
+
+
+def test_the_lean_path_sees_weight_changes_between_calls(tokenizer, make_model):
+    ids = prompts(tokenizer)
+    model = make_model(seed=3)
+    engine = TorchEngine(model, tokenizer, seed=5)
+    plain = SamplingParams(max_new_tokens=8)
+    before = engine.logprobs_of(ids[0], [5, 6, 7], plain)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.k_proj.weight.mul_(1.5)  # in place, as an optimizer step would
+        model.model.layers[1].mlp.up_proj.weight.add_(0.01)
+    after = engine.logprobs_of(ids[0], [5, 6, 7], plain)
+    reference = TorchEngine(model, tokenizer, lean=False).logprobs_of(ids[0], [5, 6, 7], plain)
+    assert before != after and max(abs(u - v) for u, v in zip(after, reference, strict=True)) < 1e-5

@@ -1,0 +1,142 @@
+"""Rollout engine tokens/s on CPU against Hugging Face `generate`, side by side, with the compute floor.
+
+    python benchmarks/engine.py                       # 1.4m and 28m presets, batch 64, 64 new tokens, fp32, 2 threads
+    python benchmarks/engine.py --presets 1.4m --runs 4 --json out.json
+
+Protocol (issue 4): the same freshly initialized Llama preset and BPE tokenizer, the same 64 left-padded
+prompts (held-out synthetic problems), completions forced to exactly `new_tokens` tokens on every side
+(ours: `ignore_eos`; HF: `min_new_tokens`), temperature 1, no top-k/top-p. Three sides run in
+alternation, `runs` times each: ours (the lean Llama forward, `rollout/llama_decode.py`), ours with
+the Hugging Face forward (`TorchEngine(lean=False)`: same loop and static cache, HF modules), and
+`model.generate` with its default dynamic cache (the peer's exact call is printed). Reported: the
+median of runs 3..runs (the first two warm up), tokens/s (new tokens, prefill included), ours / HF,
+and each side as a multiple of the compute floor: 2 N FLOPs per generated token (N = parameters, the
+tied embedding counted once as the LM head) at the machine's matmul peak, measured in the same run
+as the best of a few 2048^3 fp32 GEMMs. A multiple of 1.0 would be every FLOP at peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import transformers
+
+from answerkey import chat
+from answerkey.envs.synthetic import SyntheticEnv
+from answerkey.pretrain.bootstrap import solution_conversations
+from answerkey.pretrain.model import build_model, num_parameters
+from answerkey.pretrain.tokenizer import train_bpe
+from answerkey.rollout.engine import SamplingParams
+from answerkey.rollout.torch_engine import TorchEngine
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GEMM throughput of this process's threads, FLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), L), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, L - len(p):] = torch.tensor(p)
+        mask[r, L - len(p):] = 1
+    return ids, mask
+
+
+def sides(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> dict[str, Callable[[], int]]:
+    """name -> a call that generates `new_tokens` for every prompt and returns how many tokens it made."""
+    sampling = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, ignore_eos=True)
+    lean, plain = TorchEngine(model, tokenizer, seed=0), TorchEngine(model, tokenizer, seed=0, lean=False)
+    assert lean.decoder is not None, "the preset should take the lean Llama path"
+    ids, mask = left_padded(prompts, tokenizer.pad_token_id)
+
+    def engine(e: TorchEngine) -> Callable[[], int]:
+        return lambda: sum(len(c.token_ids) for g in e.generate(prompts, 1, sampling) for c in g)
+
+    def hf() -> int:
+        out = model.generate(**HF_CALL(ids, mask, new_tokens, tokenizer.pad_token_id))
+        return int(out[:, ids.shape[1]:].numel())
+
+    return {"ours": engine(lean), "ours (HF forward)": engine(plain), "HF generate": hf}
+
+
+def HF_CALL(ids, mask, new_tokens: int, pad_id: int) -> dict:  # noqa: N802 - printed as the peer's config
+    return dict(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id)
+
+
+def bench(preset: str, tokenizer, prompts, new_tokens: int, runs: int, peak: float) -> dict:
+    model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id).eval()
+    calls = sides(model, tokenizer, prompts, new_tokens)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    tokens = {}
+    with torch.inference_mode():
+        for _ in range(runs):
+            for name, call in calls.items():  # alternate, so load changes hit every side alike
+                start = time.perf_counter()
+                tokens[name] = call()
+                times[name].append(time.perf_counter() - start)
+    n = num_parameters(model)
+    floor_s = 2 * n * len(prompts) * new_tokens / peak
+    row = {"preset": preset, "parameters": n, "floor_s": floor_s, "sides": {}}
+    for name in calls:
+        assert tokens[name] == len(prompts) * new_tokens, f"{name} made {tokens[name]} tokens"
+        median = statistics.median(times[name][2:] or times[name])
+        row["sides"][name] = {"seconds": median, "tok_s": tokens[name] / median, "x_floor": median / floor_s}
+    row["ours_vs_hf"] = row["sides"]["ours"]["tok_s"] / row["sides"]["HF generate"]["tok_s"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--presets", nargs="+", default=["1.4m", "28m"])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--runs", type=int, default=10, help="timed runs per side; the median skips the first two")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    env = SyntheticEnv(difficulty=2, train_size=2000, test_size=max(200, args.batch))
+    tokenizer = train_bpe([chat.render(c) for c in solution_conversations(env)], vocab_size=384)
+    prompts = [chat.prompt_ids(tokenizer, q.messages()) for q in env.problems("test")[: args.batch]]
+    peak = matmul_peak()
+    ids, mask = left_padded(prompts, tokenizer.pad_token_id)
+    peer = {k: v for k, v in HF_CALL(ids, mask, args.new_tokens, tokenizer.pad_token_id).items() if not hasattr(v, "shape")}
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads; "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s (fp32)\nbatch {len(prompts)}, prompts of {min(map(len, prompts))}-"
+          f"{max(map(len, prompts))} tokens, {args.new_tokens} new tokens, fp32, median of runs 3..{args.runs}\n"
+          f"peer: model.generate(input_ids, attention_mask, **{peer})")
+    result = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
+              "peak_flops": peak, "batch": len(prompts), "new_tokens": args.new_tokens, "rows": []}
+    for preset in args.presets:
+        row = bench(preset, tokenizer, prompts, args.new_tokens, args.runs, peak)
+        result["rows"].append(row)
+        print(f"\n{preset} ({row['parameters']:,} parameters): floor {row['floor_s'] * 1e3:.0f} ms per call")
+        for name, side in row["sides"].items():
+            print(f"  {name:18} {side['tok_s']:9.0f} tok/s  {side['seconds'] * 1e3:8.0f} ms  {side['x_floor']:6.2f}x floor")
+        print(f"  ours / HF generate: {row['ours_vs_hf']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

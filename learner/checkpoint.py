@@ -1,0 +1,119 @@
+"""Atomic checkpoints for exact resume: a kill at any moment leaves the last complete one loadable.
+
+    save(run_dir / "checkpoints", step=4, model=model, tokenizer=tok, learner_state=learner.state_dict(),
+         run_state={"sampler": ..., "rng": ...}, config_json=cfg.model_dump_json(), keep=2)
+    path = latest(run_dir / "checkpoints")          # checkpoints/step_000004, or None
+    ckpt = load(path)                               # Checkpoint(step, learner_state, run_state, config)
+
+One checkpoint directory holds `model/` (a Hugging Face checkpoint: config.json, safetensors,
+tokenizer files; loads in `transformers`, vLLM and `answerkey rl --model.path`), `learner.pt`
+(optimizer, lr schedule, counters), `run.pt` (the driver's state: data position, RNG states of the
+driver, learner and every rollout engine) and `config.json` (the resolved run config).
+
+Atomicity: everything is written into `.tmp-step_000004-<pid>/`, every file is fsynced, the
+directory is renamed to `step_000004` (atomic within one filesystem) and the parent directory is
+fsynced. So a `step_*` directory is always complete; a kill mid-write leaves only a `.tmp-*`
+directory, which the next `save` or `clean_partial` removes. Older checkpoints beyond `keep` are
+deleted only after the new one is in place. Loading uses `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PREFIX = "step_"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    learner_state: dict[str, Any]
+    run_state: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+
+def save(root: str | Path, step: int, model, tokenizer, learner_state: dict, run_state: dict, config_json: str,
+         keep: int = 2) -> Path:
+    """Write checkpoint `step` under `root` atomically; returns its final path."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_partial(root)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    model.save_pretrained(tmp / "model")
+    tokenizer.save_pretrained(tmp / "model")
+    torch.save(learner_state, tmp / "learner.pt")
+    torch.save(run_state | {"step": step}, tmp / "run.pt")
+    (tmp / "config.json").write_text(config_json)
+    _fsync_tree(tmp)
+    if final.exists():  # a re-run of the same step after a resume: replace it, the new one is complete
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    for old in complete(root)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def complete(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit())
+
+
+def latest(root: str | Path) -> Path | None:
+    found = complete(root)
+    return found[-1] if found else None
+
+
+def clean_partial(root: str | Path) -> list[Path]:
+    """Delete `.tmp-*` directories left by a kill mid-write; returns what was deleted."""
+    root = Path(root)
+    partial = [p for p in root.glob(".tmp-*") if p.is_dir()] if root.is_dir() else []
+    for p in partial:
+        shutil.rmtree(p)
+    return partial
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Read a checkpoint's states; the model itself is loaded from `model_dir` by whoever needs it."""
+    path = Path(path)
+    missing = [f for f in ("model/config.json", "learner.pt", "run.pt", "config.json") if not (path / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {missing}")
+    run_state = torch.load(path / "run.pt", weights_only=True)
+    return Checkpoint(path, int(run_state["step"]), torch.load(path / "learner.pt", weights_only=True), run_state,
+                      json.loads((path / "config.json").read_text()))
+
+
+def _fsync_tree(top: Path) -> None:
+    for dirpath, _, files in os.walk(top):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,27 @@
+"""Envs with broken reward code, for the driver's and the scorer's fault tests (loaded by dotted path)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from answerkey.envs.synthetic import SyntheticEnv
+
+
+class FaultyEnv(SyntheticEnv):
+    """The synthetic world, except that scoring the listed problems raises, hangs, or kills the process."""
+
+    def __init__(self, raise_on: tuple[str, ...] = (), hang_on: tuple[str, ...] = (), crash_on: tuple[str, ...] = (),
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.raise_on, self.hang_on, self.crash_on = set(raise_on), set(hang_on), set(crash_on)
+
+    def score(self, problem, completion):
+        if problem.id in self.raise_on:
+            raise ZeroDivisionError("the reward code divided by zero")
+        if problem.id in self.hang_on:
+            while True:  # a reward stuck in a loop that ignores everything but SIGKILL
+                time.sleep(0.01)
+        if problem.id in self.crash_on:
+            os._exit(3)
+        return super().score(problem, completion)
