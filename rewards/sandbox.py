@@ -50,7 +50,8 @@ FEATURES = ("namespaces", "uid_drop", "cgroup_pids", "cgroup_memory")
 JUDGE_UID, FIRST_UID = 60999, 61000  # the judge's uid; slot i's jobs run as FIRST_UID + i + UID_STRIDE * k
 UID_STRIDE, UID_CYCLE = 64, 1024  # so candidate uids are FIRST_UID .. FIRST_UID + 64 * 1024 (slots <= 64)
 BACKSTOP_S = 15.0
-MAX_RESULT = 4 << 20  # bytes of one judge result  # beyond a job's own timeout, how long the caller waits before killing its worker
+MAX_RESULT = 4 << 20  # bytes of one judge result
+QUEUE = 2  # jobs handed to one worker at a time: it starts the next as soon as one ends  # beyond a job's own timeout, how long the caller waits before killing its worker
 
 
 class SandboxUnavailable(RuntimeError):
@@ -231,49 +232,75 @@ class Sandbox:
                 raise SandboxUnavailable(f"sandbox self-check failed on worker {slot}: {outcome.load}: {outcome.detail}")
 
     def run(self, jobs: Sequence[Job], _probe: bool = False) -> list[Outcome]:
-        """Execute every job (in parallel over the workers); one `Outcome` per job, in order."""
+        """Execute every job (in parallel over the workers); one `Outcome` per job, in order.
+
+        Each worker holds up to `QUEUE` jobs, so it starts the next one as soon as one ends; a job's
+        backstop deadline starts when it reaches the head of its worker's queue."""
         if not self.workers:
             raise RuntimeError("Sandbox is closed")
         if self.missing and not _probe:
             log.warning("running untrusted code in a WEAKER sandbox: %s", self._missing_text())
         results: list[Outcome | None] = [None] * len(jobs)
         pending = deque(range(len(jobs)))
-        busy: dict[int, tuple[int, str, float, int]] = {}  # slot -> (job index, nonce, backstop deadline, result fd)
-        idle = [w for w in self.workers if w.proc is not None]
+        queues: dict[int, deque[list]] = {w.slot: deque() for w in self.workers if w.proc is not None}
         by_slot = {w.slot: w for w in self.workers}
         with selectors.DefaultSelector() as selector:
-            while pending or busy:
-                while pending and idle:
-                    worker, index = idle.pop(), pending.popleft()
-                    nonce = secrets.token_hex(16)
-                    try:
-                        result_fd = worker.submit(jobs[index], index, nonce)
-                    except OSError as exc:
-                        results[index] = Outcome("infra", detail=f"could not submit to worker {worker.slot}: {exc}")
-                        idle.extend(self._restart(worker))
-                        continue
-                    busy[worker.slot] = (index, nonce, time.monotonic() + jobs[index].timeout_s + BACKSTOP_S, result_fd)
-                    selector.register(worker.sock, selectors.EVENT_READ, worker)
-                if not busy:
+            for slot in queues:
+                selector.register(by_slot[slot].sock, selectors.EVENT_READ, slot)
+            while pending or any(queues.values()):
+                self._fill(jobs, pending, queues, by_slot, results, selector)
+                heads = [q[0][2] for q in queues.values() if q]
+                if not heads:
                     break
-                wait = max(0.0, min(b[2] for b in busy.values()) - time.monotonic())
-                ready = {key.data.slot for key, _ in selector.select(wait)}
-                for slot in list(busy):
-                    index, nonce, deadline, result_fd = busy[slot]
-                    worker = by_slot[slot]
-                    if slot not in ready and time.monotonic() < deadline:
-                        continue
-                    selector.unregister(worker.sock)
-                    del busy[slot]
-                    try:
-                        results[index], healthy = self._collect(worker, index, nonce, slot in ready, result_fd)
-                    finally:
-                        os.close(result_fd)
-                    idle.extend([worker] if healthy else self._restart(worker))
+                ready = {key.data for key, _ in selector.select(max(0.0, min(heads) - time.monotonic()))}
+                for slot in list(queues):
+                    queue = queues[slot]
+                    if queue and (slot in ready or time.monotonic() >= queue[0][2]):
+                        self._finish_head(slot, queue, slot in ready, jobs, pending, queues, by_slot, results, selector)
         for i, r in enumerate(results):
             if r is None:
                 results[i] = Outcome("infra", detail="no sandbox worker could run this job")
         return results  # type: ignore[return-value]
+
+    def _fill(self, jobs, pending, queues, by_slot, results, selector) -> None:
+        """Hand pending jobs to workers with room in their queue, breadth first (so N jobs on N workers
+        run one per worker: the self-check relies on it). Queue items: [index, nonce, deadline, fd]."""
+        for depth in range(QUEUE):
+            for slot in list(queues):
+                if not pending or slot not in queues or len(queues[slot]) > depth:
+                    continue
+                index, nonce = pending.popleft(), secrets.token_hex(16)
+                try:
+                    result_fd = by_slot[slot].submit(jobs[index], index, nonce)
+                except OSError as exc:
+                    results[index] = Outcome("infra", detail=f"could not submit to worker {slot}: {exc}")
+                    self._replace(slot, pending, queues, by_slot, selector)
+                    continue
+                deadline = time.monotonic() + jobs[index].timeout_s + BACKSTOP_S if not queues[slot] else 0.0
+                queues[slot].append([index, nonce, deadline, result_fd])
+
+    def _finish_head(self, slot, queue, readable, jobs, pending, queues, by_slot, results, selector) -> None:
+        index, nonce, _, result_fd = queue.popleft()
+        try:
+            results[index], healthy = self._collect(by_slot[slot], index, nonce, readable, result_fd)
+        finally:
+            os.close(result_fd)
+        if not healthy:
+            self._replace(slot, pending, queues, by_slot, selector)
+        elif queue:
+            queue[0][2] = time.monotonic() + jobs[queue[0][0]].timeout_s + BACKSTOP_S
+
+    def _replace(self, slot, pending, queues, by_slot, selector) -> None:
+        """Restart a misbehaving worker; its queued jobs go back to the front of `pending`."""
+        for index, _, _, result_fd in reversed(queues[slot]):
+            os.close(result_fd)
+            pending.appendleft(index)
+        queues[slot].clear()
+        selector.unregister(by_slot[slot].sock)
+        if self._restart(by_slot[slot]):
+            selector.register(by_slot[slot].sock, selectors.EVENT_READ, slot)
+        else:
+            del queues[slot]
 
     def _collect(self, worker: _Worker, index: int, nonce: str, readable: bool, result_fd: int) -> tuple[Outcome, bool]:
         """The outcome of the job on `worker`, and whether the worker can take another job."""

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -187,6 +190,20 @@ def test_weaker_mode_needs_the_opt_in_and_is_logged_on_every_run(caplog):
         assert run_tests_batch([Job(bomb, CHECK, "add", 5.0)], box)[0].value == 0.0
     warnings = [r.getMessage() for r in caplog.records if "WEAKER sandbox" in r.getMessage()]
     assert len(warnings) == 3 and "cgroup_memory (disabled by the caller)" in warnings[0]
+
+
+def test_a_killed_worker_is_replaced_and_the_batch_completes():
+    """The one job on the dead worker counts as an infrastructure error; its queued jobs run elsewhere."""
+    slow = "def add(a, b):\n    import time\n    time.sleep(0.05)\n    return a + b\n"
+    one = "def check(candidate):\n    assert candidate(1, 2) == 3\n"
+    with Sandbox(workers=2) as box:
+        victim = box.workers[0].proc.pid
+        threading.Timer(0.3, os.kill, (victim, signal.SIGKILL)).start()
+        scores = run_tests_batch([Job(slow, one, "add", 5.0)] * 30, box)
+        assert sum(s.status == Status.error for s in scores) <= 1
+        assert all(s.status == Status.correct for s in scores if s.status != Status.error)
+        assert box.workers[0].proc.pid != victim
+        assert [float(s) for s in run_tests_batch([Job(ADD, CHECK, "add", 5.0)] * 4, box)] == [0.8] * 4
 
 
 def test_batch_rejects_bad_items():
