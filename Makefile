@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the tests need (installed via apt when running as root; later issues add theirs).
-APT_PACKAGES ?=
+APT_PACKAGES ?= bubblewrap util-linux
 
 .PHONY: test test-all demo install lint clean
 
