@@ -5,8 +5,9 @@
 
 pass@k is the unbiased estimator of Chen et al. 2021 (https://arxiv.org/abs/2107.03374, eq. 1):
 with c correct among n samples, pass@k = 1 - C(n-c, k) / C(n, k), averaged over problems. maj@k
-takes the first k samples of a problem, groups them by extracted final answer (the env's
-`extract_answer` when it has one, else the last `\\boxed{}` / `#### x`), and counts the problem
+takes the first k samples of a problem, groups them by final answer (the env's `extract_answer` when
+it has one, else `vote_key`: the math reward's extraction and normalization, with plain numbers as
+exact rationals so `0.5` and `\\frac{1}{2}` are one vote), and counts the problem
 solved when the most common answer was scored correct (ties: the answer seen first; samples with
 no answer do not vote). A sample counts as correct when its status is `correct`.
 """
@@ -19,7 +20,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from math import comb
 
-from answerkey.rewards import Score, Status, exact, status_counts
+from answerkey.rewards import Score, Status, math_extract, status_counts
+from answerkey.rewards.math_parse import normalize, rational
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -27,6 +29,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
     return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def vote_key(text: str) -> str | None:
+    """The final answer a completion commits to, spelled canonically; None when it commits to none."""
+    answer = math_extract.extract(text).answer
+    if answer is None:
+        return None
+    answer = normalize(answer)
+    number = rational(answer)
+    return str(number) if number is not None else answer
 
 
 def majority_correct(texts: Sequence[str], scores: Sequence[Score], extract: Callable[[str], str | None]) -> bool:
@@ -49,7 +61,7 @@ def majority_correct(texts: Sequence[str], scores: Sequence[Score], extract: Cal
 def summarize(texts: Sequence[Sequence[str]], scores: Sequence[Sequence[Score]], lengths: Sequence[Sequence[int]],
               extract: Callable[[str], str | None] | None = None, prefix: str = "eval") -> dict[str, float]:
     """Metrics of (P, n) sampled completions: mean reward, pass@1 / pass@k / maj@k, length, statuses."""
-    extract = extract or exact.extract_answer
+    extract = extract or vote_key
     n = len(scores[0])
     flat = [s for group in scores for s in group]
     ks = sorted({1, n} | {k for k in (2, 4, 8, 16) if k < n})

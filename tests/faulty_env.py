@@ -25,3 +25,10 @@ class FaultyEnv(SyntheticEnv):
         if problem.id in self.crash_on:
             os._exit(3)
         return super().score(problem, completion)
+
+
+class BatchedFaultyEnv(FaultyEnv):
+    """The same faults behind an env-level `score_batch` (as the math and code envs have): scored in chunks."""
+
+    def score_batch(self, problems, completions):
+        return [self.score(p, c) for p, c in zip(problems, completions, strict=True)]
