@@ -72,6 +72,9 @@ class RolloutConfig(Section):
     """Rollout workers (Ray actors, each with its own engine); the P problems are split between them."""
     threads_per_worker: int = Field(1, ge=1)
     """torch threads of each CPU rollout worker (workers x threads should not exceed the cores)."""
+    transport: Literal["object_store", "gloo", "nccl"] = "object_store"
+    """How weights reach the workers after each step: Ray's object store, or a torch.distributed broadcast
+    from the learner over gloo (CPU) or NCCL (GPU); every sync is checksum-verified either way (rollout/transfer.py)."""
 
     @field_validator("group_size")
     @classmethod

@@ -41,6 +41,7 @@ from answerkey.learner import checkpoint
 from answerkey.learner.learner import PretrainedLearner
 from answerkey.local import prompts_for
 from answerkey.rewards import status_counts
+from answerkey.rollout.transfer import make_transport
 from answerkey.rollout.worker import RolloutWorker
 from answerkey.rundir import RunDir
 from answerkey.scoring import ScorerPool
@@ -102,7 +103,7 @@ class Driver:
             ray.get(self.learner.resume.remote(str(ckpt.path)))
             ray.get([w.set_rng_state.remote(s) for w, s in zip(self.workers, ckpt.run_state["worker_rng"], strict=True)])
         self.nbytes = ray.get(self.learner.weights_nbytes.remote())
-        self.weights = None
+        self.transport = make_transport(cfg.rollout.transport, self.learner)
         self.sync()  # every engine starts from the learner's exact weights, verified
 
     # -- the loop -------------------------------------------------------------------------------
@@ -193,19 +194,19 @@ class Driver:
     # -- weight sync ------------------------------------------------------------------------------
 
     def sync(self) -> dict[str, float]:
-        """Push the learner's weights to every worker through the object store and verify what they hold.
+        """Push the learner's weights to every worker (`rollout.transport`) and verify what they hold.
 
         The weight version is the step that produced them (0: the initial policy or the resumed checkpoint).
         """
         start = time.perf_counter()
-        self.weights = self.learner.named_arrays.remote()  # one copy in the object store, read zero-copy
+        self.transport.publish()
         self.version = self.step
         verified = self._load_and_verify(range(len(self.workers)), self.version)
         return {"sync/bytes": float(self.nbytes * len(self.workers)), "sync/verified": float(verified),
                 "sync/version": float(self.version), "time/sync_s": time.perf_counter() - start}
 
     def _load_and_verify(self, indices: Sequence[int], version: int) -> bool:
-        refs = {i: self.workers[i].load_weights.remote(self.weights, version) for i in indices}
+        refs = self.transport.push({i: self.workers[i] for i in indices}, version)
         expected = ray.get(self.learner.weights_checksum.remote())
         for i, ref in refs.items():
             try:

@@ -276,9 +276,14 @@ class BroadcastTransport:
     def push(self, workers: Mapping[int, Any], version: int) -> dict[int, Any]:
         import ray
 
-        if self.sending is not None:
-            ray.get(self.sending)  # a failed send surfaces here, naming the learner
         ids = tuple(w._actor_id for w in workers.values())
+        if self.sending is not None:
+            try:
+                ray.get(self.sending)
+            except ray.exceptions.RayTaskError:
+                if ids == self.members:
+                    raise  # the learner's send to this very group failed
+                # else: a member died mid-broadcast (the driver restarts it); its old group is discarded below
         if ids != self.members:
             self._form_group(list(workers.values()))
             self.members = ids

@@ -1,8 +1,8 @@
 """Weight transfer: the gloo broadcast from a learner actor to two rollout-worker actors, checked by the
 workers' own checksums; a tensor altered in flight is caught; the vLLM fused/padded checksum mapping.
 
-Ray is the session's local head (conftest `ray_session`); the learner and workers are the real
-`PretrainedLearner` and `RolloutWorker` classes in actors, as the driver starts them.
+Ray is the session's local head (conftest `ray_session`); the learner and workers are the driver's own
+actors (`rollout.transport = "gloo"`), so the driver's checksum verification is the one exercised.
 """
 
 from __future__ import annotations
@@ -11,42 +11,27 @@ import pytest
 import ray
 import torch
 
-from answerkey import chat
-from answerkey.config import LearnerConfig
-from answerkey.learner.learner import PretrainedLearner
+from answerkey.config import load_config
+from answerkey.driver import Driver
 from answerkey.rollout import transfer
-from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.transfer import (
-    BroadcastTransport,
     Entry,
     bucket_plan,
     engine_checksums,
     expected_checksums,
 )
-from answerkey.rollout.worker import RolloutWorker
+from answerkey.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory, tokenizer):
-    """Two checkpoints of the same tiny Llama with different weights: the learner's and the workers' start."""
-    from answerkey.pretrain.model import build_model
-
-    paths = []
-    for seed in (0, 1):
-        path = tmp_path_factory.mktemp(f"model{seed}")
-        build_model("tiny", len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        paths.append(str(path))
-    return paths
-
-
-@pytest.fixture(scope="module")
-def actors(ray_session, two_models):
-    learner = ray.remote(num_cpus=0)(PretrainedLearner).remote(two_models[0], LearnerConfig(), SamplingParams(), 1, threads=1)
-    workers = {i: ray.remote(num_cpus=0)(RolloutWorker).remote(two_models[1], seed=i, threads=1) for i in range(2)}
-    yield learner, workers
-    for actor in [learner, *workers.values()]:
-        ray.kill(actor, no_restart=True)
+def driver(ray_session, policy_dir, tmp_path_factory):
+    """A driver whose learner and 2 workers sync over the gloo broadcast (starting actors is the slow part)."""
+    cfg = load_config("examples/tiny_cpu.toml", [
+        f"--model.path={policy_dir}", f"--run.out_dir={tmp_path_factory.mktemp('runs')}", "--run.name=gloo",
+        "--rollout.transport=gloo", "--rollout.problems_per_step=4", "--rollout.group_size=4", "--run.steps=2"])
+    driver = Driver(cfg, RunDir.create(cfg))  # its first sync (version 0) is already verified
+    yield driver
+    driver.close()
 
 
 def _send_altered(learner, version: int) -> int:
@@ -56,36 +41,44 @@ def _send_altered(learner, version: int) -> int:
     return learner.weight_group.send(named, version)
 
 
-def test_gloo_broadcast_syncs_two_workers_and_checksums_agree(actors):
-    learner, workers = actors
-    expected = ray.get(learner.weights_checksum.remote())
-    before = ray.get(workers[0].__ray_call__.remote(lambda w: w.engine.weights_checksum()))
-    assert before.keys() == expected.keys() and before != expected  # the workers start from other weights
-    transport = BroadcastTransport(learner, "gloo", timeout_s=60)
-    for version in (1, 2):  # the second push reuses the group
-        held = ray.get(list(transport.push(workers, version).values()))
-        assert held == [expected, expected]
-        assert ray.get(transport.sending) > 0
-    assert ray.get(workers[1].__ray_call__.remote(lambda w: w.engine.version)) == 2
-    # one altered element on the wire: the workers' checksums, computed from what they hold, expose it
-    refs = [w.__ray_call__.remote(transfer._worker_receive) for w in workers.values()]
-    ray.get(learner.__ray_call__.remote(_send_altered, 3))
-    for held in ray.get(refs):
-        wrong = [name for name in expected if held[name] != expected[name]]
-        assert wrong == [next(iter(expected))]
+def held(worker) -> dict[str, str]:
+    return ray.get(worker.__ray_call__.remote(lambda w: w.engine.weights_checksum()))
 
 
-def test_bf16_on_the_wire_matches_the_learners_bf16_checksums(actors):
+def test_gloo_broadcast_syncs_learner_to_two_workers_through_steps_and_a_restart(driver):
+    before = ray.get(driver.learner.weights_checksum.remote())
+    for _ in range(2):  # learn, then broadcast over the same group
+        driver.step += 1
+        metrics = driver.train_step()
+        assert metrics["sync/verified"] == 1.0 and metrics["sync/version"] == driver.step
+    expected = ray.get(driver.learner.weights_checksum.remote())
+    assert expected != before, "the learner did not move, so the sync proved nothing"
+    assert [held(w) for w in driver.workers] == [expected, expected]
+    ray.kill(driver.workers[0], no_restart=True)
+    driver.restart_worker(0)  # a fresh worker joins a new group with the learner, loads and is verified
+    assert held(driver.workers[0]) == expected
+    assert driver.sync()["sync/verified"] == 1.0  # and the full group is re-formed for the next sync
+
+
+def test_a_tensor_altered_on_the_wire_fails_the_workers_checksums(driver):
+    driver.sync()  # the group of the current workers exists
+    expected = ray.get(driver.learner.weights_checksum.remote())
+    refs = [w.__ray_call__.remote(transfer._worker_receive) for w in driver.workers]
+    assert ray.get(driver.learner.__ray_call__.remote(_send_altered, 99)) > 0
+    for got in ray.get(refs):  # computed by each worker from the weights it now holds
+        assert [name for name in expected if got[name] != expected[name]] == [next(iter(expected))]
+    assert driver.sync()["sync/verified"] == 1.0  # an intact broadcast repairs them
+
+
+def test_bf16_on_the_wire_matches_the_learners_bf16_checksums(driver):
     """A bf16 broadcast into fp32 engines: they hold the bf16 values, i.e. expected_checksums(model, bf16)."""
-    learner, workers = actors
-    transport = BroadcastTransport(learner, "gloo", timeout_s=60)
-    transport.push(workers, 1)  # forms the group (and syncs fp32)
-    ray.get(transport.sending)
-    refs = [w.__ray_call__.remote(transfer._worker_receive) for w in workers.values()]
-    ray.get(learner.__ray_call__.remote(lambda lr: lr.weight_group.send(lr.model.named_parameters(), 2, dtype=torch.bfloat16)))
-    want = ray.get(learner.__ray_call__.remote(lambda lr: expected_checksums(lr.model, torch.bfloat16)))
+    driver.sync()
+    refs = [w.__ray_call__.remote(transfer._worker_receive) for w in driver.workers]
+    ray.get(driver.learner.__ray_call__.remote(lambda lr: lr.weight_group.send(lr.model.named_parameters(), 1, dtype=torch.bfloat16)))
+    want = ray.get(driver.learner.__ray_call__.remote(lambda lr: expected_checksums(lr.model, torch.bfloat16)))
     assert ray.get(refs) == [want, want]
-    assert want != ray.get(learner.weights_checksum.remote())  # bf16 really rounded something
+    assert want != ray.get(driver.learner.weights_checksum.remote())  # bf16 really rounded something
+    driver.sync()
 
 
 def test_hf_views_map_fused_and_padded_vllm_parameters(make_model):
