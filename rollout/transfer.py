@@ -147,7 +147,9 @@ class BroadcastGroup:
         else:  # never run: needs CUDA. NCCL binds the group to the current device.
             self.device = torch.device(device or f"cuda:{torch.cuda.current_device()}")
             torch.cuda.set_device(self.device)
-            self.pg = torch.distributed.ProcessGroupNCCL(store, rank, spec.world_size, timeout)
+            options = torch.distributed.ProcessGroupNCCL.Options()
+            options._timeout = timeout
+            self.pg = torch.distributed.ProcessGroupNCCL(store, rank, spec.world_size, options)
 
     def _broadcast(self, tensor: torch.Tensor) -> None:
         self.pg.broadcast(tensor, root=0).wait()
