@@ -310,7 +310,11 @@ class BroadcastTransport:
 
 
 def _join(holder: Any, spec: GroupSpec, rank: int) -> None:
-    holder.weight_group = BroadcastGroup(spec, rank)
+    engine = getattr(holder, "engine", None)
+    if hasattr(engine, "join_weight_group"):  # vLLM: the receiving end lives in its GPU worker process
+        engine.join_weight_group(spec, rank)
+    else:
+        holder.weight_group = BroadcastGroup(spec, rank)
 
 
 def _learner_send(learner: Any, version: int) -> int:
@@ -318,5 +322,11 @@ def _learner_send(learner: Any, version: int) -> int:
 
 
 def _worker_receive(worker: Any) -> dict[str, str]:
+    engine = worker.engine
+    if hasattr(engine, "receive_weights"):  # vLLM (never run): receive and load inside its worker process
+        engine.begin_weight_update()
+        engine.finish_weight_update(engine.receive_weights())
+        engine.reset_prefix_cache()
+        return engine.weights_checksum()
     version, pairs = worker.weight_group.receive()
     return worker.load_weights(pairs, version)
