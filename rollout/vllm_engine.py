@@ -1,7 +1,7 @@
 """VLLMEngine: the rollout engine protocol (`rollout/engine.py`) on vLLM 0.33.0, for GPUs.
 
     pip install 'answerkey[vllm]'                     # pins vllm==0.33.0 (which pins its CUDA torch 2.14.0)
-    engine = VLLMEngine("checkpoints/qwen2.5-0.5b-instruct", seed=0, dtype="bfloat16")
+    engine = VLLMEngine("checkpoints/qwen2.5-0.5b-instruct", seed=0)
     groups = engine.generate([prompt_ids], n=8, sampling=SamplingParams(max_new_tokens=512))   # (P, G)
     engine.begin_weight_update(); engine.update_weights(pairs); engine.finish_weight_update(step)
     engine.weights_checksum()                          # {HF name: checksum}, computed inside vLLM's worker
@@ -19,7 +19,9 @@ which runs inside vLLM's worker process and reuses our transfer code (`rollout/t
 object-store arrays, the NCCL `BroadcastGroup` (shared with the gloo path tested on CPU) or CUDA IPC
 handles when colocated, each loaded with the model's own `load_weights` (which fuses qkv / gate_up).
 The checksum is computed in the worker from the fused parameters it holds, mapped back to HF names
-(`transfer.hf_views`). Tensor parallelism > 1 is refused: the checksum would see one shard.
+(`transfer.hf_views`). Tensor parallelism > 1 is refused: the checksum would see one shard. The
+default dtype is float32 because the driver compares with the learner's fp32 checksums; a bf16 engine
+needs the driver to expect `transfer.expected_checksums(model, torch.bfloat16)` (not wired yet).
 
 Not here: vLLM's native `weight_transfer_config` backends (they changed between 0.2x minors), async
 engines, the HTTP server, LoRA, multimodal prompts.
@@ -70,7 +72,7 @@ def hf_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
 
 
 class VLLMEngine:
-    def __init__(self, model_path: str, seed: int = 0, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
+    def __init__(self, model_path: str, seed: int = 0, dtype: str = "float32", gpu_memory_utilization: float = 0.5,
                  max_model_len: int | None = None, enable_sleep_mode: bool = True, tensor_parallel_size: int = 1):
         if tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: the vLLM engine verifies weights on one GPU "
