@@ -9,7 +9,7 @@ One step (`Driver.run`):
     groups   = G completions each, split across the workers   a dead worker is restarted, its share redone
     scores   = the env's reward, in killable processes         (P, G); raise -> error, hang -> timeout, both 0
     metrics  = learner.step(groups)                            the GRPO update, in the learner actor
-    sync     = learner weights -> object store -> every worker, then verified:
+    sync     = learner weights -> every worker (rollout.transport: object store, gloo or NCCL), then verified:
                per-parameter checksums of what each engine holds, and its logprobs of a fixed completion
     log every step; evaluate, write sample completions, checkpoint every N steps
 
