@@ -11,8 +11,10 @@ never `ray stop`, which would stop every Ray of this user on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,12 +63,19 @@ def ray_head():
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=5)  # `ray start --block` can take ~30 s to act on SIGTERM
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-        for line in _processes_mentioning(temp, wait_s=20):  # ours: they name our temp dir
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        for sig, wait_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):  # ours: they name our temp dir
+            for line in _processes_mentioning(temp, wait_s=wait_s):
+                _signal(int(line.split(":")[0]), sig)
         assert not _processes_mentioning(temp, wait_s=10), "processes of the test's Ray head survived"
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+        os.kill(pid, sig)
 
 
 def _wait_for(url: str, head: subprocess.Popen, timeout_s: float) -> None:
