@@ -5,6 +5,7 @@
     answerkey env answerkey.envs.synthetic:SyntheticEnv --kwargs '{"difficulty": 3}' -n 3
 
     answerkey rl examples/tiny_cpu.toml --model.path=runs/demo-x/policy --run.name=r1 [--resume]
+    answerkey submit examples/math_8gpu.toml --run.out_dir=/shared/runs [--address http://head:8265]
     answerkey eval runs/r1/checkpoints/step_000010/model --env answerkey.envs.synthetic:SyntheticEnv --n 8
 
 Each later stage adds its own subcommand here (tokenize, pretrain, sft, ...). Errors a
@@ -68,6 +69,13 @@ def cmd_rl(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
+    from answerkey import submit
+
+    return submit.submit(args.config, overrides, address=args.address, wait=not args.no_wait,
+                         print_fn=lambda line: console.print(line, highlight=False, markup=False))
+
+
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from answerkey import evaluate
 
@@ -97,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue run.out_dir/run.name from its latest complete checkpoint")
     p.set_defaults(run=cmd_rl)
+
+    p = sub.add_parser("submit", help="run `answerkey rl CONFIG` as a Ray job on a cluster and stream its logs",
+                       description="Submit `answerkey rl CONFIG [overrides]` with `ray job submit` semantics: "
+                                   "this directory as working_dir (no .venv/, runs/), no pip step. "
+                                   "Exit 0 only if the job SUCCEEDED.")
+    p.add_argument("config", help="TOML file inside this directory, e.g. examples/math_8gpu.toml")
+    p.add_argument("--address", default=None, help="Ray dashboard address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
+    p.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
+    p.set_defaults(run=cmd_submit)
 
     p = sub.add_parser("eval", help="pass@1, pass@k and maj@k of a checkpoint on an env (`answerkey eval -h`)",
                        add_help=False)

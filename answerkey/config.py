@@ -72,6 +72,11 @@ class RolloutConfig(Section):
     """Rollout workers (Ray actors, each with its own engine); the P problems are split between them."""
     threads_per_worker: int = Field(1, ge=1)
     """torch threads of each CPU rollout worker (workers x threads should not exceed the cores)."""
+    engine: Literal["torch", "vllm"] = "torch"
+    """Inference engine of each rollout worker: the torch engine (CPU or GPU) or vLLM (GPU; `answerkey[vllm]`)."""
+    transport: Literal["object_store", "gloo", "nccl"] = "object_store"
+    """How weights reach the workers after each step: Ray's object store, or a torch.distributed broadcast
+    from the learner over gloo (CPU) or NCCL (GPU); every sync is checksum-verified either way (rollout/transfer.py)."""
 
     @field_validator("group_size")
     @classmethod
@@ -172,12 +177,23 @@ class RunConfig(Section):
         return v
 
 
+class PlacementConfig(Section):
+    mode: Literal["cpu", "colocate", "separate"] = "cpu"
+    """cpu: actors reserve CPUs only (tests, demo); colocate: the learner and the rollout workers share one GPU
+    (the engines sleep while the learner trains); separate: one GPU for the learner and one per rollout worker."""
+    cpus_per_gpu: int = Field(4, ge=2)
+    """CPUs reserved with each GPU in a placement-group bundle (tokenization, the actors' own threads)."""
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = "PACK"
+    """Ray placement-group strategy for the GPU bundles (PACK: as few nodes as possible)."""
+
+
 class Config(Section):
     model: ModelConfig = ModelConfig()
     env: EnvConfig = EnvConfig()
     rollout: RolloutConfig = RolloutConfig()
     learner: LearnerConfig = LearnerConfig()
     run: RunConfig = RunConfig()
+    placement: PlacementConfig = PlacementConfig()
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:

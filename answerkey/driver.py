@@ -9,7 +9,7 @@ One step (`Driver.run`):
     groups   = G completions each, split across the workers   a dead worker is restarted, its share redone
     scores   = the env's reward, in killable processes         (P, G); raise -> error, hang -> timeout, both 0
     metrics  = learner.step(groups)                            the GRPO update, in the learner actor
-    sync     = learner weights -> object store -> every worker, then verified:
+    sync     = learner weights -> every worker (rollout.transport: object store, gloo or NCCL), then verified:
                per-parameter checksums of what each engine holds, and its logprobs of a fixed completion
     log every step; evaluate, write sample completions, checkpoint every N steps
 
@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import AutoTokenizer
 
+from answerkey import placement
 from answerkey.config import Config, ConfigError, describe_batch
 from answerkey.envs.base import MultiTurnEnv, Problem, Trajectory, load_env
 from answerkey.evaluate import summarize
@@ -41,6 +42,7 @@ from answerkey.learner import checkpoint
 from answerkey.learner.learner import PretrainedLearner
 from answerkey.local import prompts_for
 from answerkey.rewards import status_counts
+from answerkey.rollout.transfer import make_transport
 from answerkey.rollout.worker import RolloutWorker
 from answerkey.rundir import RunDir
 from answerkey.scoring import ScorerPool
@@ -91,8 +93,10 @@ class Driver:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.sampling = cfg.rollout.sampling()
         check_resources(cfg)
-        self.learner = start_learner(cfg, self.model_path)
-        self.workers = [start_worker(cfg, self.model_path, i) for i in range(cfg.rollout.workers)]
+        self.plan = placement.make_plan(cfg)
+        self.pg = placement.reserve(self.plan)
+        self.learner = start_learner(cfg, self.model_path, placement.actor_options(self.plan, self.pg, self.plan.learner))
+        self.workers = [self._start_worker(i) for i in range(cfg.rollout.workers)]
         self.scorer = ScorerPool(cfg.env.path, cfg.env.kwargs, cfg.env.reward_processes, cfg.env.reward_timeout_s)
         self.sampler = ProblemSampler(len(self.train), cfg.run.seed)
         self.step, self.restarts, self.version = 0, 0, 0
@@ -103,7 +107,7 @@ class Driver:
             ray.get(self.learner.resume.remote(str(ckpt.path)))
             ray.get([w.set_rng_state.remote(s) for w, s in zip(self.workers, ckpt.run_state["worker_rng"], strict=True)])
         self.nbytes = ray.get(self.learner.weights_nbytes.remote())
-        self.weights = None
+        self.transport = make_transport(cfg.rollout.transport, self.learner)
         self.sync()  # every engine starts from the learner's exact weights, verified
 
     # -- the loop -------------------------------------------------------------------------------
@@ -111,6 +115,7 @@ class Driver:
     def run(self) -> dict[str, float]:
         cfg, last = self.cfg.run, {}
         self.console.print(f"[bold]answerkey rl[/] {self.run_dir.path}: {describe_batch(self.cfg)}")
+        self.console.print(placement.describe(self.plan, self.cfg))
         if self.step == 0:
             self.run_dir.log(0, self.evaluate())
         with progress() as bar:
@@ -185,28 +190,32 @@ class Driver:
                 out.append(ray.get(call(self.workers[i], chunks[i])))
         return out
 
+    def _start_worker(self, i: int, seed_offset: int = 0):
+        options = placement.actor_options(self.plan, self.pg, self.plan.workers[i])
+        return start_worker(self.cfg, self.model_path, i, options, seed_offset)
+
     def restart_worker(self, i: int) -> None:
         ray.kill(self.workers[i], no_restart=True)
         self.restarts += 1
-        self.workers[i] = start_worker(self.cfg, self.model_path, i, seed_offset=self.restarts)
+        self.workers[i] = self._start_worker(i, seed_offset=self.restarts)
         self._load_and_verify([i], self.version)
 
     # -- weight sync ------------------------------------------------------------------------------
 
     def sync(self) -> dict[str, float]:
-        """Push the learner's weights to every worker through the object store and verify what they hold.
+        """Push the learner's weights to every worker (`rollout.transport`) and verify what they hold.
 
         The weight version is the step that produced them (0: the initial policy or the resumed checkpoint).
         """
         start = time.perf_counter()
-        self.weights = self.learner.named_arrays.remote()  # one copy in the object store, read zero-copy
+        self.transport.publish()
         self.version = self.step
         verified = self._load_and_verify(range(len(self.workers)), self.version)
         return {"sync/bytes": float(self.nbytes * len(self.workers)), "sync/verified": float(verified),
                 "sync/version": float(self.version), "time/sync_s": time.perf_counter() - start}
 
     def _load_and_verify(self, indices: Sequence[int], version: int) -> bool:
-        refs = {i: self.workers[i].load_weights.remote(self.weights, version) for i in indices}
+        refs = self.transport.push({i: self.workers[i] for i in indices}, version)
         expected = ray.get(self.learner.weights_checksum.remote())
         for i, ref in refs.items():
             try:
@@ -266,21 +275,23 @@ class Driver:
         self.scorer.close()
         for actor in [self.learner, *self.workers]:
             ray.kill(actor, no_restart=True)
+        if self.pg is not None:
+            ray.util.remove_placement_group(self.pg)
 
 
 # -- actors ----------------------------------------------------------------------------------------
 
 
-def start_learner(cfg: Config, model_path: str):
-    actor = ray.remote(num_cpus=0)(PretrainedLearner)
+def start_learner(cfg: Config, model_path: str, options: dict):
+    actor = ray.remote(PretrainedLearner).options(**options)
     return actor.remote(model_path, cfg.learner, cfg.rollout.sampling(), cfg.run.steps, reference_path=cfg.model.path,
                         threads=cfg.learner.threads)
 
 
-def start_worker(cfg: Config, model_path: str, index: int, seed_offset: int = 0):
+def start_worker(cfg: Config, model_path: str, index: int, options: dict, seed_offset: int = 0):
     seed = cfg.run.seed * 1_000 + index + 100 * seed_offset
-    actor = ray.remote(num_cpus=cfg.rollout.threads_per_worker, max_restarts=0)(RolloutWorker)
-    return actor.remote(model_path, seed=seed, threads=cfg.rollout.threads_per_worker)
+    actor = ray.remote(max_restarts=0)(RolloutWorker).options(**options)
+    return actor.remote(model_path, seed=seed, threads=cfg.rollout.threads_per_worker, engine=cfg.rollout.engine)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

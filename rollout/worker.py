@@ -31,11 +31,16 @@ from answerkey.rollout.torch_engine import TorchEngine
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, seed: int, threads: int | None = None):
+    def __init__(self, model_path: str, seed: int, threads: int | None = None, engine: str = "torch"):
         if threads:
             torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()  # no per-load bars in every actor's log
-        self.engine = TorchEngine.from_pretrained(model_path, seed=seed)
+        if engine == "vllm":  # GPU only, never run here (rollout/vllm_engine.py)
+            from answerkey.rollout.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(model_path, seed=seed)
+        else:
+            self.engine = TorchEngine.from_pretrained(model_path, seed=seed)
         self._env = None
 
     def pid(self) -> int:
