@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 import transformers
+from gpu_engine import left_padded  # benchmarks/ is the script's folder, so on sys.path
 
 from answerkey import chat
 from answerkey.envs.synthetic import SyntheticEnv
@@ -49,22 +50,12 @@ def _seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    L = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), L), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, L - len(p):] = torch.tensor(p)
-        mask[r, L - len(p):] = 1
-    return ids, mask
-
-
 def sides(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> dict[str, Callable[[], int]]:
     """name -> a call that generates `new_tokens` for every prompt and returns how many tokens it made."""
     sampling = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, ignore_eos=True)
     lean, plain = TorchEngine(model, tokenizer, seed=0), TorchEngine(model, tokenizer, seed=0, lean=False)
     assert lean.decoder is not None, "the preset should take the lean Llama path"
-    ids, mask = left_padded(prompts, tokenizer.pad_token_id)
+    ids, mask = left_padded(prompts, tokenizer.pad_token_id, "cpu")
 
     def engine(e: TorchEngine) -> Callable[[], int]:
         return lambda: sum(len(c.token_ids) for g in e.generate(prompts, 1, sampling) for c in g)
@@ -117,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = train_bpe([chat.render(c) for c in solution_conversations(env)], vocab_size=384)
     prompts = [chat.prompt_ids(tokenizer, q.messages()) for q in env.problems("test")[: args.batch]]
     peak = matmul_peak()
-    ids, mask = left_padded(prompts, tokenizer.pad_token_id)
+    ids, mask = left_padded(prompts, tokenizer.pad_token_id, "cpu")
     peer = {k: v for k, v in HF_CALL(ids, mask, args.new_tokens, tokenizer.pad_token_id).items() if not hasattr(v, "shape")}
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads; "
           f"matmul peak {peak / 1e9:.1f} GFLOP/s (fp32)\nbatch {len(prompts)}, prompts of {min(map(len, prompts))}-"
