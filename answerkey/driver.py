@@ -80,7 +80,8 @@ class Driver:
         self.cfg, self.run_dir, self.console = cfg, run, console or Console()
         self.env = load_env(cfg.env.path, cfg.env.kwargs)
         self.train = list(self.env.problems("train"))
-        ckpt = checkpoint.load(checkpoint.latest(run.checkpoints)) if resume else None
+        latest = checkpoint.latest(run.checkpoints) if resume else None
+        ckpt = checkpoint.load(latest) if latest is not None else None
         if resume and ckpt is None:
             self.console.print(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
         if ckpt is not None:
