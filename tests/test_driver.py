@@ -75,3 +75,13 @@ def test_a_multi_turn_env_runs_its_episodes_in_the_workers(ray_session, policy_d
 def test_more_workers_than_the_cluster_has_cpus_fails_at_start_naming_the_keys(ray_session, policy_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"rollout.workers x rollout.threads_per_worker = 3 CPUs.*has 2"):
         make_driver(policy_dir, tmp_path, "big", "--rollout.workers=3")
+
+
+def test_resume_before_the_first_checkpoint_starts_from_step_0(ray_session, policy_dir, tmp_path):
+    cfg = load_config(EXAMPLE, overrides(policy_dir, tmp_path, "early", "--run.steps=1"))
+    RunDir.create(cfg)  # a run that died before its first checkpoint
+    driver = Driver(cfg, RunDir.create(cfg, resume=True), resume=True)
+    try:
+        assert driver.step == 0 and driver.sampler.position == 0
+    finally:
+        driver.close()
