@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import AutoTokenizer
 
-from answerkey import placement
+from answerkey import chat, placement
 from answerkey.config import Config, ConfigError, describe_batch
 from answerkey.envs.base import MultiTurnEnv, Problem, Trajectory, load_env
 from answerkey.evaluate import summarize
@@ -245,8 +245,7 @@ class Driver:
     def _probe(self, problem: Problem) -> tuple[list[int], list[int]]:
         """A fixed completion to compare engine and learner logprobs on: the gold answer and a stop token."""
         completion = self.tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
-        stop = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        return prompts_for(self.tokenizer, [problem])[0], completion + ([stop] if isinstance(stop, int) else [])
+        return prompts_for(self.tokenizer, [problem])[0], completion + chat.stop_token_ids(self.tokenizer)[:1]
 
     # -- evaluation and checkpoints ---------------------------------------------------------------
 

@@ -62,11 +62,14 @@ def extract(response: str, hedge_ok: bool = False) -> Extracted:
     return Extracted(answer, "", marker)
 
 
+def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
+    matches = list(pattern.finditer(text))
+    return matches[-1] if matches else None
+
+
 def _from_box(text: str) -> tuple[str | None, str] | None:
     """Content of the last box; (None, "\\boxed") if it never closes; None if there is no box."""
-    last = None
-    for last in _BOX.finditer(text):  # noqa: B007 - we want the last match
-        pass
+    last = _last_match(_BOX, text)
     if last is None:
         return None
     i = last.end()
@@ -109,9 +112,7 @@ def _from_hash(text: str) -> tuple[str | None, str] | None:
 
 
 def _from_statement(text: str) -> tuple[str | None, str] | None:
-    last = None
-    for last in _STATEMENT.finditer(text):  # noqa: B007 - we want the last match
-        pass
+    last = _last_match(_STATEMENT, text)
     if last is None:
         return None
     rest = text[last.end() :].lstrip(" \t*_")
