@@ -9,8 +9,11 @@ This is the CPU rollout engine (and a GPU fallback when vLLM is not installed). 
 
 How it works: the P prompts are repeated G times into one batch of B = P·G rows, left-padded to the
 longest prompt, with position ids counted from each row's first real token (so a prompt has the
-same positions as in the learner's right-padded forward). A `transformers.StaticCache` sized
-prompt + max_new_tokens is allocated once per call; each step feeds one token per row, samples
+same positions as in the learner's right-padded forward). A KV cache sized prompt + max_new_tokens
+is allocated once per call — the lean Llama forward's own (`rollout/llama_decode.py`, used for plain
+Llama models) or a `transformers.StaticCache` under HF's forward (any other model, or `lean=False`);
+`logprobs_of` runs a given completion through the same loop (teacher forcing) for the driver's sync
+check. Each step feeds one token per row, samples
 from `rollout.sampling.processed_logprobs` with the engine's seeded generator, and records the
 sampled token's processed logprob. Rows that finished keep decoding padding (their outputs are
 dropped) until every row is done; the loop ends early when all rows have stopped.
