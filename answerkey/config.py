@@ -51,6 +51,8 @@ class EnvConfig(Section):
     """Wall-clock bound on scoring one completion; past it the scoring process is killed and the item scores 0 (timeout)."""
     reward_processes: int = Field(1, ge=1)
     """Processes that run the env's reward code (never the trainer's process)."""
+    reward_memory_gb: float = Field(8.0, ge=0)
+    """Address-space limit (RLIMIT_AS) of each reward process, GiB; an allocation past it is that item's error (0 = none)."""
 
 
 class RolloutConfig(Section):
