@@ -82,6 +82,15 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return evaluate.main(args.args + overrides)
 
 
+def cmd_filter(args: argparse.Namespace, overrides: list[str]) -> int:
+    """FineWeb-style filtering of a JSONL of web docs (answerkey/pretrain/filter.py)."""
+    from answerkey.pretrain.filter import FilterConfig, filter_file, report
+
+    cfg = load_config(args.config, overrides, model=FilterConfig)
+    console.print(report(filter_file(args.input, args.output, cfg, progress=True)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="answerkey", description="RL from verifiable rewards, from pretraining to GRPO.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -114,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray dashboard address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
     p.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
     p.set_defaults(run=cmd_submit)
+
+    p = sub.add_parser("filter", help="FineWeb-style filtering of web docs (JSONL with text, url) with a count per rule",
+                       description="Filter IN (JSONL rows with 'text', optional 'url') into OUT; thresholds from "
+                                   "--config (TOML, one table per stage) and dotted overrides like --c4.min_sentences=3.")
+    p.add_argument("input", help="JSONL of documents")
+    p.add_argument("output", help="JSONL of the kept documents (written atomically)")
+    p.add_argument("--config", default=None, help="TOML with [url], [english], [gopher_quality], ... tables")
+    p.set_defaults(run=cmd_filter)
 
     p = sub.add_parser("eval", help="pass@1, pass@k and maj@k of a checkpoint on an env (`answerkey eval -h`)",
                        add_help=False)

@@ -51,6 +51,8 @@ class EnvConfig(Section):
     """Wall-clock bound on scoring one completion; past it the scoring process is killed and the item scores 0 (timeout)."""
     reward_processes: int = Field(1, ge=1)
     """Processes that run the env's reward code (never the trainer's process)."""
+    reward_memory_gb: float = Field(8.0, ge=0)
+    """Address-space limit (RLIMIT_AS) of each reward process, GiB; an allocation past it is that item's error (0 = none)."""
 
 
 class RolloutConfig(Section):
@@ -233,25 +235,25 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_config(data: dict[str, Any], source: str = "config") -> Config:
-    """Validate a nested dict into a `Config`; errors list every bad key by its dotted name."""
+def build_config(data: dict[str, Any], source: str = "config", model: type[BaseModel] = Config) -> Any:
+    """Validate a nested dict into a `Config` (or another `model`); errors list every bad key by its dotted name."""
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; `answerkey config --docs` lists the keys)"
+                msg = "unknown key (check the spelling" + ("; `answerkey config --docs` lists the keys)" if model is Config else ")")
             elif "input" in err and err["type"] not in ("value_error",):
                 msg += f" (got {err['input']!r})"
             lines.append(f"  {key}: {msg}")
         raise ConfigError(f"invalid config ({source}):\n" + "\n".join(lines)) from None
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
-    """Read a TOML file (or start from the defaults when `path` is None), apply overrides, validate."""
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), model: type[BaseModel] = Config) -> Any:
+    """Read a TOML file (or start from the defaults when `path` is None), apply overrides, validate as `model`."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -261,7 +263,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return build_config(_merge(data, parse_overrides(overrides)), str(path or "defaults"))
+    return build_config(_merge(data, parse_overrides(overrides)), str(path or "defaults"), model)
 
 
 def field_docs(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:

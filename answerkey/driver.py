@@ -98,7 +98,8 @@ class Driver:
         self.pg = placement.reserve(self.plan)
         self.learner = start_learner(cfg, self.model_path, placement.actor_options(self.plan, self.pg, self.plan.learner))
         self.workers = [self._start_worker(i) for i in range(cfg.rollout.workers)]
-        self.scorer = ScorerPool(cfg.env.path, cfg.env.kwargs, cfg.env.reward_processes, cfg.env.reward_timeout_s)
+        self.scorer = ScorerPool(cfg.env.path, cfg.env.kwargs, cfg.env.reward_processes, cfg.env.reward_timeout_s,
+                                 cfg.env.reward_memory_gb)
         self.sampler = ProblemSampler(len(self.train), cfg.run.seed)
         self.step, self.restarts, self.version = 0, 0, 0
         self.probe = self._probe(self.train[0])

@@ -14,7 +14,7 @@ Cases (label = should the response be credited):
 Latency and throughput are over the non-adversarial cases (throughput = cases / their summed
 latency, one worker, so per core). Math-Verify is called as verl calls it (`math_metric` with the gold wrapped in `\\boxed{}`, Expr and
 LaTeX extraction for the response). Both checkers run one item at a time in one worker process of
-`rewards.math_pool.KillPool` with the same 5 s kill, so a Math-Verify hang is counted "at bound"
+`rewards.pool.KillPool` with the same 5 s kill, so a Math-Verify hang is counted "at bound"
 instead of stalling the run; latency is the round trip per item (IPC included for both) and
 throughput is items per second of that one worker, i.e. per core. Our checker runs its full
 pipeline inside the worker here (fast path included); through `score_batch` the fast path runs in
@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from answerkey.rewards.math_pool import KillPool  # noqa: E402
+from answerkey.rewards.pool import KillPool  # noqa: E402
 from answerkey.rewards.score import Status  # noqa: E402
 from tests.math_adversarial import ADVERSARIAL  # noqa: E402
 from tests.math_forms import equivalent_forms, wrong_forms  # noqa: E402

@@ -13,7 +13,8 @@ Pipeline (each stage in its own module):
   `math_check`    the decision: structure from the text, numbers exactly; returns None when sympy
                   is needed (the fast path, run in the caller's process).
   `math_equiv`    sympy equivalence (latex2sympy2_extended parser), run only in pool workers.
-  `math_pool`     worker processes with a hard per-item wall-clock kill (no signals).
+  `pool`          worker processes with a hard per-item wall-clock kill (no signals), shared with
+                  the driver's ScorerPool; this checker owns its own pool (3 GiB RLIMIT_AS per worker).
 
 Statuses: correct / wrong / no_answer / unparseable (an answer was found but cannot be read, or the
 static guard refused it) / timeout (killed at the bound) / error (the gold cannot be read, or a
@@ -31,7 +32,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from answerkey.rewards.math_check import check
-from answerkey.rewards.math_pool import KillPool
+from answerkey.rewards.pool import KillPool
 from answerkey.rewards.score import Score, Status
 
 __all__ = ["DEFAULT_TIMEOUT_S", "MathChecker", "check", "score", "score_batch"]

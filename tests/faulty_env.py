@@ -9,12 +9,14 @@ from answerkey.envs.synthetic import SyntheticEnv
 
 
 class FaultyEnv(SyntheticEnv):
-    """The synthetic world, except that scoring the listed problems raises, hangs, or kills the process."""
+    """The synthetic world, except that scoring the listed problems raises, hangs, kills the process, or
+    allocates 2 GiB at once (past a reward process's memory limit: MemoryError)."""
 
     def __init__(self, raise_on: tuple[str, ...] = (), hang_on: tuple[str, ...] = (), crash_on: tuple[str, ...] = (),
-                 **kwargs):
+                 hog_on: tuple[str, ...] = (), **kwargs):
         super().__init__(**kwargs)
         self.raise_on, self.hang_on, self.crash_on = set(raise_on), set(hang_on), set(crash_on)
+        self.hog_on = set(hog_on)
 
     def score(self, problem, completion):
         if problem.id in self.raise_on:
@@ -24,6 +26,8 @@ class FaultyEnv(SyntheticEnv):
                 time.sleep(0.01)
         if problem.id in self.crash_on:
             os._exit(3)
+        if problem.id in self.hog_on:
+            return len(b"x" * (2 << 30))  # never returns under a 1 GiB limit
         return super().score(problem, completion)
 
 

@@ -1,6 +1,6 @@
 """The math reward: the hand-written table (every rule, positives and negatives, Math-Verify's reported
-wrong verdicts), adversarial inputs answered within the bound, the pool's kill and recovery, and the
-same verdicts from 4 threads as from the main thread."""
+wrong verdicts), adversarial inputs answered within the bound, and the same verdicts from 4 threads
+as from the main thread. The pool's kill, recovery and memory limit: tests/test_pool.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from answerkey.rewards import Status
 from answerkey.rewards import math as math_reward
 from answerkey.rewards.math_extract import extract
 from answerkey.rewards.math_parse import normalize, rational
-from answerkey.rewards.math_pool import KillPool
 from tests.math_adversarial import ADVERSARIAL
 from tests.math_table import MATH_VERIFY_ROWS, TABLE
 
@@ -54,33 +53,6 @@ def test_single_score_and_batch_agree():
     rows = TABLE[::25]
     batch = math_reward.score_batch([(r, g) for r, g, _ in rows])
     assert [math_reward.score(r, g).status for r, g, _ in rows] == [s.status for s in batch]
-
-
-def test_an_overrunning_item_is_killed_and_the_pool_recovers():
-    pool = KillPool("time:sleep", workers=1)  # target time.sleep(seconds): a stand-in for a hung sympy call
-    try:
-        assert pool.map([(60,), (0,), (0,)], timeout_s=0.5) == [("timeout", ""), ("ok", None), ("ok", None)]
-        assert pool.kills == 1
-    finally:
-        pool.close()
-
-
-def test_a_crashing_worker_is_an_error_and_is_replaced():
-    pool = KillPool("os:_exit", workers=1)  # os._exit(3) kills the worker mid-item
-    try:
-        outcomes = pool.map([(3,), (3,)], timeout_s=5)
-        assert [kind for kind, _ in outcomes] == ["error", "error"]
-        assert "died" in outcomes[0][1]
-    finally:
-        pool.close()
-
-
-def test_an_exception_in_the_target_is_that_items_error():
-    pool = KillPool("math:sqrt", workers=1)
-    try:
-        assert pool.map([(4.0,), (-1.0,)], timeout_s=5) == [("ok", 2.0), ("error", "ValueError: math domain error")]
-    finally:
-        pool.close()
 
 
 def test_scoring_installs_no_signal_handler():

@@ -24,7 +24,7 @@ def test_raise_hang_and_crash_are_scored_zero_by_status_and_the_rest_by_index(pr
     kwargs = {"difficulty": 1, "train_size": 6, "test_size": 2} | bad
     completions = [p.meta["solution"] for p in problems]
     with ScorerPool(env, kwargs, processes=2, timeout_s=1.5) as pool:
-        assert pool.workers[0].batched is (env != ENV)
+        assert pool.batched is (env != ENV)
         scores = pool.score(problems, completions)
         statuses = [s.status for s in scores]
         assert statuses == [Status.correct, Status.error, Status.correct, Status.timeout, Status.error, Status.correct]
@@ -34,10 +34,26 @@ def test_raise_hang_and_crash_are_scored_zero_by_status_and_the_rest_by_index(pr
         assert pool.restarts == (2 if env == ENV else 3)  # hung and crashed processes replaced (+1 chunk)...
         again = pool.score(problems[:1] * 3, ["#### 0", completions[0], "no answer"])  # ...and the pool still works
         assert [s.status for s in again] == [Status.wrong, Status.correct, Status.no_answer]
-        pids = [w.process.pid for w in pool.workers]
+        pids = pool.pids()
+        assert len(pids) == 2
     assert all(not os.path.exists(f"/proc/{pid}") for pid in pids), "close() left a scoring process running"
 
 
 def test_an_env_that_cannot_be_built_is_reported_with_its_path():
     with pytest.raises(RuntimeError, match="could not build env 'tests.faulty_env:FaultyEnv'.*difficulty"):
         ScorerPool(ENV, {"difficulty": "hard"})
+
+
+def test_an_allocation_past_the_memory_limit_is_that_items_error_and_the_process_lives_on(problems):
+    kwargs = {"difficulty": 1, "train_size": 6, "test_size": 2, "hog_on": [problems[0].id]}
+    completions = [p.meta["solution"] for p in problems[:3]]
+    with ScorerPool(ENV, kwargs, processes=1, timeout_s=30, memory_gb=1) as pool:
+        scores = pool.score(problems[:3], completions)
+        assert [s.status for s in scores] == [Status.error, Status.correct, Status.correct]
+        assert "MemoryError" in scores[0].detail and problems[0].id in scores[0].detail
+        assert pool.restarts == 0  # the limit made the allocation fail; nothing had to be killed
+
+
+def test_bad_pool_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="memory_gb >= 0"):
+        ScorerPool(ENV, {}, memory_gb=-1)
