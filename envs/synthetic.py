@@ -13,6 +13,14 @@ the numbers get: 1 is addition and subtraction of single digits, bare and as one
 division and larger numbers. `kinds` narrows the templates, e.g. `["unit_price"]` for the talk's
 problem only.
 
+Two multi-step kinds are opt-in (never in the default mix): `chain` ("What is 4 + 7 - 3?") and
+`story` ("Ava has 4 kiwis. Ava buys 7 more. Ava gives 3 away. How many kiwis does Ava have now?"),
+`steps` operands long, each operand up to the difficulty's largest number. Their worked solution is
+one line per step ("4 + 7 = 11. 11 - 3 = 8."): a small model that writes the steps out composes
+two-operand facts it knows, one that answers at once must do the whole sum in one token. That gap
+is what `make demo` shows RL closing (a policy imitating a mix of terse and worked demonstrations
+learns, from the reward alone, to show its work).
+
 The train/test split is a pure function of a problem's arithmetic (`3+6`, `(13-2*2)/3`), not its
 wording, names or items, by hash: a held-out computation never appears in training under any seed,
 size or surface form. Every problem carries a worked solution ending in `#### <answer>` for SFT and the corpus.
@@ -24,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from answerkey.envs.base import SPLITS, Env, GenerateFn, Problem, Split, Trajectory, TurnBuilder
 from answerkey.rewards import Score, Status, exact
@@ -94,10 +103,52 @@ def _share(rng: random.Random, d: int) -> Draw:
     return f"{k * q}/{k}", prompt, q, f"{k * q} / {k} = {q}."
 
 
+def _chain(rng: random.Random, d: int, steps: int) -> Draw:
+    nums, ops, answer = _steps(rng, d, steps)
+    terms = " ".join([str(nums[0])] + [f"{o} {b}" for o, b in zip(ops, nums[1:], strict=True)])
+    return _arithmetic(nums, ops), f"What is {terms}?", answer, _worked(nums, ops)
+
+
+def _story(rng: random.Random, d: int, steps: int) -> Draw:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    nums, ops, answer = _steps(rng, d, steps)
+    events = [f"{name} buys {b} more." if o == "+" else f"{name} gives {b} away." for o, b in zip(ops, nums[1:], strict=True)]
+    prompt = " ".join([f"{name} has {nums[0]} {item}s.", *events, f"How many {item}s does {name} have now?"])
+    return _arithmetic(nums, ops), prompt, answer, _worked(nums, ops)
+
+
+def _steps(rng: random.Random, d: int, steps: int) -> tuple[list[int], list[str], int]:
+    """`steps` operands joined by + and -, the running total never negative: (operands, ops, answer)."""
+    nums, ops = [rng.randint(1, MAX_NUMBER[d])], []
+    total = nums[0]
+    for _ in range(steps - 1):
+        take = rng.random() < 0.5 and total > 0
+        b = rng.randint(1, min(MAX_NUMBER[d], total) if take else MAX_NUMBER[d])
+        ops.append("-" if take else "+")
+        nums.append(b)
+        total = total - b if take else total + b
+    return nums, ops, total
+
+
+def _arithmetic(nums: list[int], ops: list[str]) -> str:
+    return str(nums[0]) + "".join(f"{o}{b}" for o, b in zip(ops, nums[1:], strict=True))
+
+
+def _worked(nums: list[int], ops: list[str]) -> str:
+    """One sentence per step: '4 + 7 = 11. 11 - 3 = 8.'"""
+    lines, total = [], nums[0]
+    for o, b in zip(ops, nums[1:], strict=True):
+        new = total + b if o == "+" else total - b
+        lines.append(f"{total} {o} {b} = {new}.")
+        total = new
+    return " ".join(lines)
+
+
 # (template, the lowest difficulty that uses it)
 TEMPLATES: tuple[tuple[Callable[[random.Random, int], Draw], int], ...] = (
     (_add, 1), (_sub, 1), (_buys_more, 1), (_gives_away, 1), (_mul, 3), (_shopping_total, 3), (_unit_price, 3), (_share, 4),
 )
+MULTI_STEP = {"chain": _chain, "story": _story}  # opt-in kinds (`kinds=[...]`), `steps` operands long
 
 
 def split_of(arithmetic: str, test_percent: int) -> Split:
@@ -110,14 +161,18 @@ class SyntheticEnv(Env):
     """Arithmetic and word problems; reward 1 when the last `#### x` (or `\\boxed{x}`) equals the answer."""
 
     def __init__(self, difficulty: int = 2, train_size: int = 5000, test_size: int = 200, seed: int = 0,
-                 test_percent: int = 20, instruction: str = "", kinds: Sequence[str] | None = None):
+                 test_percent: int = 20, instruction: str = "", kinds: Sequence[str] | None = None, steps: int = 3):
         if difficulty not in MAX_NUMBER:
             raise ValueError(f"SyntheticEnv.difficulty must be one of {sorted(MAX_NUMBER)}, got {difficulty!r}")
-        available = {t.__name__.strip("_"): t for t, level in TEMPLATES if level <= difficulty}
+        if not 2 <= steps <= 8:
+            raise ValueError(f"SyntheticEnv.steps (operands of the chain/story kinds) must be in 2..8, got {steps!r}")
+        default: dict[str, Callable[[random.Random], Draw]] = {
+            t.__name__.strip("_"): partial(t, d=difficulty) for t, level in TEMPLATES if level <= difficulty}
+        available = default | {name: partial(t, d=difficulty, steps=steps) for name, t in MULTI_STEP.items()}
         unknown = sorted(set(kinds or ()) - set(available))
         if unknown:
             raise ValueError(f"SyntheticEnv.kinds: {unknown} not available at difficulty {difficulty}; choose from {sorted(available)}")
-        self.templates = [available[k] for k in kinds] if kinds else list(available.values())
+        self.templates = {k: available[k] for k in kinds} if kinds else default
         if not 0 < test_percent < 100:
             raise ValueError(f"SyntheticEnv.test_percent must be in 1..99, got {test_percent!r}")
         self.difficulty, self.seed, self.test_percent, self.instruction = difficulty, seed, test_percent, instruction
@@ -138,9 +193,9 @@ class SyntheticEnv(Env):
         seen: set[str] = set()
         misses = 0  # consecutive draws that added nothing: the space at this difficulty is exhausted
         while misses < 5000:
-            template = rng.choice(self.templates)
-            arithmetic, prompt, answer, solution = template(rng, self.difficulty)
-            key = f"{template.__name__.strip('_')}/{arithmetic}"
+            kind = rng.choice(list(self.templates))
+            arithmetic, prompt, answer, solution = self.templates[kind](rng)
+            key = f"{kind}/{arithmetic}"
             split = split_of(arithmetic, self.test_percent)
             if key in seen or len(out[split]) >= self.sizes[split]:
                 misses += 1

@@ -11,6 +11,7 @@ needs problems with `meta["solution"]` and never touches the held-out split.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 
@@ -23,20 +24,37 @@ from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rollout.engine import SamplingParams
 
 
-def solution_conversations(env: Env) -> list[list[dict[str, str]]]:
-    """Every training problem asked and answered with its worked solution."""
+def solution_conversations(env: Env, terse_fraction: float = 0.0, seed: int = 0) -> list[list[dict[str, str]]]:
+    """Every training problem asked and answered: with its worked solution, or (a `terse_fraction` of them,
+    chosen by a hash of the problem id and `seed`) with the bare final answer `#### x`, as a demonstrator
+    who does not always show their work would write it."""
+    if not 0 <= terse_fraction <= 1:
+        raise ValueError(f"terse_fraction must be in [0, 1], got {terse_fraction!r}")
     problems = [p for p in env.problems("train") if p.meta.get("solution")]
     if not problems:
         raise ValueError(f"{type(env).__name__} has no training problems with meta['solution'] to warm up on")
-    return [p.messages() + [{"role": "assistant", "content": p.meta["solution"]}] for p in problems]
+
+    def reply(p) -> str:
+        terse = _unit(f"{seed}/{p.id}") < terse_fraction
+        return f"#### {p.answer}" if terse else p.meta["solution"]
+    return [p.messages() + [{"role": "assistant", "content": reply(p)}] for p in problems]
+
+
+def _unit(text: str) -> float:
+    """A uniform number in [0, 1) fixed by `text` (the same on every machine and run)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
 
 
 def tiny_policy(env: Env, preset: str = "tiny", vocab_size: int = 384, sft_steps: int = 100, lr: float = 3e-3,
                 batch_size: int = 32, seed: int = 0, schedule: str = "constant",
-                on_step: Callable[[int, dict], None] | None = None, device: str = "cpu"):
-    """(model, tokenizer): a freshly built policy after `sft_steps` of SFT on the env's worked solutions."""
-    conversations = solution_conversations(env)
-    tokenizer = train_bpe([chat.render(c) for c in conversations], vocab_size)
+                on_step: Callable[[int, dict], None] | None = None, device: str = "cpu", terse_fraction: float = 0.0):
+    """(model, tokenizer): a freshly built policy after `sft_steps` of SFT on the env's training problems,
+    answered with worked solutions (a `terse_fraction` of them with the bare answer instead)."""
+    conversations = solution_conversations(env, terse_fraction, seed)
+    texts = [chat.render(c) for c in conversations]
+    if terse_fraction:  # the tokenizer still sees every worked solution, whichever style the warm-up shows
+        texts += [p.meta["solution"] for p in env.problems("train")]
+    tokenizer = train_bpe(texts, vocab_size)
     model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed)
     model = model.to(device)
     cfg = LearnerConfig(lr=lr, warmup_steps=min(20, sft_steps // 10), schedule=schedule, min_lr_ratio=0.05)

@@ -50,6 +50,31 @@ def test_synthetic_kinds_narrow_the_templates():
     assert all("How much does each" in p.prompt for p in env.problems("test"))
 
 
+@pytest.mark.parametrize("steps", [2, 3, 5])
+def test_multi_step_kinds_solve_by_their_steps_and_split_by_arithmetic(steps):
+    env = SyntheticEnv(difficulty=1, kinds=["chain", "story"], steps=steps, train_size=400, test_size=100)
+    train, test = env.problems("train"), env.problems("test")
+    problems = [*train, *test]
+    assert {p.id.split("/")[1] for p in problems} == {"chain", "story"}
+    assert all(s.status == Status.correct for s in score_batch(env, problems, [p.meta["solution"] for p in problems]))
+    for p in problems:  # one sentence per step, never a negative running total
+        lines = p.meta["solution"].split("\n")[0].split(". ")
+        assert len(lines) == steps - 1 and "= -" not in p.meta["solution"], p
+    arithmetic = lambda ps: {p.id.split("/", 2)[2] for p in ps}  # noqa: E731
+    assert not arithmetic(train) & arithmetic(test)
+
+
+def test_multi_step_example_and_opt_in():
+    env = SyntheticEnv(difficulty=1, kinds=["story"], steps=3, train_size=20)
+    p = env.problems("train")[0]
+    nums = [int(w) for w in p.prompt.replace(".", " ").split() if w.isdigit()]
+    assert len(nums) == 3 and (" buys " in p.prompt or " gives " in p.prompt), p.prompt
+    # the default mix is unchanged by the opt-in kinds
+    assert not any(p.id.split("/")[1] in ("chain", "story") for p in SyntheticEnv(difficulty=2).problems("train"))
+    with pytest.raises(ValueError, match="steps"):
+        SyntheticEnv(kinds=["chain"], steps=1)
+
+
 def test_gsm8k_and_math_load_the_shared_data():
     gsm = GSM8KEnv(test_path=str(SHARED_DATA / "gsm8k/test.jsonl"))
     problems = gsm.problems("test")
