@@ -175,7 +175,14 @@ class ShardedLearner:
 
     def full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, full fp32 tensor) per parameter, tied ones once; an all-gather each, so every rank
-        must exhaust it. Only one gathered tensor at a time is alive unless the caller keeps them."""
+        must exhaust it. Only one gathered tensor at a time is alive unless the caller keeps them.
+
+        Resharded first: after a forward without backward (the sync's logprobs check) the root keeps its
+        parameters unsharded, and a numpy view of those (`named_arrays`) would pin storage FSDP frees later.
+        """
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
         for name, p in self.model.named_parameters():
             yield name, (p.full_tensor() if isinstance(p, DTensor) else p).detach()
 

@@ -76,6 +76,8 @@ def job_resume(rank: int, spec: GroupSpec, out: Path, policy: str) -> None:
     root = out / "checkpoints"
     first = make(policy, cfg, rank, spec, total_steps=4)
     metrics = [first.step(steps[0]), first.step(steps[1])]
+    first.logprobs_of([5, 6, 7], [8, 9])  # what a sync does between a step and a save (a forward without backward)
+    first.named_arrays(), first.weights_checksum()
     path = first.save_checkpoint(str(root), 2, {"sampler_position": 16}, '{"run": "test"}', keep=2)
     with torch.no_grad():
         logits = first.model(input_ids=PROBE_IDS).logits
