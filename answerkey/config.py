@@ -292,6 +292,6 @@ def describe_batch(cfg: Config) -> str:
         f"micro-batches of <= {lr.micro_batch_tokens} tokens (>= {min(B, max_seq_rows)} full-length completions each, "
         f"plus prompt); {lr.passes} optimizer step(s) per RL step; {cfg.run.steps} steps = "
         f"{cfg.run.steps * B} completions, {cfg.run.steps * lr.passes} optimizer steps"
-    ) + (f"; the {B} sequences are dealt to {lr.world_size} FSDP learner ranks (~{-(-B // lr.world_size)} each, "
-         f"balanced by tokens), each packing its own micro-batches; the loss normalizers count the whole batch"
+    ) + (f"; each step's <= {B} sequences are dealt to {lr.world_size} FSDP learner ranks (<= ~{-(-B // lr.world_size)} "
+         f"each, balanced by tokens), each packing its own micro-batches; the loss normalizers count the whole batch"
          if lr.world_size > 1 else "")

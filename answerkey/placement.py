@@ -117,5 +117,7 @@ def describe(plan: Plan, cfg: Config) -> str:
         return f"placement cpu: {ranks} x 0 CPU, {r.workers} worker(s) x {r.threads_per_worker} CPU; {split}"
     if plan.mode == "colocate":
         gpus = "1 GPU shared by the learner (0.5)" if n == 1 else f"{n} GPUs, each shared by a learner rank (0.5)"
-        return f"placement colocate: {gpus} and {r.workers} {r.engine} worker(s) ({plan.workers[0].num_gpus:g} each); {split}"
+        shares = sorted({s.num_gpus for s in plan.workers})
+        each = f"{shares[0]:g}" if len(shares) == 1 else f"{shares[0]:g}-{shares[-1]:g}"
+        return f"placement colocate: {gpus} and {r.workers} {r.engine} worker(s) ({each} GPU each); {split}"
     return f"placement separate: {plan.gpus:g} GPUs = {ranks} + {r.workers} {r.engine} worker(s); {split}"

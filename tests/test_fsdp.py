@@ -9,11 +9,6 @@ the reference is the plain `Learner` on the same policy and groups. The driver t
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,10 +21,9 @@ from answerkey.learner import checkpoint
 from answerkey.learner.batch import make_batch
 from answerkey.learner.learner import Learner
 from answerkey.learner.shard import Ranks, deal
-from tests.fsdp_ranks import PROBE_IDS, SAMPLING
+from tests.fsdp_ranks import PROBE_IDS, SAMPLING, run_ranks
 from tests.test_learner import REWARDS, make_groups
 
-ROOT = Path(__file__).resolve().parents[1]
 AGGS = ("token-mean", "sequence-mean", "dr-grpo")
 # every knob of the step: KL reference (sharded), two passes (old logprobs), TIS, truncation mask, several
 # micro-batches per rank, an active grad-norm clip, warmup
@@ -51,36 +45,6 @@ def make_model_module(tokenizer):
     from answerkey.pretrain.model import build_model
 
     return lambda seed=0: build_model("tiny", len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed)
-
-
-def run_ranks(job: str, out: Path, policy: Path, world: int = 2, timeout_s: float = 400, until=None) -> None:
-    """Run `job` on `world` rank processes; with `until`, SIGKILL them all once `until()` is true."""
-    store = torch.distributed.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    logs = [open(out / f"rank{r}.log", "w") for r in range(world)]  # noqa: SIM115
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.fsdp_ranks", job, str(r), str(world), str(store.port),
-                               str(out), str(policy)], cwd=ROOT, env=env, stdout=logs[r], stderr=subprocess.STDOUT)
-             for r in range(world)]
-    deadline = time.monotonic() + timeout_s
-    try:
-        while any(p.poll() is None for p in procs):
-            if until is not None and until():
-                for p in procs:
-                    p.send_signal(signal.SIGKILL)
-                break
-            if time.monotonic() > deadline or any(p.returncode not in (None, 0) for p in procs):
-                break
-            time.sleep(0.05)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for f in logs:
-            f.close()
-    if until is None:
-        for r, p in enumerate(procs):
-            assert p.returncode == 0, f"rank {r} exited {p.returncode}:\n{(out / f'rank{r}.log').read_text()[-4000:]}"
 
 
 def test_deal_balances_tokens_and_covers_every_row_once():
