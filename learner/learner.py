@@ -16,6 +16,9 @@ policy optimized is exactly the one sampled from. With one pass the "old" logpro
 ones detached (the ratio is exactly 1; no extra forward pass); with several passes they are
 computed once, before the first update. A step whose batch has no trainable token (every group
 uniform) does not touch the optimizer and says so: `learner/skipped = 1`.
+
+With `ranks` (an FSDP2 rank, learner/fsdp.py) the same code trains on this rank's share of the batch
+(learner/shard.py) with the whole batch's normalizers, and `backward`'s metrics are summed over ranks.
 """
 
 from __future__ import annotations
