@@ -7,6 +7,7 @@
     answerkey rl examples/tiny_cpu.toml --model.path=runs/demo-x/policy --run.name=r1 [--resume]
     answerkey submit examples/math_8gpu.toml --run.out_dir=/shared/runs [--address http://head:8265]
     answerkey eval runs/r1/checkpoints/step_000010/model --env answerkey.envs.synthetic:SyntheticEnv --n 8
+    answerkey export runs/r1/checkpoints/step_000010 runs/r1/hf-10   # a sharded (FSDP) checkpoint -> HF directory
 
 Each later stage adds its own subcommand here (tokenize, pretrain, sft, ...). Errors a
 user can fix (bad config, bad dataset row, bad env path) print one clear message and exit 2,
@@ -91,6 +92,18 @@ def cmd_filter(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    import torch
+
+    from answerkey.learner import dcp
+
+    if overrides:
+        raise ConfigError(f"`answerkey export` takes no overrides, got {overrides}")
+    out = dcp.export(args.checkpoint, args.out, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
+    console.print(f"exported {args.checkpoint} -> {out} (config.json, model.safetensors, tokenizer; {args.dtype})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="answerkey", description="RL from verifiable rewards, from pretraining to GRPO.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -131,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="JSONL of the kept documents (written atomically)")
     p.add_argument("--config", default=None, help="TOML with [url], [english], [gopher_quality], ... tables")
     p.set_defaults(run=cmd_filter)
+
+    p = sub.add_parser("export", help="write a sharded (FSDP) checkpoint as a Hugging Face directory",
+                       description="Gather the DCP shards of CHECKPOINT (checkpoints/step_N of a run with "
+                                   "learner.world_size > 1) into OUT: config.json, safetensors, tokenizer.")
+    p.add_argument("checkpoint", help="a checkpoint directory with dcp/ and hf/, e.g. runs/r1/checkpoints/step_000010")
+    p.add_argument("out", help="new directory for the Hugging Face checkpoint")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the saved weights")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("eval", help="pass@1, pass@k and maj@k of a checkpoint on an env (`answerkey eval -h`)",
                        add_help=False)

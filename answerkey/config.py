@@ -132,7 +132,12 @@ class LearnerConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision: bf16 autocast over fp32 master weights, or plain fp32."""
     threads: int = Field(2, ge=1)
-    """torch threads of the learner actor on CPU."""
+    """torch threads of the learner actor (of each rank) on CPU."""
+    world_size: int = Field(1, ge=1)
+    """Learner processes (Ray actors). > 1 shards the policy, its AdamW state and the KL reference with FSDP2
+    across them and splits each batch between them (learner/fsdp.py): gloo on CPU, NCCL with one GPU per rank."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward instead of keeping them (less memory, ~1/3 more compute)."""
 
     @field_validator("lr")
     @classmethod
@@ -289,4 +294,6 @@ def describe_batch(cfg: Config) -> str:
         f"micro-batches of <= {lr.micro_batch_tokens} tokens (>= {min(B, max_seq_rows)} full-length completions each, "
         f"plus prompt); {lr.passes} optimizer step(s) per RL step; {cfg.run.steps} steps = "
         f"{cfg.run.steps * B} completions, {cfg.run.steps * lr.passes} optimizer steps"
-    )
+    ) + (f"; each step's <= {B} sequences are dealt to {lr.world_size} FSDP learner ranks (<= ~{-(-B // lr.world_size)} "
+         f"each, balanced by tokens), each packing its own micro-batches; the loss normalizers count the whole batch"
+         if lr.world_size > 1 else "")

@@ -13,10 +13,11 @@ One step (`Driver.run`):
                per-parameter checksums of what each engine holds, and its logprobs of a fixed completion
     log every step; evaluate, write sample completions, checkpoint every N steps
 
-Ray appears here and in `start_*` only; the learner, workers and scorer are plain classes. On CPU the
-learner runs while the workers wait (the loop is synchronous), so it reserves no cores
-(`num_cpus=0`); each worker reserves `rollout.threads_per_worker`. A learner that dies ends the run
-(resume from the last checkpoint); a worker that dies is replaced.
+Ray appears here, in `start_worker` and in learner/group.py only; the learner, workers and scorer are
+plain classes. The learner is one actor, or `learner.world_size` FSDP2 ranks behind the same handle
+(learner/group.py). On CPU the learner runs while the workers wait (the loop is synchronous), so it
+reserves no cores (`num_cpus=0`); each worker reserves `rollout.threads_per_worker`. A learner that
+dies ends the run (resume from the last checkpoint); a worker that dies is replaced.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from answerkey.config import Config, ConfigError, describe_batch
 from answerkey.envs.base import MultiTurnEnv, Problem, Trajectory, load_env
 from answerkey.evaluate import summarize
 from answerkey.learner import checkpoint
-from answerkey.learner.learner import PretrainedLearner
+from answerkey.learner import group as learner_group
 from answerkey.local import prompts_for
 from answerkey.rewards import status_counts
 from answerkey.rollout.transfer import make_transport
@@ -88,7 +89,9 @@ class Driver:
             check_same_config(cfg, ckpt.config)
             checkpoint.clean_partial(run.checkpoints)
             run.truncate(ckpt.step)
-        self.model_path = str(ckpt.model_dir) if ckpt else cfg.model.path
+        # a sharded (FSDP) checkpoint has no HF weights: everything starts from the initial policy, the
+        # learner ranks load the checkpoint's shards, and the first sync gives the workers those weights
+        self.model_path = str(ckpt.model_dir) if ckpt and not ckpt.sharded else cfg.model.path
         if not self.model_path or not (Path(self.model_path) / "config.json").exists():
             raise ConfigError(f"model.path: {self.model_path!r} is not a Hugging Face checkpoint directory (no config.json)")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -96,7 +99,7 @@ class Driver:
         check_resources(cfg)
         self.plan = placement.make_plan(cfg)
         self.pg = placement.reserve(self.plan)
-        self.learner = start_learner(cfg, self.model_path, placement.actor_options(self.plan, self.pg, self.plan.learner))
+        self.learner = learner_group.start(cfg, self.model_path, self.plan, self.pg)  # N ranks behind one handle
         self.workers = [self._start_worker(i) for i in range(cfg.rollout.workers)]
         self.scorer = ScorerPool(cfg.env.path, cfg.env.kwargs, cfg.env.reward_processes, cfg.env.reward_timeout_s,
                                  cfg.env.reward_memory_gb)
@@ -274,19 +277,14 @@ class Driver:
 
     def close(self) -> None:
         self.scorer.close()
-        for actor in [self.learner, *self.workers]:
+        self.learner.kill()
+        for actor in self.workers:
             ray.kill(actor, no_restart=True)
         if self.pg is not None:
             ray.util.remove_placement_group(self.pg)
 
 
 # -- actors ----------------------------------------------------------------------------------------
-
-
-def start_learner(cfg: Config, model_path: str, options: dict):
-    actor = ray.remote(PretrainedLearner).options(**options)
-    return actor.remote(model_path, cfg.learner, cfg.rollout.sampling(), cfg.run.steps, reference_path=cfg.model.path,
-                        threads=cfg.learner.threads)
 
 
 def start_worker(cfg: Config, model_path: str, index: int, options: dict, seed_offset: int = 0):

@@ -5,16 +5,17 @@
     pg = reserve(plan)                    # the placement group (None in cpu mode), ready
     actor_cls.options(**actor_options(plan, pg, plan.workers[0])).remote(...)
 
-| mode       | bundles                                  | learner                  | rollout worker i            |
-|------------|------------------------------------------|--------------------------|-----------------------------|
-| `cpu`      | none (plain actors, as in the tests)     | 0 CPU (it runs while the workers wait) | rollout.threads_per_worker CPUs |
-| `colocate` | 1 x {GPU: 1, CPU: c}                     | bundle 0, GPU 0.5, CPU 1 | bundle 0, GPU 0.5/W, CPU (c-1)/W |
-| `separate` | (1 + W) x {GPU: 1, CPU: c}               | bundle 0, GPU 1, CPU c   | bundle 1+i, GPU 1, CPU c    |
+| mode       | bundles                     | learner rank r                 | rollout worker i                          |
+|------------|-----------------------------|--------------------------------|-------------------------------------------|
+| `cpu`      | none (plain actors, as in the tests) | 0 CPU (it runs while the workers wait) | rollout.threads_per_worker CPUs |
+| `colocate` | N x {GPU: 1, CPU: c}        | bundle r, GPU 0.5, CPU 1       | bundle i mod N, GPU 0.5/k, CPU (c-1)/k    |
+| `separate` | (N + W) x {GPU: 1, CPU: c}  | bundle r, GPU 1, CPU c         | bundle N+i, GPU 1, CPU c                  |
 
-W = rollout.workers, c = placement.cpus_per_gpu. Colocated engines share the GPU with the learner by
-time, not by memory: they sleep while it trains (vLLM `sleep`/`wake_up`); the fractions only tell Ray
-they may share it. The learner is one actor on one GPU (the FSDP learner over several GPUs is not
-built yet). Not here: multi-node tensor parallelism, heterogeneous GPU types, autoscaling requests.
+N = learner.world_size (N > 1: FSDP2 ranks, learner/fsdp.py), W = rollout.workers, c =
+placement.cpus_per_gpu, k = the workers sharing bundle i mod N. Colocated engines share a GPU with a
+learner rank by time, not by memory: they sleep while it trains (vLLM `sleep`/`wake_up`); the fractions
+only tell Ray they may share it. The learner ranks use NCCL when their slots have GPUs, gloo otherwise
+(learner/group.py). Not here: multi-node tensor parallelism, heterogeneous GPU types, autoscaling requests.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ class Plan:
     mode: str
     bundles: list[dict[str, float]]
     strategy: str
-    learner: Slot
+    learners: list[Slot]  # one per learner rank
     workers: list[Slot]
+
+    @property
+    def learner(self) -> Slot:
+        """Rank 0's slot (every rank's is alike)."""
+        return self.learners[0]
 
     @property
     def gpus(self) -> float:
@@ -48,15 +54,18 @@ class Plan:
 
 
 def make_plan(cfg: Config) -> Plan:
-    p, workers = cfg.placement, cfg.rollout.workers
+    p, workers, n = cfg.placement, cfg.rollout.workers, cfg.learner.world_size
     if p.mode == "cpu":
-        return Plan("cpu", [], p.strategy, Slot(None, 0, 0), [Slot(None, cfg.rollout.threads_per_worker, 0)] * workers)
+        return Plan("cpu", [], p.strategy, [Slot(None, 0, 0)] * n, [Slot(None, cfg.rollout.threads_per_worker, 0)] * workers)
     c = p.cpus_per_gpu
     if p.mode == "colocate":
-        return Plan("colocate", [{"GPU": 1, "CPU": c}], p.strategy, Slot(0, 1, 0.5),
-                    [Slot(0, (c - 1) / workers, 0.5 / workers)] * workers)
-    bundles = [{"GPU": 1, "CPU": c} for _ in range(1 + workers)]
-    return Plan("separate", bundles, p.strategy, Slot(0, c, 1), [Slot(1 + i, c, 1) for i in range(workers)])
+        sharing = [sum(1 for i in range(workers) if i % n == b) for b in range(n)]  # workers per bundle
+        return Plan("colocate", [{"GPU": 1, "CPU": c} for _ in range(n)], p.strategy,
+                    [Slot(r, 1, 0.5) for r in range(n)],
+                    [Slot(i % n, (c - 1) / sharing[i % n], 0.5 / sharing[i % n]) for i in range(workers)])
+    bundles = [{"GPU": 1, "CPU": c} for _ in range(n + workers)]
+    return Plan("separate", bundles, p.strategy, [Slot(r, c, 1) for r in range(n)],
+                [Slot(n + i, c, 1) for i in range(workers)])
 
 
 def on_cpus(plan: Plan, cpus_per_gpu: float) -> Plan:
@@ -67,7 +76,7 @@ def on_cpus(plan: Plan, cpus_per_gpu: float) -> Plan:
     def slot(s: Slot) -> Slot:
         return replace(s, num_cpus=s.num_gpus * cpus_per_gpu, num_gpus=0)
 
-    return replace(plan, bundles=bundles, learner=slot(plan.learner), workers=[slot(s) for s in plan.workers])
+    return replace(plan, bundles=bundles, learners=[slot(s) for s in plan.learners], workers=[slot(s) for s in plan.workers])
 
 
 def reserve(plan: Plan, timeout_s: float = 120.0):
@@ -99,13 +108,16 @@ def actor_options(plan: Plan, pg, slot: Slot) -> dict[str, Any]:
 
 def describe(plan: Plan, cfg: Config) -> str:
     """Where everything runs and how one step's batch is split, for the start-up banner."""
-    r = cfg.rollout
+    r, n = cfg.rollout, cfg.learner.world_size
     per_worker = -(-r.problems_per_step // r.workers)
     split = (f"{r.problems_per_step} problems over {r.workers} rollout worker(s): <= {per_worker} problems "
              f"= {per_worker * r.group_size} completions each")
+    ranks = "1 learner" if n == 1 else f"{n} learner ranks (FSDP2, {'nccl' if plan.learner.num_gpus else 'gloo'})"
     if plan.mode == "cpu":
-        return f"placement cpu: learner 0 CPU, {r.workers} worker(s) x {r.threads_per_worker} CPU; {split}"
+        return f"placement cpu: {ranks} x 0 CPU, {r.workers} worker(s) x {r.threads_per_worker} CPU; {split}"
     if plan.mode == "colocate":
-        return (f"placement colocate: 1 GPU shared by the learner (0.5) and {r.workers} {r.engine} worker(s) "
-                f"({plan.workers[0].num_gpus:g} each); {split}")
-    return f"placement separate: {plan.gpus:g} GPUs = 1 learner + {r.workers} {r.engine} worker(s); {split}"
+        gpus = "1 GPU shared by the learner (0.5)" if n == 1 else f"{n} GPUs, each shared by a learner rank (0.5)"
+        shares = sorted({s.num_gpus for s in plan.workers})
+        each = f"{shares[0]:g}" if len(shares) == 1 else f"{shares[0]:g}-{shares[-1]:g}"
+        return f"placement colocate: {gpus} and {r.workers} {r.engine} worker(s) ({each} GPU each); {split}"
+    return f"placement separate: {plan.gpus:g} GPUs = {ranks} + {r.workers} {r.engine} worker(s); {split}"

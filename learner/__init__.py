@@ -1,2 +1,3 @@
 """HOW the policy is updated: GRPO math (`grpo`), batching by token budget (`batch`), and the
-`Learner` (optimizer, schedule, reference model, SFT step). Plain classes; the driver adds Ray."""
+`Learner` (optimizer, schedule, reference model, SFT step), its FSDP2 ranks (`fsdp`, `shard`, `dcp`) and
+the group of them the driver starts (`group`). Plain classes; Ray only in `group`."""

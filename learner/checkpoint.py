@@ -15,6 +15,8 @@ directory is renamed to `step_000004` (atomic within one filesystem) and the par
 fsynced. So a `step_*` directory is always complete; a kill mid-write leaves only a `.tmp-*`
 directory, which the next `save` or `clean_partial` removes. Older checkpoints beyond `keep` are
 deleted only after the new one is in place. Loading uses `torch.load(weights_only=True)`.
+`begin` / `commit` are those steps on their own, for the FSDP learner's sharded checkpoints
+(learner/dcp.py: `dcp/` instead of `model/`, the same atomicity).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import Any
 import torch
 
 PREFIX = "step_"
+FILES = ("model/config.json", "learner.pt", "run.pt", "config.json")
+SHARDED_FILES = ("dcp/.metadata", "hf/config.json", "learner.pt", "run.pt", "config.json")  # learner/dcp.py
 
 
 @dataclass
@@ -43,26 +47,41 @@ class Checkpoint:
     def model_dir(self) -> Path:
         return self.path / "model"
 
+    @property
+    def sharded(self) -> bool:
+        """An FSDP checkpoint (learner/dcp.py): `dcp/` shards + `hf/` config and tokenizer, no `model/`."""
+        return (self.path / "dcp").is_dir()
+
 
 def save(root: str | Path, step: int, model, tokenizer, learner_state: dict, run_state: dict, config_json: str,
          keep: int = 2) -> Path:
     """Write checkpoint `step` under `root` atomically; returns its final path."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    clean_partial(root)
-    final = root / f"{PREFIX}{step:06d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    tmp, final = begin(root, step)
     model.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
     torch.save(learner_state, tmp / "learner.pt")
     torch.save(run_state | {"step": step}, tmp / "run.pt")
     (tmp / "config.json").write_text(config_json)
+    return commit(tmp, final, keep)
+
+
+def begin(root: str | Path, step: int) -> tuple[Path, Path]:
+    """(temporary directory to write checkpoint `step` into, its final path); partial ones are cleaned first."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_partial(root)
+    final = root / f"{PREFIX}{step:06d}"
+    return root / f".tmp-{final.name}-{os.getpid()}", final
+
+
+def commit(tmp: Path, final: Path, keep: int) -> Path:
+    """fsync everything under `tmp`, rename it to `final`, fsync the parent, prune to the newest `keep`."""
     _fsync_tree(tmp)
     if final.exists():  # a re-run of the same step after a resume: replace it, the new one is complete
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
-    for old in complete(root)[:-keep]:
+    _fsync_dir(final.parent)
+    for old in complete(final.parent)[:-keep]:
         shutil.rmtree(old)
     return final
 
@@ -92,7 +111,8 @@ def clean_partial(root: str | Path) -> list[Path]:
 def load(path: str | Path) -> Checkpoint:
     """Read a checkpoint's states; the model itself is loaded from `model_dir` by whoever needs it."""
     path = Path(path)
-    missing = [f for f in ("model/config.json", "learner.pt", "run.pt", "config.json") if not (path / f).exists()]
+    files = SHARDED_FILES if (path / "dcp").is_dir() else FILES
+    missing = [f for f in files if not (path / f).exists()]
     if missing:
         raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {missing}")
     run_state = torch.load(path / "run.pt", weights_only=True)

@@ -16,6 +16,9 @@ policy optimized is exactly the one sampled from. With one pass the "old" logpro
 ones detached (the ratio is exactly 1; no extra forward pass); with several passes they are
 computed once, before the first update. A step whose batch has no trainable token (every group
 uniform) does not touch the optimizer and says so: `learner/skipped = 1`.
+
+With `ranks` (an FSDP2 rank, learner/fsdp.py) the same code trains on this rank's share of the batch
+(learner/shard.py) with the whole batch's normalizers, and `backward`'s metrics are summed over ranks.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from answerkey.chat import Encoded
 from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
 from answerkey.learner import checkpoint, grpo
 from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch, pack
+from answerkey.learner.shard import Ranks
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import SamplingParams
@@ -47,15 +52,20 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
 
 
 class Learner:
-    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int):
+    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int,
+                 reference: torch.nn.Module | None = None, ranks: Ranks | None = None):
+        """`reference`: the KL reference when kl_coef > 0 (default: a copy of `model`). `ranks`: this process's
+        place in an FSDP group (learner/shard.py): the batch is split across ranks, metrics summed over them."""
         # eval mode: no dropout, so the learner's logprobs are those of the policy the engine samples
-        self.model, self.cfg, self.sampling = model.eval(), cfg, sampling
+        self.model, self.cfg, self.sampling, self.ranks = model.eval(), cfg, sampling, ranks
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         total = total_steps * cfg.passes
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.schedule, cfg.min_lr_ratio))
-        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        if cfg.kl_coef > 0 and reference is None:
+            reference = copy.deepcopy(model)
+        self.reference = reference.eval().requires_grad_(False) if cfg.kl_coef > 0 else None
         self.optimizer_steps = 0
         self.tokenizer = None  # saved with checkpoints (PretrainedLearner sets it)
 
@@ -77,6 +87,8 @@ class Learner:
         """Advantages and filtering; old logprobs (passes > 1) and reference logprobs (KL) per row."""
         cfg = self.cfg
         batch = make_batch(groups, cfg.scale_by_std, cfg.drop_uniform_groups, cfg.mask_truncated, self.sampling.max_new_tokens)
+        if self.ranks is not None:  # FSDP: this rank's rows; the normalizers stay those of the whole batch
+            batch = self.ranks.split(batch)
         if batch.norm.tokens and cfg.passes > 1:
             self._fill(batch, self.model, "old_logprobs")
         if batch.norm.tokens and self.reference is not None:
@@ -135,12 +147,13 @@ class Learner:
             metrics |= {"learner/tis_clipped_fraction": float(sums["tis_clipped"]) / n,
                         "learner/tis_ratio_max": sums["tis_ratio_max"], "learner/tis_ratio_min": sums["tis_ratio_min"]}
         metrics["learner/response_length"] = float(sums["response_length"]) / max(batch.norm.sequences, 1)
-        return metrics
+        return metrics if self.ranks is None else self.ranks.reduce(metrics)
 
     def optimizer_step(self) -> dict[str, float]:
         """Clip the gradient norm and step AdamW and the schedule; a non-finite gradient skips the update."""
         lr = self.scheduler.get_last_lr()[0]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # FSDP: the norm over all shards
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return {"learner/grad_norm": grad_norm, "learner/nonfinite_grad": 1.0, "learner/lr": lr}
@@ -237,7 +250,12 @@ class PretrainedLearner(Learner):
         if threads:
             torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()
-        super().__init__(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), cfg, sampling, total_steps)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        if cfg.gradient_checkpointing:
+            from answerkey.learner.fsdp import checkpoint_layers
+
+            checkpoint_layers(model)
+        super().__init__(model, cfg, sampling, total_steps)
         if self.reference is not None and reference_path and str(reference_path) != str(path):
             self.reference = AutoModelForCausalLM.from_pretrained(reference_path, dtype=torch.float32).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(path)

@@ -310,6 +310,8 @@ class BroadcastTransport:
 
 
 def _join(holder: Any, spec: GroupSpec, rank: int) -> None:
+    if getattr(holder, "full_parameters", None) and holder.rank != 0:
+        return  # an FSDP learner (learner/fsdp.py) is called on every rank; only its rank 0 is in the weight group
     engine = getattr(holder, "engine", None)
     if hasattr(engine, "join_weight_group"):  # vLLM: the receiving end lives in its GPU worker process
         engine.join_weight_group(spec, rank)
@@ -318,6 +320,13 @@ def _join(holder: Any, spec: GroupSpec, rank: int) -> None:
 
 
 def _learner_send(learner: Any, version: int) -> int:
+    if getattr(learner, "full_parameters", None):  # FSDP: every rank takes part in the gathers, rank 0 sends
+        named = learner.full_parameters()
+        if learner.rank != 0:
+            for _ in named:
+                pass
+            return 0
+        return learner.weight_group.send(named, version, dtype=torch.float32)
     return learner.weight_group.send(learner.model.named_parameters(), version, dtype=torch.float32)
 
 

@@ -30,6 +30,22 @@ def test_plan(mode, workers, bundles, learner, worker_slots):
         assert sum(s.num_gpus for s in used) <= bundles[b]["GPU"] and sum(s.num_cpus for s in used) <= bundles[b]["CPU"]
 
 
+@pytest.mark.parametrize(("mode", "workers", "bundles", "learners", "worker_slots"), [
+    ("cpu", 2, 0, [Slot(None, 0, 0)] * 2, [Slot(None, 1, 0)] * 2),
+    ("colocate", 3, 2, [Slot(0, 1, 0.5), Slot(1, 1, 0.5)], [Slot(0, 1.5, 0.25), Slot(1, 3, 0.5), Slot(0, 1.5, 0.25)]),
+    ("separate", 2, 4, [Slot(0, 4, 1), Slot(1, 4, 1)], [Slot(2, 4, 1), Slot(3, 4, 1)]),
+])
+def test_plan_with_two_fsdp_learner_ranks(mode, workers, bundles, learners, worker_slots):
+    plan = placement.make_plan(cfg(mode, workers, "--learner.world_size=2"))
+    assert (len(plan.bundles), plan.learners, plan.workers) == (bundles, learners, worker_slots)
+    for b, bundle in enumerate(plan.bundles):
+        used = [s for s in [*plan.learners, *plan.workers] if s.bundle == b]
+        assert sum(s.num_gpus for s in used) == bundle["GPU"] and sum(s.num_cpus for s in used) <= bundle["CPU"]
+    text = placement.describe(plan, cfg(mode, workers, "--learner.world_size=2"))
+    assert "2 learner ranks (FSDP2" in text or "each shared by a learner rank" in text
+    assert ("nccl" in text) == (mode == "separate")
+
+
 def test_start_up_banner_states_gpus_and_the_batch_split():
     c = cfg("separate", 3, "--rollout.engine=vllm")
     text = placement.describe(placement.make_plan(c), c)
@@ -41,12 +57,12 @@ class Probe:
         return ray.get_runtime_context().get_assigned_resources()
 
 
-@pytest.mark.parametrize(("mode", "workers"), [("colocate", 2), ("separate", 2)])
-def test_actors_land_in_their_bundles_on_a_real_placement_group(ray_session, mode, workers):
-    plan = placement.on_cpus(placement.make_plan(cfg(mode, workers)), cpus_per_gpu=0.2)
+@pytest.mark.parametrize(("mode", "workers", "ranks"), [("colocate", 2, 1), ("separate", 2, 1), ("separate", 1, 2)])
+def test_actors_land_in_their_bundles_on_a_real_placement_group(ray_session, mode, workers, ranks):
+    plan = placement.on_cpus(placement.make_plan(cfg(mode, workers, f"--learner.world_size={ranks}")), cpus_per_gpu=0.2)
     pg = placement.reserve(plan, timeout_s=60)
     try:
-        slots = [plan.learner, *plan.workers]
+        slots = [*plan.learners, *plan.workers]
         actors = [ray.remote(Probe).options(**placement.actor_options(plan, pg, s)).remote() for s in slots]
         got = ray.get([a.resources.remote() for a in actors], timeout=120)
         for slot, assigned in zip(slots, got, strict=True):
