@@ -6,7 +6,7 @@ import pytest
 
 from answerkey.config import load_config
 from answerkey.envs.synthetic import SyntheticEnv
-from answerkey.pretrain.corpus import assistant_conversations, leaked, web_documents
+from answerkey.pretrain.synthetic_web import assistant_conversations, leaked, web_documents
 from answerkey.pretrain.filter import FilterConfig, filter_file
 
 WORLD = dict(difficulty=1, kinds=["chain", "story"], steps=3, test_size=500)
