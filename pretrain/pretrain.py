@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
 from answerkey import chat
 from answerkey.pretrain import corpus
@@ -109,6 +110,7 @@ def sample_prompts(cfg: PretrainConfig, tokenizer, heldout: np.ndarray) -> list[
 def run(cfg: PretrainConfig, console: Console | None = None, resume: bool = False, on_step: OnStep | None = None) -> Path:
     """Pretrain as `cfg` says; returns the final HF checkpoint directory (run_dir/model)."""
     console = console or Console()
+    hf_logging.disable_progress_bar()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     rundir = RunDir.create(cfg, resume=resume, prefix="pretrain")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
 from answerkey import chat
 from answerkey.pretrain import corpus
@@ -159,6 +160,7 @@ def last_user(rendered: str) -> str:
 def run(cfg: SFTConfig, console: Console | None = None, resume: bool = False, on_step: OnStep | None = None) -> Path:
     """SFT as `cfg` says; returns the final HF checkpoint directory (run_dir/model)."""
     console = console or Console()
+    hf_logging.disable_progress_bar()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     tokenizer = load_tokenizer(cfg.model.path)
