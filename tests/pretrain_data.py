@@ -11,8 +11,17 @@ import json
 import random
 from pathlib import Path
 
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
 from answerkey import chat
 
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog's back; it's 1234567 o'clock!\n\n",
+    "naïve café — 日本語のテキスト, 한국어, русский текст 🙂🙂👍🏽 \t tabs   and  spaces\r\n",
+    "def f(x):\n    return x ** 2  # comment\n\n\nprint(f(12))",
+    "aaaaaaaa bbbb aaaa ab ab ab abab 999 9999 99999 3.14159 1e-10 $100,000",
+] * 30  # varied text for the tokenizer tests
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank"]
 VERBS = ["likes", "sees", "helps", "calls"]
 
@@ -45,4 +54,14 @@ def write_conversations(path: Path, n: int = 300, seed: int = 0) -> Path:
             if rng.random() < 0.3:  # some multi-turn
                 c += [{"role": "user", "content": "and then?"}, {"role": "assistant", "content": document(rng)}]
             f.write(json.dumps({"messages": c}) + "\n")
+    return path
+
+
+def plain_tokenizer_dir(path: Path) -> Path:
+    """A byte-level BPE tokenizer without our special tokens, saved in HF format."""
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>").save_pretrained(str(path))
     return path

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, GenerationConfig
 
 from answerkey import chat, cli
@@ -20,13 +18,8 @@ from answerkey.pretrain.tokenizer import (
     train_tokenizer,
     vocab_bytes,
 )
+from tests.pretrain_data import TEXTS, plain_tokenizer_dir
 
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog's back; it's 1234567 o'clock!\n\n",
-    "naïve café — 日本語のテキスト, 한국어, русский текст 🙂🙂👍🏽 \t tabs   and  spaces\r\n",
-    "def f(x):\n    return x ** 2  # comment\n\n\nprint(f(12))",
-    "aaaaaaaa bbbb aaaa ab ab ab abab 999 9999 99999 3.14159 1e-10 $100,000",
-] * 30
 VARIED = TEXTS[:4] + ["", " ", "\n", "a", "🙂", "''", "I'LL we'Re", "x" * 100, "1 22 333 4444 55555", "\x00\x01\x7f"]
 
 
@@ -94,18 +87,6 @@ def test_saved_directory_loads_in_transformers_with_template_and_stop_ids(tmp_pa
     gen = GenerationConfig.from_pretrained(tmp_path / "tok")
     assert hf.convert_tokens_to_ids(chat.IM_END) in gen.eos_token_id and gen.pad_token_id == hf.pad_token_id
     assert load_tokenizer(tmp_path / "tok").encode("x y") == tok.encode("x y")
-
-
-def plain_tokenizer_dir(path: Path) -> Path:
-    """A byte-level BPE tokenizer without our special tokens, saved in HF format."""
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    from transformers import PreTrainedTokenizerFast
-
-    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>").save_pretrained(str(path))
-    return path
 
 
 def test_a_tokenizer_without_the_chat_tokens_is_refused_naming_the_file(tmp_path, capsys):
