@@ -39,6 +39,8 @@ class TokenizerConfig(Section):
     """Vocabulary size of a tokenizer trained here (256 bytes + 8 special tokens + merges)."""
     split_digits: bool = False
     """Give every digit its own token (instead of GPT-4's groups of up to 3) in a tokenizer trained here."""
+    trainer: Literal["hf", "rustbpe"] = "hf"
+    """BPE trainer: HF `tokenizers`, or rustbpe (~3x faster here; `pip install rustbpe`), exported to the same HF files."""
 
 
 class PresetConfig(Section):

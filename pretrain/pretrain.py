@@ -74,7 +74,7 @@ def prepare_tokenizer(cfg: PretrainConfig, run_dir: Path):
     else:
         f = cfg.data.heldout_fraction
         texts = (d for d in corpus.documents(cfg.data.paths) if not corpus.is_heldout(d, f))
-        tokenizer = train_bpe(texts, cfg.tokenizer.vocab_size, split_digits=cfg.tokenizer.split_digits)
+        tokenizer = train_bpe(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.split_digits, cfg.tokenizer.trainer)
     save_tokenizer(tokenizer, where)
     return tokenizer
 

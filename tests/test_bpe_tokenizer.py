@@ -23,9 +23,10 @@ from tests.pretrain_data import TEXTS, plain_tokenizer_dir
 VARIED = TEXTS[:4] + ["", " ", "\n", "a", "🙂", "''", "I'LL we'Re", "x" * 100, "1 22 333 4444 55555", "\x00\x01\x7f"]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return train_bpe(TEXTS, vocab_size=400)
+@pytest.fixture(scope="module", params=["hf", "rustbpe"])
+def tok(request):
+    """Trained by HF tokenizers, or by rustbpe and exported to the same HF form (`from_ranks`)."""
+    return train_bpe(TEXTS, vocab_size=400, trainer=request.param)
 
 
 def reference_encoder(tokenizer) -> tiktoken.Encoding:
@@ -44,13 +45,13 @@ def test_special_tokens_have_ids_0_to_7_and_encode_as_one_token_each(tok):
     assert len(tok) == 400
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=60))
 def test_any_unicode_text_round_trips(tok, text):
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from(chat.SPECIAL_TOKENS)), max_size=6))
 def test_text_mixed_with_special_tokens_round_trips_and_matches_tiktoken(tok, parts):
     text = "".join(parts)
@@ -59,15 +60,16 @@ def test_text_mixed_with_special_tokens_round_trips_and_matches_tiktoken(tok, pa
     assert ids == reference_encoder(tok).encode(text, allowed_special="all")
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from(list("ab 1\n\t'sé日🙂.,-_") + ["'s", "ll", "  ", "fox", "99"]), max_size=40).map("".join))
 def test_ids_equal_an_independent_tiktoken_encoder_built_from_the_merges(tok, text):
     assert tok.encode(text, add_special_tokens=False) == reference_encoder(tok).encode(text, disallowed_special=())
 
 
-def test_ids_equal_tiktoken_on_varied_text_for_both_digit_modes():
+@pytest.mark.parametrize("trainer", ["hf", "rustbpe"])
+def test_ids_equal_tiktoken_on_varied_text_for_both_digit_modes(trainer):
     for split_digits in (False, True):
-        tok = train_bpe(TEXTS, vocab_size=400, split_digits=split_digits)
+        tok = train_bpe(TEXTS, vocab_size=400, split_digits=split_digits, trainer=trainer)
         pattern = GPT4_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}") if split_digits else GPT4_SPLIT
         ref = tiktoken.Encoding("t", pat_str=pattern, mergeable_ranks=vocab_bytes(tok), special_tokens={})
         for text in VARIED:
