@@ -26,6 +26,7 @@ from it stops the run, and `--resume` continues from the last checkpoint).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -84,13 +85,12 @@ class Stage:
 
 def row_order(n: int, seed: int, start: int, count: int) -> list[int]:
     """Rows start..start+count of the endless stream: epoch e visits all n rows in the order rng(seed, e)."""
-    out, perms = [], {}
-    for r in range(start, start + count):
-        epoch, i = divmod(r, n)
-        if epoch not in perms:
-            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-        out.append(int(perms[epoch][i]))
-    return out
+    return [int(_permutation(n, seed, r // n)[r % n]) for r in range(start, start + count)]
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def progress(console: Console) -> Progress:

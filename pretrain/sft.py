@@ -12,9 +12,12 @@ tokens one after another (next-fit; a conversation that does not fit starts the 
 a row, position ids restart at 0 for each conversation and the attention mask is block-diagonal
 causal — a (N, 1, L, L) bool mask that `transformers` hands to SDPA unchanged — so no token sees
 another conversation and a packed row computes exactly the per-conversation losses (a test
-compares with one conversation per row). Left to itself, transformers 5.x infers such a mask from
-restarting position ids only when no attention mask and no KV cache are passed; this module does
-not rely on that. A conversation longer than `data.seq_len` is cut, and the count is printed.
+compares with one conversation per row). Left to itself, transformers 5.24 infers such a mask from
+restarting position ids only when it gets no attention mask and no KV cache — but Llama's config
+has `use_cache=True`, so a plain `model(input_ids, position_ids=...)` builds a cache, skips the
+inference, and attends across conversations without a word (checked: logits differ by ~0.5). So
+this module always passes the explicit mask (and `use_cache=False`, in `learner.forward_logits`).
+A conversation longer than `data.seq_len` is cut, and the count is printed.
 
 The loop, metrics, checkpoints and resume are the pretraining ones (`pretrain/loop.py`, metrics
 under `sft/`); the output `run_dir/model` is what `answerkey rl --model.path=` starts from.
