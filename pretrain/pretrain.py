@@ -64,10 +64,10 @@ def heldout_batches(tokens: np.ndarray, seq_len: int, limit: int, micro_batch: i
     return out
 
 
-def prepare_tokenizer(cfg: PretrainConfig, run_dir: Path):
-    """The run's tokenizer in run_dir/tokenizer: already there (resume), copied from tokenizer.path, or trained."""
+def prepare_tokenizer(cfg: PretrainConfig, run_dir: Path, resume: bool):
+    """The run's tokenizer in run_dir/tokenizer: the run's own (resume), copied from tokenizer.path, or trained."""
     where = run_dir / "tokenizer"
-    if (where / "tokenizer.json").exists():
+    if resume and (where / "tokenizer.json").exists():
         return load_tokenizer(where)
     if cfg.tokenizer.path:
         tokenizer = load_tokenizer(cfg.tokenizer.path)
@@ -79,14 +79,18 @@ def prepare_tokenizer(cfg: PretrainConfig, run_dir: Path):
     return tokenizer
 
 
-def prepare_shards(cfg: PretrainConfig, tokenizer, run_dir: Path) -> corpus.Shards:
-    """Encode the corpus into run_dir/data once; a resumed run reuses its shards if the corpus is unchanged."""
+def prepare_shards(cfg: PretrainConfig, tokenizer, run_dir: Path, resume: bool) -> corpus.Shards:
+    """Encode the corpus into run_dir/data; a resumed run reuses its shards (and refuses a changed corpus)."""
     where = run_dir / "data"
-    if (where / "shards.json").exists():
+    if resume and (where / "shards.json").exists():
         shards = corpus.Shards.open(where)
         files = corpus.corpus_files(cfg.data.paths)
-        if shards.info["files"] == [str(f) for f in files] and shards.info["bytes"] == [f.stat().st_size for f in files]:
+        info = shards.info
+        if (info["files"] == [str(f) for f in files] and info["bytes"] == [f.stat().st_size for f in files]
+                and info["vocab_size"] == len(tokenizer) and info["heldout_fraction"] == cfg.data.heldout_fraction):
             return shards
+        raise ValueError(f"--resume: data.paths / data.heldout_fraction no longer match the corpus this run encoded "
+                         f"({where / 'shards.json'}); resuming on other data would not continue the run")
     shards = corpus.encode_corpus(tokenizer, cfg.data.paths, where, cfg.data.heldout_fraction)
     if len(shards.train) < cfg.data.seq_len:
         raise ValueError(f"data.seq_len ({cfg.data.seq_len}) is longer than the training shard ({len(shards.train)} "
@@ -114,8 +118,8 @@ def run(cfg: PretrainConfig, console: Console | None = None, resume: bool = Fals
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     rundir = RunDir.create(cfg, resume=resume, prefix="pretrain")
-    tokenizer = prepare_tokenizer(cfg, rundir.path)
-    shards = prepare_shards(cfg, tokenizer, rundir.path)
+    tokenizer = prepare_tokenizer(cfg, rundir.path, resume)
+    shards = prepare_shards(cfg, tokenizer, rundir.path, resume)
     info = shards.info
     console.print(f"corpus: {info['train_documents']} training documents ({info['train_tokens']:,} tokens), "
                   f"{info['heldout_documents']} held out ({info['heldout_tokens']:,} tokens); "

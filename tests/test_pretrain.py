@@ -133,6 +133,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one(base, tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     samples = [(tmp_path / name / "samples.jsonl").read_text() for name in ("whole", "split")]
     assert samples[0] == samples[1]
+    other = write_corpus(tmp_path / "other.jsonl", documents=300, seed=5)
+    with pytest.raises(ValueError, match="--resume: data.paths / data.heldout_fraction no longer match"):
+        pretrain.run(load_pretrain_config(EXAMPLE, overrides(other, tmp_path, "split", *extra)), QUIET, resume=True)
 
 
 def test_answerkey_pretrain_and_sample_from_the_cli(base, tmp_path, capsys):
