@@ -79,7 +79,7 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision: fp32, or bf16 autocast over fp32 weights (pays from the 1.4m preset up on the dev CPU; README)."""
     threads: int = Field(0, ge=0)
-    """torch threads on CPU (0 = torch's default)."""
+    """torch threads on CPU during the run (0 = the caller's setting); on a busy machine 1 can beat 2 for tiny models."""
     seed: int = 0
     """Seed of the initialization, the data order and the printed samples."""
 

@@ -26,6 +26,7 @@ from it stops the run, and `--resume` continues from the last checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -202,6 +203,18 @@ class Loop:
                 f"({accum} micro-batch(es) of {cfg.micro_batch_size}); {cfg.steps} steps = {epochs:.2f} epochs of "
                 f"{len(rows)} training rows; {sum(b.input_ids.shape[0] for b in self.stage.heldout)} held-out rows; "
                 f"{cfg.precision}, {torch.get_num_threads()} threads")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Use `n` torch threads inside the block (0 = leave as is), and restore the caller's count after it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resume_point(run: RunDir, resume: bool, console: Console) -> Path | None:

@@ -30,7 +30,7 @@ from transformers.utils import logging as hf_logging
 from answerkey import chat
 from answerkey.pretrain import corpus
 from answerkey.pretrain.config import PretrainConfig
-from answerkey.pretrain.loop import Batch, OnStep, Rows, Stage, resume_point, train
+from answerkey.pretrain.loop import Batch, OnStep, Rows, Stage, resume_point, torch_threads, train
 from answerkey.pretrain.model import build_model
 from answerkey.pretrain.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from answerkey.rundir import RunDir
@@ -115,8 +115,6 @@ def run(cfg: PretrainConfig, console: Console | None = None, resume: bool = Fals
     """Pretrain as `cfg` says; returns the final HF checkpoint directory (run_dir/model)."""
     console = console or Console()
     hf_logging.disable_progress_bar()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     rundir = RunDir.create(cfg, resume=resume, prefix="pretrain")
     tokenizer = prepare_tokenizer(cfg, rundir.path, resume)
     shards = prepare_shards(cfg, tokenizer, rundir.path, resume)
@@ -136,6 +134,7 @@ def run(cfg: PretrainConfig, console: Console | None = None, resume: bool = Fals
                   sample_prompts(cfg, tokenizer, shards.heldout),
                   lambda prompt, text: f"{tokenizer.decode(prompt[1:])!r} -> {text!r}")
     try:
-        return train(stage, model, tokenizer, cfg.train, rundir, console, resume_from, on_step)
+        with torch_threads(cfg.train.threads):
+            return train(stage, model, tokenizer, cfg.train, rundir, console, resume_from, on_step)
     finally:
         rundir.close()

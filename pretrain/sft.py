@@ -38,7 +38,7 @@ from transformers.utils import logging as hf_logging
 from answerkey import chat
 from answerkey.pretrain import corpus
 from answerkey.pretrain.config import SFTConfig
-from answerkey.pretrain.loop import Batch, OnStep, Rows, Stage, resume_point, train
+from answerkey.pretrain.loop import Batch, OnStep, Rows, Stage, resume_point, torch_threads, train
 from answerkey.pretrain.tokenizer import load_tokenizer
 from answerkey.rundir import RunDir
 
@@ -164,8 +164,6 @@ def run(cfg: SFTConfig, console: Console | None = None, resume: bool = False, on
     """SFT as `cfg` says; returns the final HF checkpoint directory (run_dir/model)."""
     console = console or Console()
     hf_logging.disable_progress_bar()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     tokenizer = load_tokenizer(cfg.model.path)
     if not tokenizer.chat_template:
         tokenizer.chat_template = chat.CHAT_TEMPLATE
@@ -180,6 +178,7 @@ def run(cfg: SFTConfig, console: Console | None = None, resume: bool = False, on
                   sample_prompts(cfg, tokenizer, heldout_c),
                   lambda p, text: f"{last_user(tokenizer.decode(p, skip_special_tokens=False))!r} -> {text!r}")
     try:
-        return train(stage, model, tokenizer, cfg.train, rundir, console, resume_from, on_step)
+        with torch_threads(cfg.train.threads):
+            return train(stage, model, tokenizer, cfg.train, rundir, console, resume_from, on_step)
     finally:
         rundir.close()

@@ -31,7 +31,7 @@ QUIET = Console(quiet=True)
 def overrides(corpus_path: Path, out: Path, name: str, *extra: str) -> list[str]:
     return [f"--data.paths=['{corpus_path}']", f"--run.out_dir={out}", f"--run.name={name}", "--tokenizer.vocab_size=300",
             "--data.seq_len=64", "--train.batch_size=8", "--train.micro_batch_size=8", "--train.lr=1e-2",
-            "--train.warmup_steps=5", "--run.sample_every=30", "--run.eval_every=30", *extra]
+            "--train.warmup_steps=5", "--run.sample_every=30", "--run.eval_every=30", "--train.threads=1", *extra]
 
 
 @pytest.fixture(scope="module")

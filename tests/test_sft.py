@@ -119,7 +119,8 @@ def test_packed_and_one_per_row_losses_and_gradients_are_equal(start):
 def sft_args(start: Path, chats: Path, out: Path, name: str, *extra: str) -> list[str]:
     return [f"--model.path={start}", f"--data.paths=['{chats}']", f"--run.out_dir={out}", f"--run.name={name}",
             "--data.seq_len=128", "--train.batch_size=4", "--train.micro_batch_size=2", "--train.lr=3e-3",
-            "--train.warmup_steps=2", "--run.eval_every=3", "--run.sample_every=3", "--run.sample_tokens=12", *extra]
+            "--train.warmup_steps=2", "--run.eval_every=3", "--run.sample_every=3", "--run.sample_tokens=12", "--train.threads=1",
+            *extra]
 
 
 def rows_of(run: Path) -> list[dict]:
