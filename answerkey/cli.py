@@ -9,9 +9,13 @@
     answerkey eval runs/r1/checkpoints/step_000010/model --env answerkey.envs.synthetic:SyntheticEnv --n 8
     answerkey export runs/r1/checkpoints/step_000010 runs/r1/hf-10   # a sharded (FSDP) checkpoint -> HF directory
 
-Each later stage adds its own subcommand here (tokenize, pretrain, sft, ...). Errors a
-user can fix (bad config, bad dataset row, bad env path) print one clear message and exit 2,
-without a traceback.
+    answerkey tokenize --tokenizer runs/base/tokenizer "What is 2 + 3?"
+    answerkey pretrain examples/pretrain_tiny.toml --data.paths="['corpus.jsonl']" --run.name=base [--resume]
+    answerkey sft examples/sft_tiny.toml --model.path=runs/base/model --data.paths="['chats.jsonl']"
+    answerkey sample runs/base/model "Alice has" -n 3;  answerkey chat runs/sft/model
+
+Errors a user can fix (bad config, bad dataset or corpus row, bad env path, a tokenizer without
+the special tokens) print one clear message and exit 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ def cmd_filter(args: argparse.Namespace, overrides: list[str]) -> int:
     """FineWeb-style filtering of a JSONL of web docs (answerkey/pretrain/filter.py)."""
     from answerkey.pretrain.filter import FilterConfig, filter_file, report
 
-    cfg = load_config(args.config, overrides, model=FilterConfig)
+    cfg = load_config(args.config, overrides, FilterConfig)
     console.print(report(filter_file(args.input, args.output, cfg, progress=True)))
     return 0
 
@@ -102,6 +106,97 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     out = dcp.export(args.checkpoint, args.out, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
     console.print(f"exported {args.checkpoint} -> {out} (config.json, model.safetensors, tokenizer; {args.dtype})")
     return 0
+
+
+def _stage_config(args: argparse.Namespace, overrides: list[str], stage: str):
+    from answerkey.pretrain import config
+
+    schema = config.PretrainConfig if stage == "pretrain" else config.SFTConfig
+    if args.docs:
+        table = Table("key", "default", "what it does", title=f"answerkey {stage} config keys")
+        for key, default, doc in field_docs(schema):
+            table.add_row(key, default, doc)
+        console.print(table)
+        return None
+    return load_config(args.config, overrides, schema)
+
+
+def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
+    from answerkey.pretrain import pretrain
+
+    cfg = _stage_config(args, overrides, "pretrain")
+    if cfg is not None:
+        console.print(f"model: {pretrain.run(cfg, console, resume=args.resume)}")
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace, overrides: list[str]) -> int:
+    from answerkey.pretrain import sft
+
+    cfg = _stage_config(args, overrides, "sft")
+    if cfg is not None:
+        console.print(f"model: {sft.run(cfg, console, resume=args.resume)}")
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace, overrides: list[str]) -> int:
+    from answerkey.pretrain import sample
+    from answerkey.pretrain.tokenizer import load_tokenizer
+
+    if overrides:
+        raise ConfigError(f"`answerkey tokenize` takes one text argument, got extra {overrides}")
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else sample.default_tokenizer()
+    console.print(sample.token_view(tokenizer, args.text), highlight=False)
+    return 0
+
+
+def _sampling(args: argparse.Namespace):
+    from answerkey.rollout.engine import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+
+
+def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
+    from answerkey.pretrain import sample
+
+    if overrides:
+        raise ConfigError(f"`answerkey sample` takes CKPT and one prefix, got extra {overrides}")
+    texts = sample.continue_text(sample.engine(args.checkpoint, args.seed), args.prefix, args.n, _sampling(args))
+    for k, text in enumerate(texts):
+        console.print(f"[bold]--- sample {k + 1}[/]")
+        console.print(args.prefix + text, markup=False, highlight=False)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
+    from answerkey.pretrain import sample
+
+    if overrides:
+        raise ConfigError(f"`answerkey chat` takes only CKPT and options, got extra {overrides}")
+    tty = sys.stdin.isatty()
+    if tty:
+        console.print("type a message; /reset starts over, /quit (or Ctrl-D) leaves")
+    sample.chat_loop(sample.engine(args.checkpoint, args.seed), sys.stdin,
+                     lambda line: console.print(line, markup=False, highlight=False), _sampling(args), args.system,
+                     ask=(lambda: console.print("you> ", end="")) if tty else (lambda: None))
+    return 0
+
+
+def _add_stage(sub, name: str, help_text: str, run) -> None:
+    p = sub.add_parser(name, help=help_text, description=f"{help_text}. CONFIG (TOML) with dotted overrides like "
+                                                         f"--train.steps=100; --docs lists the keys.")
+    p.add_argument("config", nargs="?", help=f"TOML file, e.g. examples/{name}_tiny.toml")
+    p.add_argument("--resume", action="store_true", help="continue run.out_dir/run.name from its latest checkpoint")
+    p.add_argument("--docs", action="store_true", help="list every key with its default and doc")
+    p.set_defaults(run=run)
+
+
+def _add_sampling(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float) -> None:
+    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (model + tokenizer), e.g. runs/base/model")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=temperature)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +248,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the saved weights")
     p.set_defaults(run=cmd_export)
 
+    p = sub.add_parser("tokenize", help="show the tokens of a text: pieces and ids (a token viewer)")
+    p.add_argument("text")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: one trained on the synthetic world in a second)")
+    p.set_defaults(run=cmd_tokenize)
+
+    _add_stage(sub, "pretrain", "pretrain a base model on a text corpus (tokenizer, shards, next-token loss)", cmd_pretrain)
+    _add_stage(sub, "sft", "fine-tune a checkpoint on conversations (loss on assistant tokens)", cmd_sft)
+
+    p = sub.add_parser("sample", help="continue a document prefix with a checkpoint (stochastic)")
+    _add_sampling(p, max_new_tokens=64, temperature=1.0)
+    p.add_argument("prefix", nargs="?", default="", help="start of the document (default: empty)")
+    p.add_argument("-n", type=int, default=3, help="continuations")
+    p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("chat", help="talk to a checkpoint: a REPL on stdin that renders the chat template")
+    _add_sampling(p, max_new_tokens=256, temperature=0.7)
+    p.add_argument("--system", default="", help="system message at the start of the conversation")
+    p.set_defaults(run=cmd_chat)
+
     p = sub.add_parser("eval", help="pass@1, pass@k and maj@k of a checkpoint on an env (`answerkey eval -h`)",
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -165,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args, overrides)
     except (ConfigError, ValueError, ImportError, TypeError, FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)  # soft: paths stay whole
         return 2
 
 

@@ -240,25 +240,26 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_config(data: dict[str, Any], source: str = "config", model: type[BaseModel] = Config) -> Any:
-    """Validate a nested dict into a `Config` (or another `model`); errors list every bad key by its dotted name."""
+def build_config(data: dict[str, Any], source: str = "config", schema: type[Section] = Config) -> Any:
+    """Validate a nested dict into `schema` (the RL `Config` by default); errors list every bad key by its dotted name."""
     try:
-        return model.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling" + ("; `answerkey config --docs` lists the keys)" if model is Config else ")")
+                docs = getattr(schema, "DOCS", "answerkey config --docs" if schema is Config else None)
+                msg = "unknown key (check the spelling" + (f"; `{docs}` lists the keys)" if docs else ")")
             elif "input" in err and err["type"] not in ("value_error",):
                 msg += f" (got {err['input']!r})"
-            lines.append(f"  {key}: {msg}")
+            lines.append(f"  {key}: {msg}" if key else f"  {msg}")  # a whole-config check names its keys itself
         raise ConfigError(f"invalid config ({source}):\n" + "\n".join(lines)) from None
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = (), model: type[BaseModel] = Config) -> Any:
-    """Read a TOML file (or start from the defaults when `path` is None), apply overrides, validate as `model`."""
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), schema: type[Section] = Config) -> Any:
+    """Read a TOML file (or start from the defaults when `path` is None), apply overrides, validate into `schema`."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -268,7 +269,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), model: t
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return build_config(_merge(data, parse_overrides(overrides)), str(path or "defaults"), model)
+    return build_config(_merge(data, parse_overrides(overrides)), str(path or "defaults"), schema)
 
 
 def field_docs(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -45,8 +45,9 @@ class RunDir:
         self._sinks: list[Any] = []
 
     @classmethod
-    def create(cls, cfg: Config, resume: bool = False) -> RunDir:
-        name = cfg.run.name or time.strftime("rl-%Y%m%d-%H%M%S")
+    def create(cls, cfg: Config, resume: bool = False, prefix: str = "rl") -> RunDir:
+        """`cfg` is any config with a `run` section like `RunConfig`'s (the pretrain/SFT configs have one)."""
+        name = cfg.run.name or time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
         path = Path(cfg.run.out_dir) / name
         if resume and not path.is_dir():
             raise FileNotFoundError(f"--resume: run directory {path} does not exist")

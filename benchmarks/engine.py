@@ -36,9 +36,9 @@ from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GEMM throughput of this process's threads, FLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM throughput of this process's threads in `dtype` (fp32 by default), FLOP/s."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     best = min(_seconds(lambda: a @ b) for _ in range(repeats))
     return 2 * size**3 / best

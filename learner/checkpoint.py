@@ -86,6 +86,23 @@ def commit(tmp: Path, final: Path, keep: int) -> Path:
     return final
 
 
+def save_model(directory: str | Path, model, tokenizer) -> Path:
+    """Write a Hugging Face checkpoint directory (model + tokenizer) the same atomic way; replaces an old one."""
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
 def complete(root: str | Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first."""
     root = Path(root)

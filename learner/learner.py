@@ -51,6 +51,27 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   precision: str = "fp32", position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (N, L, V) of a forward pass, under bf16 autocast when `precision == "bf16"`.
+
+    `attention_mask` is (N, L) padding (1 = token), (N, 1, L, L) bool (True = may attend; passed to
+    SDPA as is, e.g. block-diagonal for packed rows) or None (plain causal).
+    """
+    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+
+
+def nll_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed next-token loss: -sum over mask of log p(targets[t] | ..t) at temperature 1 (fp32).
+
+    logits (N, L, V) of the inputs, targets and mask (N, L-1): position t predicts token t+1. The SFT
+    loss (`Learner.sft_step`, pretrain/sft.py) and the pretraining loss both call this.
+    """
+    logp = S.processed_logprobs(logits[:, :-1])  # (N, L-1, V), the model's own distribution
+    return -(S.gather(logp, targets) * mask.to(logp.dtype)).sum()
+
+
 class Learner:
     def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int,
                  reference: torch.nn.Module | None = None, ranks: Ranks | None = None):
@@ -105,8 +126,7 @@ class Learner:
     def logprobs(self, model: torch.nn.Module, mb: MicroBatch, sampling: SamplingParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Processed logprobs of the targets (N, T) and the per-token entropy (N, T, no gradient)."""
         s = sampling or self.sampling
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            logits = model(input_ids=mb.input_ids.to(self.device), attention_mask=mb.attention_mask.to(self.device)).logits
+        logits = forward_logits(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device), self.cfg.precision)
         logp = S.processed_logprobs(logits[:, :-1], s.temperature, s.top_k, s.top_p)  # (N, T, V)
         with torch.no_grad():
             entropy = S.entropy(logp)
@@ -170,13 +190,13 @@ class Learner:
         tokens = sum(sum(r.loss_mask) for r in rows)
         if tokens == 0:
             raise ValueError("sft_step: no example has a token to train on (the mask is all zeros)")
-        plain = SamplingParams(max_new_tokens=1)  # temperature 1, no truncation: the model's own distribution
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for idx in pack([len(r.ids) for r in rows], self.cfg.micro_batch_tokens):
             mb = collate([rows[i] for i in idx], idx)
-            logprobs, _ = self.logprobs(self.model, mb, plain)
-            loss = -(logprobs * mb.loss_mask.to(self.device, logprobs.dtype)).sum() / tokens
+            logits = forward_logits(self.model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
+                                    self.cfg.precision)
+            loss = nll_sum(logits, mb.targets.to(self.device), mb.loss_mask.to(self.device)) / tokens
             loss.backward()
             loss_sum += float(loss.detach())
         return {"sft/loss": loss_sum, "sft/tokens": float(tokens)} | self.optimizer_step()

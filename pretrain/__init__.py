@@ -1,2 +1,3 @@
-"""WHERE the initial policy comes from: BPE tokenizer and Llama model presets (data filtering,
-pretraining and SFT loops arrive with the pretrain issue). Every output is a Hugging Face directory."""
+"""WHERE the initial policy comes from: corpus shards, BPE tokenizer, Llama presets, the pretraining and SFT
+loops (`answerkey pretrain`, `answerkey sft`) and the tools to look at their output (`tokenize`, `sample`,
+`chat`). Every output is a Hugging Face directory. Web-data filtering is not built."""

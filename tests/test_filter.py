@@ -136,7 +136,7 @@ ORDER = ["url", "language", "gopher_repetition", "gopher_quality", "c4", "finewe
 
 
 def config(overrides: dict) -> FilterConfig:
-    return build_config(overrides, "test", model=FilterConfig)
+    return build_config(overrides, "test", FilterConfig)
 
 
 @pytest.mark.parametrize("name, text, url, overrides, expected", ROWS, ids=[row[0] for row in ROWS])

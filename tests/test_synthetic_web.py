@@ -6,8 +6,8 @@ import pytest
 
 from answerkey.config import load_config
 from answerkey.envs.synthetic import SyntheticEnv
-from answerkey.pretrain.synthetic_web import assistant_conversations, leaked, web_documents
 from answerkey.pretrain.filter import FilterConfig, filter_file
+from answerkey.pretrain.synthetic_web import assistant_conversations, leaked, web_documents
 
 WORLD = dict(difficulty=1, kinds=["chain", "story"], steps=3, test_size=500)
 
@@ -33,7 +33,7 @@ def test_the_demo_filter_removes_the_junk_and_keeps_the_pages(env, tmp_path):
     docs = web_documents(env, n_docs=1000, junk_fraction=0.1, seed=1)
     src, out = tmp_path / "web.jsonl", tmp_path / "kept.jsonl"
     src.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    cfg = load_config("examples/filter_demo.toml", [], model=FilterConfig)
+    cfg = load_config("examples/filter_demo.toml", [], FilterConfig)
     metrics = filter_file(src, out, cfg)
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     junk_hosts = ("portal.example", "ecole.example", "casino-viagra-deals.example", "template.example")
