@@ -82,6 +82,9 @@ class TrainConfig(Section):
     """torch threads on CPU during the run (0 = the caller's setting); on a busy machine 1 can beat 2 for tiny models."""
     seed: int = 0
     """Seed of the initialization, the data order and the printed samples."""
+    time_budget_s: float = Field(0.0, ge=0)
+    """Stop once the loop has run this many wall-clock seconds, even before `steps` (0 = no limit); the last
+    step reached gets the final held-out loss and checkpoint. The demo's SFT-continued control uses it."""
 
     @field_validator("micro_batch_size")
     @classmethod

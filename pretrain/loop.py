@@ -20,6 +20,8 @@ final HF checkpoint directory `run_dir/model`, which is returned.
 
 Resume restores all of that from the latest checkpoint and cuts the JSONL files back to its step, so
 a resumed run's losses and final weights equal an uninterrupted run's (tests/test_pretrain.py).
+`train.time_budget_s` ends the run early, at the first step that finishes past the budget (so a
+budgeted run is not exactly resumable: where it stops depends on the machine's speed).
 `on_step(step, metrics)` runs after each step's logging and checkpoint (the demo's hook; raising
 from it stops the run, and `--resume` continues from the last checkpoint).
 """
@@ -110,6 +112,7 @@ class Loop:
         self.learner.tokenizer = tokenizer
         self.step = 0
         self.tokens = 0  # trained tokens so far
+        self.last = False  # this step is the run's last (`steps` reached, or the time budget spent)
 
     def restore(self, path: Path) -> None:
         """Continue from checkpoint `path` (its model weights are already in `self.model`)."""
@@ -165,7 +168,7 @@ class Loop:
                 for p, g in zip(self.stage.prompts, groups, strict=True)]
 
     def due(self, every: int) -> bool:
-        return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
+        return self.last or (every > 0 and self.step % every == 0)
 
     def save(self) -> Path:
         state = {"rows": self.step * self.cfg.batch_size, "tokens": self.tokens, "stage": self.stage.name}
@@ -175,10 +178,12 @@ class Loop:
     def fit(self, on_step: OnStep | None = None) -> None:
         name, r = self.stage.name, self.run_cfg
         self.model.train()
+        started, budget = time.perf_counter(), self.cfg.time_budget_s
         with progress(self.console) as bar:
             task = bar.add_task(name, total=self.cfg.steps, completed=self.step, info="")
-            while self.step < self.cfg.steps:
+            while not self.last and self.step < self.cfg.steps:
                 metrics = self.train_step()
+                self.last = self.step == self.cfg.steps or bool(budget and time.perf_counter() - started >= budget)
                 if self.due(r.eval_every) and self.stage.heldout:
                     metrics[f"{name}/heldout_loss"] = self.heldout_loss()
                 self.run.log(self.step, metrics)

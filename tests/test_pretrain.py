@@ -7,6 +7,7 @@ names of the first (a bigram model cannot know which) plus some rendered convers
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,16 @@ def test_shards_hold_every_document_after_an_end_of_text_token(tmp_path):
     batch = windows.batch([0, 1])  # consecutive windows share one token: each token is a target once
     assert batch.input_ids.tolist() == [shards.train[0:8].tolist(), shards.train[7:15].tolist()]
     assert len(windows) == (len(shards.train) - 1) // 7 and batch.loss_mask.shape == (2, 7)
+
+
+def test_a_time_budget_ends_the_run_early_with_the_final_evaluation_and_checkpoint(base, tmp_path):
+    extra = [f"--tokenizer.path={base / 'tokenizer'}", "--train.steps=1000", "--train.time_budget_s=1.0",
+             "--run.eval_every=0", "--run.sample_every=0", "--run.checkpoint_every=0"]
+    slow = lambda step, metrics: time.sleep(0.3)  # noqa: E731 - every step takes >= 0.3 s of wall time
+    pretrain.run(load_pretrain_config(EXAMPLE, overrides(base.parent / "corpus.jsonl", tmp_path, "budget", *extra)),
+                 QUIET, on_step=slow)
+    trained = [r for r in rows(tmp_path / "budget") if "pretrain/loss" in r]
+    assert 3 <= len(trained) <= 20  # stopped by the budget, long before 1000 steps
+    assert "pretrain/heldout_loss" in trained[-1] and all("pretrain/heldout_loss" not in r for r in trained[:-1])
+    assert (tmp_path / "budget" / "checkpoints" / f"step_{len(trained):06d}").is_dir()
+    assert (tmp_path / "budget" / "model" / "model.safetensors").is_file()
