@@ -24,6 +24,8 @@ learns, from the reward alone, to show its work).
 The train/test split is a pure function of a problem's arithmetic (`3+6`, `(13-2*2)/3`), not its
 wording, names or items, by hash: a held-out computation never appears in training under any seed,
 size or surface form. Every problem carries a worked solution ending in `#### <answer>` for SFT and the corpus.
+`checker="math"` scores with the sympy math reward (`rewards/math.py`, the checker `make demo` uses)
+instead of the plain exact-number check; on these integer answers the two agree.
 `SyntheticRetryEnv` is the multi-turn form: a wrong first answer gets "Not quite. Try again.".
 """
 
@@ -34,8 +36,9 @@ import random
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from answerkey.envs.base import SPLITS, Env, GenerateFn, Problem, Split, Trajectory, TurnBuilder
+from answerkey.envs.base import SPLITS, Env, GenerateFn, Problem, Split, Trajectory, TurnBuilder, score_one
 from answerkey.rewards import Score, Status, exact
+from answerkey.rewards import math as math_reward
 
 NAMES = ("Emily", "Liam", "Ava", "Noah", "Mia", "Omar", "Zoe", "Ken", "Sara", "Leo")
 ITEMS = ("apple", "orange", "pear", "banana", "lemon", "plum", "kiwi", "melon", "pencil", "marble", "sticker", "cookie")
@@ -161,9 +164,13 @@ class SyntheticEnv(Env):
     """Arithmetic and word problems; reward 1 when the last `#### x` (or `\\boxed{x}`) equals the answer."""
 
     def __init__(self, difficulty: int = 2, train_size: int = 5000, test_size: int = 200, seed: int = 0,
-                 test_percent: int = 20, instruction: str = "", kinds: Sequence[str] | None = None, steps: int = 3):
+                 test_percent: int = 20, instruction: str = "", kinds: Sequence[str] | None = None, steps: int = 3,
+                 checker: str = "exact"):
         if difficulty not in MAX_NUMBER:
             raise ValueError(f"SyntheticEnv.difficulty must be one of {sorted(MAX_NUMBER)}, got {difficulty!r}")
+        if checker not in ("exact", "math"):
+            raise ValueError(f"SyntheticEnv.checker must be 'exact' or 'math' (the sympy math reward), got {checker!r}")
+        self.checker = checker
         if not 2 <= steps <= 8:
             raise ValueError(f"SyntheticEnv.steps (operands of the chain/story kinds) must be in 2..8, got {steps!r}")
         default: dict[str, Callable[[random.Random], Draw]] = {
@@ -214,7 +221,14 @@ class SyntheticEnv(Env):
         return out
 
     def score(self, problem: Problem, completion: str) -> Score:
+        if self.checker == "math":
+            return math_reward.score(completion, problem.answer)
         return exact.score(completion, problem.answer)
+
+    def score_batch(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[Score]:
+        if self.checker == "math":  # the math reward's own pool, with its per-item kill
+            return math_reward.score_batch([(c, p.answer) for p, c in zip(problems, completions, strict=True)])
+        return [score_one(self, p, c) for p, c in zip(problems, completions, strict=True)]
 
 
 class SyntheticRetryEnv(SyntheticEnv):

@@ -146,3 +146,16 @@ def test_load_env_by_dotted_path_with_kwargs():
     assert env.difficulty == 1 and all(int(p.answer) <= 18 for p in env.problems("test"))
     with pytest.raises(TypeError, match="could not be constructed"):
         load_env("answerkey.envs.synthetic:SyntheticEnv", {"difficulty_level": 1})
+
+
+def test_synthetic_with_the_math_checker_agrees_with_the_exact_one():
+    exact_env = SyntheticEnv(difficulty=1, kinds=["chain", "story"], train_size=60, test_size=20)
+    math_env = SyntheticEnv(difficulty=1, kinds=["chain", "story"], train_size=60, test_size=20, checker="math")
+    problems = list(math_env.problems("test"))
+    completions = [p.meta["solution"] for p in problems] + ["#### 999", "no answer here", "\\boxed{" + problems[0].answer + "}"]
+    problems += [problems[0]] * 3
+    got = [s.status for s in math_env.score_batch(problems, completions)]
+    assert got == [s.status for s in score_batch(exact_env, problems, completions)]
+    assert got[-3:] == [Status.wrong, Status.no_answer, Status.correct]
+    with pytest.raises(ValueError, match="checker"):
+        SyntheticEnv(checker="sympy")
