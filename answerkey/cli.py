@@ -4,7 +4,7 @@
     answerkey config --docs                                      # every key with its default and doc
     answerkey env answerkey.envs.synthetic:SyntheticEnv --kwargs '{"difficulty": 3}' -n 3
 
-    answerkey rl examples/tiny_cpu.toml --model.path=runs/demo-x/policy --run.name=r1 [--resume]
+    answerkey rl examples/tiny_cpu.toml --model.path=runs/demo/sft/model --run.name=r1 [--resume]
     answerkey submit examples/math_8gpu.toml --run.out_dir=/shared/runs [--address http://head:8265]
     answerkey eval runs/r1/checkpoints/step_000010/model --env answerkey.envs.synthetic:SyntheticEnv --n 8
     answerkey export runs/r1/checkpoints/step_000010 runs/r1/hf-10   # a sharded (FSDP) checkpoint -> HF directory
@@ -13,6 +13,8 @@
     answerkey pretrain examples/pretrain_tiny.toml --data.paths="['corpus.jsonl']" --run.name=base [--resume]
     answerkey sft examples/sft_tiny.toml --model.path=runs/base/model --data.paths="['chats.jsonl']"
     answerkey sample runs/base/model "Alice has" -n 3;  answerkey chat runs/sft/model
+    answerkey filter crawl.jsonl kept.jsonl --config examples/filter_demo.toml
+    answerkey demo [examples/demo.toml] --rl.run.steps=20         # = make demo: every stage above, in order
 
 Errors a user can fix (bad config, bad dataset or corpus row, bad env path, a tokenizer without
 the special tokens) print one clear message and exit 2, without a traceback.
@@ -199,6 +201,12 @@ def _add_sampling(p: argparse.ArgumentParser, max_new_tokens: int, temperature: 
     p.add_argument("--seed", type=int, default=0)
 
 
+def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
+    from answerkey import demo
+
+    return demo.main(([args.config] if args.config else []) + overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="answerkey", description="RL from verifiable rewards, from pretraining to GRPO.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -247,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="new directory for the Hugging Face checkpoint")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the saved weights")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("demo", help="the whole story on a CPU: crawl, filter, pretrain, SFT, GRPO, a control, evaluation",
+                       description="Run `make demo` (answerkey/demo.py) with CONFIG (default examples/demo.toml); "
+                                   "overrides go to a stage by prefix: --pretrain.train.steps=300 --rl.run.steps=20 --docs=3000.")
+    p.add_argument("config", nargs="?", help="TOML file, e.g. examples/demo.toml")
+    p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("tokenize", help="show the tokens of a text: pieces and ids (a token viewer)")
     p.add_argument("text")
