@@ -15,7 +15,6 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 PRESETS: dict[str, dict[str, int]] = {
     # hidden, layers, heads, kv heads, MLP width. Parameter counts are for a 512-token vocabulary.
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=192),
-    "0.35m": dict(hidden_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256),
     "1.4m": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=4, intermediate_size=384),
     "28m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8, intermediate_size=1536),
 }
