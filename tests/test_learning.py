@@ -5,7 +5,7 @@ and differences, bare and as stories; the held-out split is by arithmetic, so no
 is ever trained on), a BPE tokenizer and a ~0.12M-parameter Llama built locally, an SFT warm-up with
 `Learner.sft_step` on demonstrations that answer half the problems with their steps and half with the
 bare answer, then `examples/show_work_cpu.toml`'s GRPO settings (weight decay 0) through the torch
-engine, the exact-number reward and `Learner.step`.
+engine, the sympy math reward and `Learner.step` (60 steps).
 
 The held-out reward is the mean reward of 4 samples on each of 500 held-out problems at the training
 temperature (the quantity GRPO maximizes). The bar is the issue's: a gain of >= 0.2. Measured (the
