@@ -36,7 +36,7 @@ import random
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from answerkey.envs.base import SPLITS, Env, GenerateFn, Problem, Split, Trajectory, TurnBuilder, score_one
+from answerkey.envs.base import SPLITS, Env, GenerateFn, Problem, Split, Trajectory, TurnBuilder
 from answerkey.rewards import Score, Status, exact
 from answerkey.rewards import math as math_reward
 
@@ -224,11 +224,6 @@ class SyntheticEnv(Env):
         if self.checker == "math":
             return math_reward.score(completion, problem.answer)
         return exact.score(completion, problem.answer)
-
-    def score_batch(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[Score]:
-        if self.checker == "math":  # the math reward's own pool, with its per-item kill
-            return math_reward.score_batch([(c, p.answer) for p, c in zip(problems, completions, strict=True)])
-        return [score_one(self, p, c) for p, c in zip(problems, completions, strict=True)]
 
 
 class SyntheticRetryEnv(SyntheticEnv):
