@@ -1,3 +1,4 @@
-"""WHERE the initial policy comes from: corpus shards, BPE tokenizer, Llama presets, the pretraining and SFT
-loops (`answerkey pretrain`, `answerkey sft`) and the tools to look at their output (`tokenize`, `sample`,
-`chat`). Every output is a Hugging Face directory. Web-data filtering is not built."""
+"""WHERE the initial policy comes from: web-data filtering (`answerkey filter`), corpus shards, BPE tokenizer,
+Llama presets, the pretraining and SFT loops (`answerkey pretrain`, `answerkey sft`), the tools to look at
+their output (`tokenize`, `sample`, `chat`), and the demo's synthetic crawl and conversations
+(`synthetic_web.py`). Every output is a Hugging Face directory."""
