@@ -1,18 +1,42 @@
-"""Read dataset rows from JSONL with errors that name the file, the line and the field.
+"""Read JSONL with errors that name the file, the line and the field.
 
     rows = read_rows("data/gsm8k/test.jsonl", fields=("question", "answer"))
     # DatasetError: data/gsm8k/test.jsonl:17: field 'answer' is missing (expected a string)
+    for line_no, value, nbytes in jsonl_lines("crawl.jsonl", error=InputError): ...
+
+`jsonl_lines` is the one streaming reader every JSONL input goes through (datasets here, the
+pretraining corpus, SFT conversations, the web filter's input), each caller checking the shape of
+its own rows and raising its own error type.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 
 class DatasetError(ValueError):
     """A dataset file or row that cannot be used; the message names file, line and field."""
+
+
+def jsonl_lines(path: str | Path, error: type[ValueError] = DatasetError) -> Iterator[tuple[int, Any, int]]:
+    """(line number, parsed value, bytes of the line) for each non-blank line, streamed; a line that is not
+    UTF-8 or not JSON raises `error` naming the file and the line."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{path}:{number}: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            yield number, value, len(raw)
 
 
 def read_rows(path: str | Path, fields: Sequence[str]) -> list[dict]:
@@ -21,22 +45,15 @@ def read_rows(path: str | Path, fields: Sequence[str]) -> list[dict]:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            for name in fields:
-                if name not in row:
-                    raise DatasetError(f"{path}:{line_no}: field {name!r} is missing (expected a string)")
-                if not isinstance(row[name], str) or not row[name].strip():
-                    raise DatasetError(f"{path}:{line_no}: field {name!r} must be a non-empty string, got {row[name]!r:.80}")
-            rows.append(row)
+    for line_no, row, _ in jsonl_lines(path):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        for name in fields:
+            if name not in row:
+                raise DatasetError(f"{path}:{line_no}: field {name!r} is missing (expected a string)")
+            if not isinstance(row[name], str) or not row[name].strip():
+                raise DatasetError(f"{path}:{line_no}: field {name!r} must be a non-empty string, got {row[name]!r:.80}")
+        rows.append(row)
     if not rows:
         raise DatasetError(f"{path}: contains no rows")
     return rows

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from answerkey import chat
+from answerkey.envs.jsonl import jsonl_lines
 
 ENCODE_CHUNK = 512  # documents per batched encode call
 
@@ -82,20 +83,13 @@ def read_nonempty(path: Path) -> bytes:
 
 
 def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed value) of every non-blank line of a JSONL file."""
+    """(line number, parsed value) of every non-blank line of a JSONL file, streamed (`envs.jsonl.jsonl_lines`)."""
     count = 0
-    for number, raw in enumerate(read_nonempty(path).split(b"\n"), 1):
-        line = decode_utf8(raw, path, number)
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno})") from None
+    for number, row, _ in jsonl_lines(path, CorpusError):
         count += 1
         yield number, row
     if count == 0:
-        raise CorpusError(f"{path}: no rows (every line is blank)")
+        raise CorpusError(f"{path}: empty file (no rows)")
 
 
 def decode_utf8(raw: bytes, path: Path, first_line: int) -> str:
@@ -103,7 +97,7 @@ def decode_utf8(raw: bytes, path: Path, first_line: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = first_line + raw[: exc.start].count(b"\n")
-        raise CorpusError(f"{path}:{line}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+        raise CorpusError(f"{path}:{line}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
 
 
 def is_heldout(text: str, fraction: float) -> bool:

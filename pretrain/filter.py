@@ -37,6 +37,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from answerkey.config import Section
+from answerkey.envs.jsonl import jsonl_lines
 from answerkey.pretrain.dedup import Dedup, DedupIndex
 from answerkey.pretrain.filter_rules import (
     C4Lines,
@@ -76,24 +77,13 @@ class InputError(ValueError):
 
 def read_docs(path: str | Path) -> Iterator[tuple[int, dict[str, Any], int]]:
     """(line number, row, bytes read) for each non-blank line; raises `InputError` naming file and line."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                got = type(row.get("text")).__name__ if isinstance(row, dict) else type(row).__name__
-                raise InputError(f"{path}:{number}: expected an object with a 'text' string, got {got}")
-            if row.get("url") is not None and not isinstance(row["url"], str):
-                raise InputError(f"{path}:{number}: 'url' must be a string, got {type(row['url']).__name__}")
-            yield number, row, len(raw)
+    for number, row, size in jsonl_lines(path, InputError):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            got = type(row.get("text")).__name__ if isinstance(row, dict) else type(row).__name__
+            raise InputError(f"{path}:{number}: expected an object with a 'text' string, got {got}")
+        if row.get("url") is not None and not isinstance(row["url"], str):
+            raise InputError(f"{path}:{number}: 'url' must be a string, got {type(row['url']).__name__}")
+        yield number, row, size
 
 
 class DocFilter:

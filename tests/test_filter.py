@@ -252,7 +252,7 @@ def test_counts_add_up_and_kept_docs_are_written_with_their_fields(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (b'{"text": "fine"}\n{"text": "caf\xe9"}\n', r"in.jsonl:2: not valid UTF-8"),
-    (b'{"text": "fine"}\n\n{"text": oops}\n', r"in.jsonl:3: not JSON"),
+    (b'{"text": "fine"}\n\n{"text": oops}\n', r"in.jsonl:3: not valid JSON"),
     (b'{"body": "no text field"}\n', r"in.jsonl:1: expected an object with a 'text' string, got NoneType"),
     (b'["a list"]\n', r"in.jsonl:1: expected an object with a 'text' string, got list"),
     (b'{"text": "ok", "url": 7}\n', r"in.jsonl:1: 'url' must be a string"),

@@ -153,8 +153,8 @@ def test_answerkey_pretrain_and_sample_from_the_cli(base, tmp_path, capsys):
 
 @pytest.mark.parametrize("content, message", [
     (b"", "bad.jsonl: empty file"),
-    (b'{"text": "ok"}\n\n{"text": "a\xff"}\n', "bad.jsonl:3: not UTF-8 (byte 0xff"),
-    (b'{"text": "ok"}\nnot json\n', "bad.jsonl:2: not JSON"),
+    (b'{"text": "ok"}\n\n{"text": "a\xff"}\n', "bad.jsonl:3: not valid UTF-8 (byte 0xff"),
+    (b'{"text": "ok"}\nnot json\n', "bad.jsonl:2: not valid JSON"),
     (b'{"text": "ok"}\n{"body": "x"}\n', "bad.jsonl:2: expected an object with a string 'text' field, it has no 'text' field"),
     (b'{"text": 3}\n', "bad.jsonl:1: expected an object with a string 'text' field, 'text' is int"),
     (b"   \n", "bad.jsonl: empty file"),
@@ -169,7 +169,7 @@ def test_a_bad_corpus_file_fails_naming_the_file_and_line(tmp_path, capsys, cont
 
 def test_a_text_file_that_is_not_utf8_names_its_line(tmp_path):
     (tmp_path / "book.txt").write_bytes(b"line one\nline two\nthree \xc3(\n")
-    with pytest.raises(corpus.CorpusError, match=r"book.txt:3: not UTF-8 \(byte 0xc3"):
+    with pytest.raises(corpus.CorpusError, match=r"book.txt:3: not valid UTF-8 \(byte 0xc3"):
         list(corpus.documents([tmp_path]))
     with pytest.raises(corpus.CorpusError, match="nowhere.jsonl: no such file"):
         list(corpus.documents([tmp_path / "nowhere.jsonl"]))

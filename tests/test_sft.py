@@ -174,7 +174,7 @@ def test_answerkey_sft_and_chat_from_the_cli(start, tmp_path, capsys):
     ('{"messages": [{"role": "user", "content": "hi"}]}', "bad.jsonl:2: the conversation has no assistant turn"),
     ('{"messages": "hi"}', "bad.jsonl:2: expected an object with a 'messages' list"),
     ('{"messages": [{"role": "user", "content": 3}]}', "bad.jsonl:2: messages[0].content: expected a string, got int"),
-    ("[1, 2", "bad.jsonl:2: not JSON"),
+    ("[1, 2", "bad.jsonl:2: not valid JSON"),
 ])
 def test_a_bad_conversation_fails_naming_the_file_and_line(start, tmp_path, capsys, line, message):
     good = json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
