@@ -30,7 +30,8 @@ from answerkey.chat import Encoded
 from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
 from answerkey.learner import checkpoint, grpo
-from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch, pack
+from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch
+from answerkey.learner.forward import completion_logits
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import SamplingParams
@@ -47,9 +48,11 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
 
 
 class Learner:
-    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int):
+    def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int,
+                 lean: bool = True):
         # eval mode: no dropout, so the learner's logprobs are those of the policy the engine samples
         self.model, self.cfg, self.sampling = model.eval(), cfg, sampling
+        self.lean = lean  # the lean Llama forward with shared prompts (learner/forward.py) where the model allows
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         total = total_steps * cfg.passes
@@ -91,14 +94,11 @@ class Learner:
                 setattr(batch.rows[i], attr, values.detach())
 
     def logprobs(self, model: torch.nn.Module, mb: MicroBatch, sampling: SamplingParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Processed logprobs of the targets (N, T) and the per-token entropy (N, T, no gradient)."""
+        """Processed logprobs of the completion tokens (N, Tc) and the per-token entropy (N, Tc, no gradient)."""
         s = sampling or self.sampling
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            logits = model(input_ids=mb.input_ids.to(self.device), attention_mask=mb.attention_mask.to(self.device)).logits
-        logp = S.processed_logprobs(logits[:, :-1], s.temperature, s.top_k, s.top_p)  # (N, T, V)
-        with torch.no_grad():
-            entropy = S.entropy(logp)
-        return S.gather(logp, mb.targets.to(self.device)), entropy
+            logits = completion_logits(model, mb, self.lean)  # (N, Tc, V)
+        return S.target_logprobs(logits, mb.targets.to(self.device), s.temperature, s.top_k, s.top_p)
 
     def backward(self, batch: TrainBatch) -> dict[str, float]:
         """Accumulate the gradient of the batch loss into `.grad`, one micro-batch at a time."""
@@ -160,8 +160,7 @@ class Learner:
         plain = SamplingParams(max_new_tokens=1)  # temperature 1, no truncation: the model's own distribution
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for idx in pack([len(r.ids) for r in rows], self.cfg.micro_batch_tokens):
-            mb = collate([rows[i] for i in idx], idx)
+        for mb in TrainBatch(rows, grpo.Normalizer(tokens, len(rows), 1)).micro_batches(self.cfg.micro_batch_tokens):
             logprobs, _ = self.logprobs(self.model, mb, plain)
             loss = -(logprobs * mb.loss_mask.to(self.device, logprobs.dtype)).sum() / tokens
             loss.backward()
