@@ -63,7 +63,7 @@ def HF_CALL(ids, mask, new_tokens: int, pad_id: int) -> dict:  # noqa: N802 - pr
 
 def bench(preset: str, tokenizer, prompts, new_tokens: int, runs: int) -> dict:
     model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id).eval()
-    peak, shape = matmul_peak(model)
+    peak, shape, by_library = matmul_peak(model)
     calls = sides(model, tokenizer, prompts, new_tokens)
     times: dict[str, list[float]] = {name: [] for name in calls}
     tokens = {}
@@ -75,7 +75,8 @@ def bench(preset: str, tokenizer, prompts, new_tokens: int, runs: int) -> dict:
                 times[name].append(time.perf_counter() - start)
     n = num_parameters(model)
     floor_s = 2 * n * len(prompts) * new_tokens / peak
-    row = {"preset": preset, "parameters": n, "peak_flops": peak, "peak_shape": shape, "floor_s": floor_s,
+    row = {"preset": preset, "parameters": n, "peak_flops": peak, "peak_shape": shape,
+           "peak_by_library": by_library, "floor_s": floor_s,
            "loadavg": os.getloadavg(), "sides": {}}
     for name in calls:
         assert tokens[name] == len(prompts) * new_tokens, f"{name} made {tokens[name]} tokens"
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
     for preset in args.presets:
         row = bench(preset, tokenizer, prompts, args.new_tokens, args.runs)
         result["rows"].append(row)
+        libs = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in row["peak_by_library"].items())
         print(f"\n{preset} ({row['parameters']:,} parameters): fp32 matmul peak {row['peak_flops'] / 1e9:.0f} GFLOP/s at "
-              f"{row['peak_shape']}, floor {row['floor_s'] * 1e3:.0f} ms per call; load "
+              f"{row['peak_shape']} ({libs}), floor {row['floor_s'] * 1e3:.0f} ms per call; load "
               f"{', '.join(f'{x:.2f}' for x in row['loadavg'])}")
         for name, side in row["sides"].items():
             print(f"  {name:18} {side['tok_s']:9.0f} tok/s  {side['seconds'] * 1e3:8.0f} ms  {side['x_floor']:6.2f}x floor")

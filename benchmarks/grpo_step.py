@@ -145,14 +145,14 @@ def run(args) -> dict:
     lengths = trainer._metrics["train"]["completions/min_length"] + trainer._metrics["train"]["completions/max_length"]
     assert set(lengths) <= {float(args.new_tokens)}, f"TRL completion lengths {sorted(set(lengths))}"
 
-    peak, shape = matmul_peak(trl_model, DTYPES[args.precision])
+    peak, shape, by_library = matmul_peak(trl_model, DTYPES[args.precision])
     tokens = args.prompts * args.group * args.new_tokens
     floor_s = (2 * n * tokens + 6 * n * tokens) / peak
     med = {"ours": statistics.median(ours.seconds[2:]), "trl": statistics.median(alternate.seconds[2:])}
     phases = {name: statistics.median(p[i] for p in ours.phases[2:]) for i, name in enumerate(("rollout", "learn"))}
     return {"preset": args.preset, "parameters": n, "precision": args.precision, "threads": torch.get_num_threads(),
             "P": args.prompts, "G": args.group, "new_tokens": args.new_tokens, "steps": args.steps,
-            "peak_flops": peak, "peak_shape": shape, "floor_s": floor_s, "median_s": med,
+            "peak_flops": peak, "peak_shape": shape, "peak_by_library": by_library, "floor_s": floor_s, "median_s": med,
             "trl_over_ours": med["trl"] / med["ours"], "ours_x_floor": med["ours"] / floor_s,
             "trl_x_floor": med["trl"] / floor_s, "ours_phases_s": phases,
             "ours_s": ours.seconds, "trl_s": alternate.seconds, "trl_config": {k: v for k, v in fields.items() if k != "output_dir"},
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.logging.set_verbosity_error()
     r = run(args)
     print(f"torch {r['versions']['torch']}, transformers {r['versions']['transformers']}, trl {r['versions']['trl']}; "
-          f"{r['threads']} threads; {r['precision']} matmul peak {r['peak_flops'] / 1e9:.0f} GFLOP/s at {r['peak_shape']}\n"
+          f"{r['threads']} threads; {r['precision']} matmul peak {r['peak_flops'] / 1e9:.0f} GFLOP/s at {r['peak_shape']} "
+          f"({', '.join(f'{k} {v / 1e9:.0f}' for k, v in r['peak_by_library'].items())})\n"
           f"{r['preset']} ({r['parameters']:,} parameters), P={r['P']} x G={r['G']} x {r['new_tokens']} tokens, "
           f"median of steps 3..{r['steps']}; load {', '.join(f'{x:.2f}' for x in r['loadavg'])}\n"
           f"TRL GRPOConfig: {r['trl_config']}\n"

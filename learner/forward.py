@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from answerkey.learner.batch import MicroBatch
-from answerkey.rollout.llama_decode import is_plain_llama, rms_norm, rotary_tables, rotate
+from answerkey.rollout.llama_decode import is_plain_llama, linear, rms_norm, rotary_tables, rotate
 
 
 def completion_logits(model: torch.nn.Module, mb: MicroBatch, lean: bool = True) -> torch.Tensor:
@@ -65,7 +65,7 @@ def _lean(model, prompts, valid, index, completions) -> torch.Tensor:
     for layer in m.layers:
         a, mlp = layer.self_attn, layer.mlp
         h = rms_norm(x, layer.input_layernorm.weight, eps)
-        q, k, v = F.linear(h, a.q_proj.weight), F.linear(h, a.k_proj.weight), F.linear(h, a.v_proj.weight)
+        q, k, v = linear(h, a.q_proj.weight), linear(h, a.k_proj.weight), linear(h, a.v_proj.weight)
         qp, kp, vp = _heads(q[:split], Q, Lp, D, rot_p), _heads(k[:split], Q, Lp, D, rot_p), _heads(v[:split], Q, Lp, D)
         qc, kc, vc = _heads(q[split:], N, Tc, D, rot_c), _heads(k[split:], N, Tc, D, rot_c), _heads(v[split:], N, Tc, D)
         gqa = K != H
@@ -73,12 +73,12 @@ def _lean(model, prompts, valid, index, completions) -> torch.Tensor:
         keys, values = torch.cat([kp[index], kc], dim=2), torch.cat([vp[index], vc], dim=2)
         out_c = F.scaled_dot_product_attention(qc, keys, values, attn_mask=c_mask, scale=a.scaling, enable_gqa=gqa)
         out = torch.cat([out_p.transpose(1, 2).reshape(split, H * D), out_c.transpose(1, 2).reshape(N * Tc, H * D)])
-        x = x + F.linear(out, a.o_proj.weight)
+        x = linear(out, a.o_proj.weight, residual=x)
         h = rms_norm(x, layer.post_attention_layernorm.weight, eps)
-        x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight), mlp.down_proj.weight)
+        x = linear(F.silu(linear(h, mlp.gate_proj.weight)) * linear(h, mlp.up_proj.weight), mlp.down_proj.weight, residual=x)
     last_prompt = x[:split].view(Q, Lp, -1)[:, -1][index]  # (N, d): predicts completion token 0
     hidden = torch.cat([last_prompt[:, None], x[split:].view(N, Tc, -1)[:, :-1]], dim=1)  # (N, Tc, d)
-    return F.linear(rms_norm(hidden, m.norm.weight, eps), model.lm_head.weight)
+    return linear(rms_norm(hidden, m.norm.weight, eps), model.lm_head.weight)
 
 
 def _heads(t: torch.Tensor, rows: int, length: int, D: int, rot: tuple | None = None) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
     logp = processed_logprobs(logits, temperature=0.7, top_k=20, top_p=0.95)   # (..., V)
     token = sample(logp, generator)
-    token, logprob = sample_token(logits, 0.7, 20, 0.95, generator)    # the engine's per-step call
+    token, logprob = sample_token(logits, 0.7, 20, 0.95, generator)    # the engine's per-step call: both at once
     logprob, entropy = target_logprobs(logits, targets, 0.7, 20, 0.95)  # the learner's
 
 The engine samples from this distribution and reports the sampled token's logprob under it; the
@@ -11,10 +11,10 @@ exactly the one that was sampled from (vLLM's `processed_logprobs`). Filtered-ou
 Top-p keeps the smallest set of most-likely tokens whose mass reaches `top_p` (the token that
 crosses the threshold is kept), as in HF `TopPLogitsWarper` and vLLM.
 
-Without top-k/top-p (the usual RL setting) `sample_token` and `target_logprobs` skip the full (..., V)
-log-softmax: a token's logprob is its scaled logit minus the row's logsumexp, and sampling is the
-Gumbel-max trick with exponential noise (argmax of z - log E, E ~ Exp(1)): a few passes over (B, V)
-instead of a dozen. With them, both go through `processed_logprobs`.
+Sampling is inverse-CDF (one uniform per row against the cumulative probabilities, like
+`torch.multinomial`, which is several times slower on CPU): on CPU, `rand`, `log` and `argmax` over
+(B, V) each cost more than a softmax. Without top-k/top-p (the usual RL setting) `target_logprobs` is
+one fused cross-entropy, so the learner keeps no (..., V) log-softmax for autograd.
 """
 
 from __future__ import annotations
@@ -40,19 +40,22 @@ def processed_logprobs(logits: torch.Tensor, temperature: float = 1.0, top_k: in
 
 
 def sample(logprobs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from (B, V) log-probabilities, by the Gumbel-max trick (no CPU sync). (B,)"""
-    noise = torch.empty(logprobs.shape, device=logprobs.device, dtype=torch.float32).exponential_(generator=generator)
-    return (logprobs - noise.log_()).argmax(dim=-1)  # -log(E), E ~ Exp(1), is Gumbel(0, 1) noise
+    """One token per row from (B, V) log-probabilities by inverse-CDF sampling (no CPU sync). (B,)
+
+    One uniform per row against the cumulative mass; `right=True` and the cap at the last token with
+    mass mean a token of zero probability (-inf) is never returned, even for u = 0 or a rounded-up u.
+    """
+    cdf = logprobs.exp().cumsum_(dim=-1)  # (B, V)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, device=logprobs.device, dtype=cdf.dtype).mul_(total)
+    last = (cdf < total).sum(dim=-1)  # index of the last token with mass
+    return torch.minimum(torch.searchsorted(cdf, u, right=True).squeeze(-1), last)
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                  generator: torch.Generator | None = None,
                  forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample (or take `forced`) one token per row of (B, V) logits; (token (B,), its processed logprob (B,))."""
-    if top_k == 0 and top_p >= 1.0:
-        z = _scaled(logits, temperature)
-        token = sample(z, generator) if forced is None else forced
-        return token, gather(z, token) - torch.logsumexp(z, dim=-1)
     logp = processed_logprobs(logits, temperature, top_k, top_p)
     token = sample(logp, generator) if forced is None else forced
     return token, gather(logp, token)
