@@ -69,7 +69,7 @@ def run(cfg: Config, console: Console) -> dict[str, dict[str, float]]:
         model, tokenizer = tiny_policy(env, sft_steps=WARMUP_STEPS, seed=cfg.run.seed, on_step=sft_step_done)
     sft_log.plot(["sft/loss"], run_dir / "sft" / "loss.png", "SFT warm-up on worked solutions")
     console.print(f"policy: Llama, {num_parameters(model):,} parameters, {len(tokenizer)}-token BPE vocabulary")
-    engine = TorchEngine(model, tokenizer, seed=cfg.run.seed)
+    engine = TorchEngine(model, tokenizer, seed=cfg.run.seed, precision=cfg.rollout.precision)
     results = {"before RL": evaluate(engine, env, tokenizer, test, sampling, EVAL_SAMPLES)}
     log.write(0, results["before RL"])
     console.print(f"[bold]GRPO:[/] {describe_batch(cfg)}")

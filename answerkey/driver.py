@@ -291,7 +291,8 @@ def start_learner(cfg: Config, model_path: str, options: dict):
 def start_worker(cfg: Config, model_path: str, index: int, options: dict, seed_offset: int = 0):
     seed = cfg.run.seed * 1_000 + index + 100 * seed_offset
     actor = ray.remote(max_restarts=0)(RolloutWorker).options(**options)
-    return actor.remote(model_path, seed=seed, threads=cfg.rollout.threads_per_worker, engine=cfg.rollout.engine)
+    return actor.remote(model_path, seed=seed, threads=cfg.rollout.threads_per_worker, engine=cfg.rollout.engine,
+                        precision=cfg.rollout.precision)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -1,25 +1,29 @@
 """A batched sampling engine over any Hugging Face causal LM, with a preallocated KV cache.
 
-    engine = TorchEngine.from_pretrained("runs/sft")          # or TorchEngine(model, tokenizer)
+    engine = TorchEngine.from_pretrained("runs/sft")          # or TorchEngine(model, tokenizer, precision="bf16")
     groups = engine.generate([prompt_ids], n=8, sampling=SamplingParams(temperature=1.0, max_new_tokens=64))
     groups[0][0].token_ids, groups[0][0].logprobs, groups[0][0].text, groups[0][0].finish_reason
 
 This is the CPU rollout engine (and a GPU fallback when vLLM is not installed). It implements the
 `RolloutEngine` protocol of `rollout.engine`, so the driver cannot tell it from vLLM.
 
-How it works: the P prompts are repeated G times into one batch of B = P·G rows, left-padded to the
-longest prompt, with position ids counted from each row's first real token (so a prompt has the
-same positions as in the learner's right-padded forward). A KV cache sized prompt + max_new_tokens
-is allocated once per call — the lean Llama forward's own (`rollout/llama_decode.py`, used for plain
-Llama models) or a `transformers.StaticCache` under HF's forward (any other model, or `lean=False`);
-`logprobs_of` runs a given completion through the same loop (teacher forcing) for the driver's sync
-check. Each step feeds one token per row, samples
-from `rollout.sampling.processed_logprobs` with the engine's seeded generator, and records the
-sampled token's processed logprob. Rows that finished keep decoding padding (their outputs are
-dropped) until every row is done; the loop ends early when all rows have stopped.
+How it works: the P prompts are left-padded to the longest, with position ids counted from each row's
+first real token (so a prompt has the same positions as in the learner's forward), and each is run
+once: its keys and values fill the cache rows of all n of its completions (B = P·n rows). The KV
+cache, sized prompt + max_new_tokens, is allocated once per call — the lean Llama forward's own
+(`rollout/llama_decode.py`, used for plain Llama models) or a `transformers.StaticCache` under HF's
+forward (any other model, or `lean=False`; there the prompts are repeated n times). Each step feeds
+one token per row, samples from `rollout.sampling.processed_logprobs` with the engine's seeded
+generator, and records the sampled token's processed logprob. Rows that finished keep decoding
+padding (their outputs are dropped) until every row is done; the loop ends early when all rows have
+stopped (with `ignore_eos` and no stop strings there is nothing to check, so no per-step bookkeeping).
+
+`precision="bf16"` runs generate's matmuls and KV cache in bf16 over the fp32 weights (cast once per
+call); `logprobs_of`, which runs a given completion through the same loop (teacher forcing) for the
+driver's sync check, always decodes in the model's own dtype, so that check stays exact.
 
 What it deliberately does not do: continuous batching or paged attention (vLLM's job on GPU), and
-a prefix cache (it keeps no KV between calls, so `reset_prefix_cache` has nothing to drop).
+a prefix cache across calls (it keeps no KV between calls, so `reset_prefix_cache` has nothing to drop).
 """
 
 from __future__ import annotations
