@@ -47,7 +47,7 @@ def _hf(model, prompts, valid, index, completions) -> torch.Tensor:
 def _lean(model, prompts, valid, index, completions) -> torch.Tensor:
     m, cfg = model.model, model.config
     (Q, Lp), (N, Tc) = prompts.shape, completions.shape
-    H, K = cfg.num_attention_heads, cfg.num_key_value_heads
+    H = cfg.num_attention_heads
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     eps, dev = cfg.rms_norm_eps, prompts.device
     # positions from each row's first real token; completions continue their prompt
@@ -68,10 +68,9 @@ def _lean(model, prompts, valid, index, completions) -> torch.Tensor:
         q, k, v = linear(h, a.q_proj.weight), linear(h, a.k_proj.weight), linear(h, a.v_proj.weight)
         qp, kp, vp = _heads(q[:split], Q, Lp, D, rot_p), _heads(k[:split], Q, Lp, D, rot_p), _heads(v[:split], Q, Lp, D)
         qc, kc, vc = _heads(q[split:], N, Tc, D, rot_c), _heads(k[split:], N, Tc, D, rot_c), _heads(v[split:], N, Tc, D)
-        gqa = K != H
-        out_p = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p_mask, scale=a.scaling, enable_gqa=gqa)
+        out_p = _attention(qp, kp, vp, p_mask, a.scaling)
         keys, values = torch.cat([kp[index], kc], dim=2), torch.cat([vp[index], vc], dim=2)
-        out_c = F.scaled_dot_product_attention(qc, keys, values, attn_mask=c_mask, scale=a.scaling, enable_gqa=gqa)
+        out_c = _attention(qc, keys, values, c_mask, a.scaling)
         out = torch.cat([out_p.transpose(1, 2).reshape(split, H * D), out_c.transpose(1, 2).reshape(N * Tc, H * D)])
         x = linear(out, a.o_proj.weight, residual=x)
         h = rms_norm(x, layer.post_attention_layernorm.weight, eps)
@@ -85,3 +84,12 @@ def _heads(t: torch.Tensor, rows: int, length: int, D: int, rot: tuple | None = 
     """(rows * length, heads * D) -> (rows, heads, length, D), rotary applied when `rot` = (cos, sin) is given."""
     t = t.view(rows, length, -1, D)
     return (rotate(t, *rot) if rot is not None else t).transpose(1, 2)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """SDPA; under autocast on CPU in fp32, because the CPU flash kernel's bf16 backward is ~3x slower than its fp32 one."""
+    gqa = k.shape[1] != q.shape[1]
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)

@@ -13,7 +13,7 @@ is seen at the next call; the checksums the driver compares are of exactly these
 attention scale folded into the query rows, cos/sin tables for every position the call can reach. Per
 decode step and layer it does: RMSNorm, one q/k/v matmul, rotary on queries and keys together (one roll and
 one fused multiply-add), a slice write into a preallocated KV cache (left padding puts every row's new
-token in the same slot), attention as two batched matmuls with an additive padding mask made once per
+token in the same slot; keys stored transposed), attention as two batched matmuls with an additive padding mask made once per
 call (queries grouped per KV head, so GQA needs no repeated keys), and the MLP, each residual add fused
 into its matmul (`addmm`).
 
@@ -192,8 +192,10 @@ class LlamaDecoder:
         self._snapshot(dtype)
         self.cos, self.sin = rotary_tables(self.model, max_len, x.device, dtype)
         H, K, D = self.n_heads, self.n_kv, self.head_dim
-        # empty, not zeros: prefill writes slots 0..L-1 of every row and step t writes slot L+t before any read
-        self.k_cache = [x.new_empty((P * n, K, max_len, D), dtype=dtype) for _ in self.layers]
+        # empty, not zeros: prefill writes slots 0..L-1 of every row and step t writes slot L+t before any read.
+        # Keys are stored transposed (B, K, D, max_len): q @ keys is then a plain batched matmul, which on CPU
+        # runs ~1.4x (fp32) to 2x (bf16) faster than one over a transposed view.
+        self.k_cache = [x.new_empty((P * n, K, D, max_len), dtype=dtype) for _ in self.layers]
         self.v_cache = [x.new_empty((P * n, K, max_len, D), dtype=dtype) for _ in self.layers]
         rows_valid = valid.repeat_interleave(n, dim=0)
         self.mask = torch.zeros(rows_valid.shape, dtype=dtype, device=x.device).masked_fill_(~rows_valid, float("-inf"))
@@ -207,7 +209,7 @@ class LlamaDecoder:
             qkv = linear(h, w.qkv).view(P, L, H + 2 * K, D)
             qk = rotate(qkv[:, :, : H + K], cos, sin).transpose(1, 2)  # (P, H + K, L, D)
             q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, H + K :].transpose(1, 2)
-            self.k_cache[i].view(P, n, K, max_len, D)[:, :, :, :L] = k[:, None]
+            self.k_cache[i].view(P, n, K, D, max_len)[..., :L] = k.transpose(-1, -2)[:, None]
             self.v_cache[i].view(P, n, K, max_len, D)[:, :, :, :L] = v[:, None]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=K != H)
             x = linear(out.transpose(1, 2).reshape(P, L, H * D), w.o, residual=x)
@@ -224,11 +226,12 @@ class LlamaDecoder:
         for i, w in enumerate(self.layers):
             qkv = linear(rms_norm(x, w.ln1, self.eps).to(dtype), w.qkv).view(B, H + 2 * K, D)
             qk = rotate(qkv[:, : H + K], cos, sin)  # (B, H + K, D)
-            self.k_cache[i][:, :, slot] = qk[:, H:]
+            self.k_cache[i][..., slot] = qk[:, H:]
             self.v_cache[i][:, :, slot] = qkv[:, H + K :]
             q = qk[:, :H].view(B, K, H // K, D)  # the queries of each KV head together
-            scores = torch.matmul(q, self.k_cache[i][:, :, :S].transpose(-1, -2)).add_(mask)  # (B, K, H/K, S)
-            out = torch.matmul(scores.softmax(dim=-1), self.v_cache[i][:, :, :S]).view(B, H * D)
+            scores = torch.matmul(q, self.k_cache[i][..., :S]).add_(mask)  # (B, K, H/K, S)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+            out = torch.matmul(probs, self.v_cache[i][:, :, :S]).view(B, H * D)
             x = self._mlp(linear(out, w.o, residual=x), w, dtype)
         return self._logits(x)
 
