@@ -113,17 +113,18 @@ def pack(rows: Sequence[Row], token_budget: int) -> list[list[int]]:
     size = [len(r.ids) - r.prompt_len for r in rows]  # completion lengths
     groups = sorted(prompts.items(), key=lambda kv: -max(size[i] for i in kv[1]))
     batches: list[list[int]] = []
-    cost = (0, 0, 0, set())  # rows, longest prompt, longest completion, prompts in the current micro-batch
+    seen: set[tuple[int, ...]] = set()  # prompts of the current micro-batch
+    lp = tc = 0  # its longest prompt and completion
     for prompt, members in groups:
         for i in sorted(members, key=lambda i: -size[i]):
-            n, lp, tc, seen = cost
-            new = (n + 1, max(lp, len(prompt)), max(tc, size[i]), seen | {prompt})
-            if batches and len(new[3]) * new[1] + new[0] * new[2] <= token_budget:
-                batches[-1].append(i)
-                cost = new
-            else:
-                batches.append([i])
-                cost = (1, len(prompt), size[i], {prompt})
+            fits = batches and (len(seen | {prompt}) * max(lp, len(prompt))
+                                + (len(batches[-1]) + 1) * max(tc, size[i])) <= token_budget
+            if not fits:
+                batches.append([])
+                seen, lp, tc = set(), 0, 0
+            batches[-1].append(i)
+            seen.add(prompt)
+            lp, tc = max(lp, len(prompt)), max(tc, size[i])
     return batches
 
 

@@ -47,43 +47,42 @@ def _hf(model, prompts, valid, index, completions) -> torch.Tensor:
 def _lean(model, prompts, valid, index, completions) -> torch.Tensor:
     m, cfg = model.model, model.config
     (Q, Lp), (N, Tc) = prompts.shape, completions.shape
-    H = cfg.num_attention_heads
+    H, K = cfg.num_attention_heads, cfg.num_key_value_heads
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-    eps, dev = cfg.rms_norm_eps, prompts.device
+    eps, dev, split = cfg.rms_norm_eps, prompts.device, Q * Lp
     # positions from each row's first real token; completions continue their prompt
     p_pos = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (Q, Lp)
     c_pos = valid.sum(-1)[index][:, None] + torch.arange(Tc, device=dev)  # (N, Tc)
     x = F.embedding(torch.cat([prompts.reshape(-1), completions.reshape(-1)]), m.embed_tokens.weight)  # (Q*Lp + N*Tc, d)
     cos, sin = rotary_tables(model, Lp + Tc, dev, x.dtype)
-    rot_p, rot_c = (cos[p_pos][:, :, None], sin[p_pos][:, :, None]), (cos[c_pos][:, :, None], sin[c_pos][:, :, None])
+    positions = torch.cat([p_pos.reshape(-1), c_pos.reshape(-1)])
+    cos, sin = cos[positions][:, None], sin[positions][:, None]  # (tokens, 1, D)
     eye = torch.eye(Lp, dtype=torch.bool, device=dev)
     # a left-pad query row attends to itself only (never an all-masked row, which would be NaN)
     p_mask = (torch.ones(Lp, Lp, dtype=torch.bool, device=dev).tril() & valid[:, None, None, :]) | eye  # (Q, 1, Lp, Lp)
     causal = torch.ones(Tc, Tc, dtype=torch.bool, device=dev).tril().expand(N, 1, Tc, Tc)
     c_mask = torch.cat([valid[index][:, None, None, :].expand(N, 1, Tc, Lp), causal], dim=-1)  # (N, 1, Tc, Lp + Tc)
-    split = Q * Lp
     for layer in m.layers:
         a, mlp = layer.self_attn, layer.mlp
-        h = rms_norm(x, layer.input_layernorm.weight, eps)
-        q, k, v = linear(h, a.q_proj.weight), linear(h, a.k_proj.weight), linear(h, a.v_proj.weight)
-        qp, kp, vp = _heads(q[:split], Q, Lp, D, rot_p), _heads(k[:split], Q, Lp, D, rot_p), _heads(v[:split], Q, Lp, D)
-        qc, kc, vc = _heads(q[split:], N, Tc, D, rot_c), _heads(k[split:], N, Tc, D, rot_c), _heads(v[split:], N, Tc, D)
+        # one GEMM for q|k|v and one for gate|up (the concatenations are differentiable, so the gradients
+        # land in the module's own parameters), rotary on queries and keys of all tokens at once
+        w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        qkv = linear(rms_norm(x, layer.input_layernorm.weight, eps), w_qkv).view(-1, H + 2 * K, D)
+        qk = rotate(qkv[:, : H + K], cos, sin)
+        q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + K :]  # (tokens, heads, D)
+        qp, kp, vp = (t[:split].view(Q, Lp, -1, D).transpose(1, 2) for t in (q, k, v))  # (Q, heads, Lp, D)
+        qc, kc, vc = (t[split:].view(N, Tc, -1, D).transpose(1, 2) for t in (q, k, v))  # (N, heads, Tc, D)
         out_p = _attention(qp, kp, vp, p_mask, a.scaling)
         keys, values = torch.cat([kp[index], kc], dim=2), torch.cat([vp[index], vc], dim=2)
         out_c = _attention(qc, keys, values, c_mask, a.scaling)
         out = torch.cat([out_p.transpose(1, 2).reshape(split, H * D), out_c.transpose(1, 2).reshape(N * Tc, H * D)])
         x = linear(out, a.o_proj.weight, residual=x)
-        h = rms_norm(x, layer.post_attention_layernorm.weight, eps)
-        x = linear(F.silu(linear(h, mlp.gate_proj.weight)) * linear(h, mlp.up_proj.weight), mlp.down_proj.weight, residual=x)
+        w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        gate, up = linear(rms_norm(x, layer.post_attention_layernorm.weight, eps), w_gate_up).chunk(2, dim=-1)
+        x = linear(F.silu(gate) * up, mlp.down_proj.weight, residual=x)
     last_prompt = x[:split].view(Q, Lp, -1)[:, -1][index]  # (N, d): predicts completion token 0
     hidden = torch.cat([last_prompt[:, None], x[split:].view(N, Tc, -1)[:, :-1]], dim=1)  # (N, Tc, d)
     return linear(rms_norm(hidden, m.norm.weight, eps), model.lm_head.weight)
-
-
-def _heads(t: torch.Tensor, rows: int, length: int, D: int, rot: tuple | None = None) -> torch.Tensor:
-    """(rows * length, heads * D) -> (rows, heads, length, D), rotary applied when `rot` = (cos, sin) is given."""
-    t = t.view(rows, length, -1, D)
-    return (rotate(t, *rot) if rot is not None else t).transpose(1, 2)
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
