@@ -161,3 +161,37 @@ def test_prompt_sharing_gives_each_completion_its_prompts_context(tokenizer, mak
         alone = engine.generate([prompt], 1, greedy)[0][0]
         assert all(c.token_ids == alone.token_ids for c in group)
         assert all(math.isclose(a, b, abs_tol=1e-5) for c in group for a, b in zip(c.logprobs, alone.logprobs, strict=True))
+
+
+# chi-square critical values at p = 0.001 (the samples are seeded, so the test is deterministic; a wrong
+# sampler of this size would exceed them by orders of magnitude)
+CHI2_999 = {2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515, 7: 24.322}
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 4, 1.0), (1.3, 0, 0.8)])
+def test_inverse_cdf_sampling_passes_a_chi_square_test(temperature, top_k, top_p):
+    torch.manual_seed(0)
+    logits = torch.randn(1, 8).mul(1.5).expand(100_000, 8)
+    tokens, _ = S.sample_token(logits, temperature, top_k, top_p, torch.Generator().manual_seed(2))
+    p = S.processed_logprobs(logits[:1].double(), temperature, top_k, top_p)[0].exp()
+    counts = torch.bincount(tokens, minlength=8).double()
+    assert (counts[p == 0] == 0).all()  # a filtered-out token is never drawn
+    kept = p > 0
+    expected = p[kept] * len(tokens)
+    chi2 = float(((counts[kept] - expected) ** 2 / expected).sum())
+    assert chi2 < CHI2_999[int(kept.sum()) - 1], (chi2, counts, expected)
+
+
+def test_inverse_cdf_maps_each_uniform_to_the_token_whose_interval_holds_it():
+    """Exact: replaying the generator's uniforms, each draw is the token i with cdf[i-1] <= u < cdf[i] (fp64 cdf of
+    the true probabilities), zero-mass tokens (first, middle, last) never included."""
+    probs = torch.tensor([0.0, 0.1, 0.25, 0.0, 0.3, 0.35, 0.0], dtype=torch.float64)
+    logp = probs.log().float()[None].expand(50_000, 7)
+    tokens = S.sample(logp, torch.Generator().manual_seed(5))
+    u = torch.rand((50_000, 1), generator=torch.Generator().manual_seed(5)).double()[:, 0]  # the same draws
+    cdf = probs.cumsum(0)
+    want = torch.searchsorted(cdf, u, right=True)
+    near_edge = (u[:, None] - cdf[None]).abs().min(dim=1).values < 1e-6  # fp32 rounding may go either way there
+    assert near_edge.sum() < 10
+    assert torch.equal(tokens[~near_edge], want[~near_edge])
+    assert set(tokens.tolist()) == {1, 2, 4, 5}
