@@ -290,7 +290,8 @@ class Driver:
 def start_worker(cfg: Config, model_path: str, index: int, options: dict, seed_offset: int = 0):
     seed = cfg.run.seed * 1_000 + index + 100 * seed_offset
     actor = ray.remote(max_restarts=0)(RolloutWorker).options(**options)
-    return actor.remote(model_path, seed=seed, threads=cfg.rollout.threads_per_worker, engine=cfg.rollout.engine)
+    return actor.remote(model_path, seed=seed, threads=cfg.rollout.threads_per_worker, engine=cfg.rollout.engine,
+                        precision=cfg.rollout.precision)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

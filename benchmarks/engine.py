@@ -11,21 +11,24 @@ the Hugging Face forward (`TorchEngine(lean=False)`: same loop and static cache,
 `model.generate` with its default dynamic cache (the peer's exact call is printed). Reported: the
 median of runs 3..runs (the first two warm up), tokens/s (new tokens, prefill included), ours / HF,
 and each side as a multiple of the compute floor: 2 N FLOPs per generated token (N = parameters, the
-tied embedding counted once as the LM head) at the machine's matmul peak, measured in the same run
-as the best of a few 2048^3 fp32 GEMMs. A multiple of 1.0 would be every FLOP at peak.
+tied embedding counted once as the LM head) at the machine's fp32 matmul peak, measured in the same run
+(`benchmarks/floor.py`: the best of square GEMMs and the preset's own layer shapes). A multiple of 1.0
+would be every FLOP at peak. The load average is printed with each preset's result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import transformers
-from gpu_engine import left_padded  # benchmarks/ is the script's folder, so on sys.path
+from floor import matmul_peak  # benchmarks/ is the script's folder, so on sys.path
+from gpu_engine import left_padded
 
 from answerkey import chat
 from answerkey.envs.synthetic import SyntheticEnv
@@ -34,20 +37,6 @@ from answerkey.pretrain.model import build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
-
-
-def matmul_peak(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Best GEMM throughput of this process's threads in `dtype` (fp32 by default), FLOP/s."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def sides(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> dict[str, Callable[[], int]]:
@@ -72,8 +61,9 @@ def HF_CALL(ids, mask, new_tokens: int, pad_id: int) -> dict:  # noqa: N802 - pr
                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id)
 
 
-def bench(preset: str, tokenizer, prompts, new_tokens: int, runs: int, peak: float) -> dict:
+def bench(preset: str, tokenizer, prompts, new_tokens: int, runs: int) -> dict:
     model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id).eval()
+    peak, shape, by_library = matmul_peak(model)
     calls = sides(model, tokenizer, prompts, new_tokens)
     times: dict[str, list[float]] = {name: [] for name in calls}
     tokens = {}
@@ -85,7 +75,9 @@ def bench(preset: str, tokenizer, prompts, new_tokens: int, runs: int, peak: flo
                 times[name].append(time.perf_counter() - start)
     n = num_parameters(model)
     floor_s = 2 * n * len(prompts) * new_tokens / peak
-    row = {"preset": preset, "parameters": n, "floor_s": floor_s, "sides": {}}
+    row = {"preset": preset, "parameters": n, "peak_flops": peak, "peak_shape": shape,
+           "peak_by_library": by_library, "floor_s": floor_s,
+           "loadavg": os.getloadavg(), "sides": {}}
     for name in calls:
         assert tokens[name] == len(prompts) * new_tokens, f"{name} made {tokens[name]} tokens"
         median = statistics.median(times[name][2:] or times[name])
@@ -107,19 +99,20 @@ def main(argv: list[str] | None = None) -> dict:
     env = SyntheticEnv(difficulty=2, train_size=2000, test_size=max(200, args.batch))
     tokenizer = train_bpe([chat.render(c) for c in solution_conversations(env)], vocab_size=384)
     prompts = [chat.prompt_ids(tokenizer, q.messages()) for q in env.problems("test")[: args.batch]]
-    peak = matmul_peak()
     ids, mask = left_padded(prompts, tokenizer.pad_token_id, "cpu")
     peer = {k: v for k, v in HF_CALL(ids, mask, args.new_tokens, tokenizer.pad_token_id).items() if not hasattr(v, "shape")}
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads; "
-          f"matmul peak {peak / 1e9:.1f} GFLOP/s (fp32)\nbatch {len(prompts)}, prompts of {min(map(len, prompts))}-"
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads\nbatch {len(prompts)}, prompts of {min(map(len, prompts))}-"
           f"{max(map(len, prompts))} tokens, {args.new_tokens} new tokens, fp32, median of runs 3..{args.runs}\n"
           f"peer: model.generate(input_ids, attention_mask, **{peer})")
     result = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
-              "peak_flops": peak, "batch": len(prompts), "new_tokens": args.new_tokens, "rows": []}
+              "batch": len(prompts), "new_tokens": args.new_tokens, "rows": []}
     for preset in args.presets:
-        row = bench(preset, tokenizer, prompts, args.new_tokens, args.runs, peak)
+        row = bench(preset, tokenizer, prompts, args.new_tokens, args.runs)
         result["rows"].append(row)
-        print(f"\n{preset} ({row['parameters']:,} parameters): floor {row['floor_s'] * 1e3:.0f} ms per call")
+        libs = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in row["peak_by_library"].items())
+        print(f"\n{preset} ({row['parameters']:,} parameters): fp32 matmul peak {row['peak_flops'] / 1e9:.0f} GFLOP/s at "
+              f"{row['peak_shape']} ({libs}), floor {row['floor_s'] * 1e3:.0f} ms per call; load "
+              f"{', '.join(f'{x:.2f}' for x in row['loadavg'])}")
         for name, side in row["sides"].items():
             print(f"  {name:18} {side['tok_s']:9.0f} tok/s  {side['seconds'] * 1e3:8.0f} ms  {side['x_floor']:6.2f}x floor")
         print(f"  ours / HF generate: {row['ours_vs_hf']:.2f}x")

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from engine import matmul_peak  # benchmarks/ is the script's folder, so on sys.path
+from floor import matmul_peak  # benchmarks/ is the script's folder, so on sys.path
 from rich.console import Console
 
 from answerkey import chat
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    peaks = {"fp32": matmul_peak(), "bf16": matmul_peak(dtype=torch.bfloat16)}
+    peaks = {"fp32": matmul_peak()[0], "bf16": matmul_peak(dtype=torch.bfloat16)[0]}
     work = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
     texts = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     (work / "corpus.jsonl").write_text("".join(json.dumps({"text": f"{r['question']}\n{r['answer']}"}) + "\n" for r in texts))

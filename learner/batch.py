@@ -1,14 +1,17 @@
 """From scored rollouts to training tensors: advantages, group filtering, token-budget micro-batches.
 
     batch = make_batch(groups, cfg, max_new_tokens)     # groups: P lists of G Trajectory
-    for mb in batch.micro_batches(token_budget=8192):    # each: padded (N, L) tensors
+    for mb in batch.micro_batches(token_budget=8192):    # each: padded tensors, distinct prompts once
         ...
 
 Each sequence is prompt + completion, exactly the token ids that were sampled (and, for multi-turn
-envs, the env's own tokens with loss mask 0). Tensors are target-aligned: position t of a row
-holds the logprob of token t+1 given tokens 0..t, so `loss_mask[:, t]` says whether token t+1 is
-trained. Rows are right-padded; micro-batches group rows of similar length so that
-rows x padded length stays within the token budget.
+envs, the env's own tokens with loss mask 0). A micro-batch holds each distinct prompt once, left-padded
+(Q, Lp), and every row's completion right-padded (N, Tc) with the index of its prompt: the G completions
+of a group share one prompt, so the learner's forward runs it once, not G times (`learner/forward.py`).
+Per-token tensors are completion-aligned: position t of a row is completion token t, whose logprob is
+taken given the prompt and completion tokens 0..t-1; `loss_mask[:, t]` says whether it is trained.
+Rows are ordered by group, longest group first, so that a micro-batch keeps a group's rows together and
+(distinct prompts x Lp) + (rows x Tc) stays within the token budget.
 """
 
 from __future__ import annotations
@@ -37,22 +40,24 @@ class Row:
 
 @dataclass
 class MicroBatch:
-    """Padded, target-aligned tensors for one forward/backward. N rows, T = padded length - 1."""
+    """Padded tensors for one forward/backward: Q distinct prompts, N rows, Tc = longest completion."""
 
-    input_ids: torch.Tensor  # (N, T+1)
-    attention_mask: torch.Tensor  # (N, T+1)
-    targets: torch.Tensor  # (N, T) input_ids shifted left
-    loss_mask: torch.Tensor  # (N, T) float, 1 where the target is a trained completion token
-    rollout_logprobs: torch.Tensor  # (N, T) engine logprob of each target (0 outside the mask)
+    prompt_ids: torch.Tensor  # (Q, Lp) left-padded
+    prompt_valid: torch.Tensor  # (Q, Lp) bool, False on padding
+    prompt_index: torch.Tensor  # (N,) long: row n continues prompt prompt_index[n]
+    targets: torch.Tensor  # (N, Tc) completion token ids, right-padded
+    loss_mask: torch.Tensor  # (N, Tc) float, 1 where the completion token is trained
+    rollout_logprobs: torch.Tensor  # (N, Tc) engine logprob of each token (0 outside the mask)
     advantages: torch.Tensor  # (N, 1)
     index: list[int]  # positions of these rows in the batch
-    spans: list[tuple[int, int]]  # target positions [start, end) of each row's completion
-    old_logprobs: torch.Tensor | None  # (N, T) when every row has them
-    ref_logprobs: torch.Tensor | None  # (N, T) when every row has them
+    lengths: list[int]  # completion length of each row
+    old_logprobs: torch.Tensor | None  # (N, Tc) when every row has them
+    ref_logprobs: torch.Tensor | None  # (N, Tc) when every row has them
 
     @property
     def num_tokens(self) -> int:
-        return int(self.input_ids.numel())
+        """Token positions the forward runs: distinct prompts x Lp + rows x Tc."""
+        return int(self.prompt_ids.numel() + self.targets.numel())
 
 
 @dataclass
@@ -62,10 +67,7 @@ class TrainBatch:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def micro_batches(self, token_budget: int) -> list[MicroBatch]:
-        return [collate([self.rows[i] for i in idx], idx) for idx in pack(self.lengths(), token_budget)]
-
-    def lengths(self) -> list[int]:
-        return [len(r.ids) for r in self.rows]
+        return [collate([self.rows[i] for i in idx], idx) for idx in pack(self.rows, token_budget)]
 
 
 def make_batch(groups: Sequence[Sequence[Trajectory]], scale_by_std: bool, drop_uniform_groups: bool,
@@ -99,51 +101,68 @@ def make_batch(groups: Sequence[Sequence[Trajectory]], scale_by_std: bool, drop_
     return TrainBatch(rows=rows, norm=norm, metrics=metrics)
 
 
-def pack(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
-    """Group row indices so that rows x longest row <= token_budget (a longer row goes alone).
+def pack(rows: Sequence[Row], token_budget: int) -> list[list[int]]:
+    """Group row indices so that (distinct prompts x longest prompt) + (rows x longest completion) <= token_budget.
 
-    Rows are taken longest first, so each micro-batch holds rows of similar length (little padding).
+    Rows sharing a prompt are kept together (their prompt then runs once), groups longest first, rows of a
+    group longest first, so each micro-batch holds sequences of similar length. A row over budget goes alone.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    prompts: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        prompts.setdefault(tuple(r.ids[: r.prompt_len]), []).append(i)
+    size = [len(r.ids) - r.prompt_len for r in rows]  # completion lengths
+    groups = sorted(prompts.items(), key=lambda kv: -max(size[i] for i in kv[1]))
     batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= token_budget:
+    seen: set[tuple[int, ...]] = set()  # prompts of the current micro-batch
+    lp = tc = 0  # its longest prompt and completion
+    for prompt, members in groups:
+        for i in sorted(members, key=lambda i: -size[i]):
+            fits = batches and (len(seen | {prompt}) * max(lp, len(prompt))
+                                + (len(batches[-1]) + 1) * max(tc, size[i])) <= token_budget
+            if not fits:
+                batches.append([])
+                seen, lp, tc = set(), 0, 0
             batches[-1].append(i)
-        else:
-            batches.append([i])
+            seen.add(prompt)
+            lp, tc = max(lp, len(prompt)), max(tc, size[i])
     return batches
 
 
 def collate(rows: Sequence[Row], index: list[int], pad_id: int = 0) -> MicroBatch:
-    """Right-pad rows into target-aligned tensors."""
-    N, L = len(rows), max(len(r.ids) for r in rows)
-    input_ids = torch.full((N, L), pad_id, dtype=torch.long)
-    attention = torch.zeros((N, L), dtype=torch.long)
-    loss_mask = torch.zeros((N, L - 1))
-    rollout = torch.zeros((N, L - 1), dtype=torch.float64)
-    for n, r in enumerate(rows):
-        input_ids[n, : len(r.ids)] = torch.tensor(r.ids)
-        attention[n, : len(r.ids)] = 1
-        start, end = r.prompt_len - 1, len(r.ids) - 1  # target positions of the completion tokens
-        loss_mask[n, start:end] = torch.tensor(r.loss_mask, dtype=loss_mask.dtype)
-        rollout[n, start:end] = torch.tensor(r.rollout_logprobs, dtype=torch.float64)
+    """Distinct prompts left-padded, completions right-padded, completion-aligned per-token tensors."""
+    prompts: dict[tuple[int, ...], int] = {}
+    prompt_index = [prompts.setdefault(tuple(r.ids[: r.prompt_len]), len(prompts)) for r in rows]
+    Q, Lp = len(prompts), max(len(p) for p in prompts)
+    N, Tc = len(rows), max(1, max(len(r.ids) - r.prompt_len for r in rows))
+    prompt_ids = torch.full((Q, Lp), pad_id, dtype=torch.long)
+    prompt_valid = torch.zeros((Q, Lp), dtype=torch.bool)
+    for q, ids in enumerate(prompts):
+        prompt_ids[q, Lp - len(ids):] = torch.tensor(ids)
+        prompt_valid[q, Lp - len(ids):] = True
+    targets = torch.full((N, Tc), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros((N, Tc))
+    rollout = torch.zeros((N, Tc), dtype=torch.float64)
+    lengths = [len(r.ids) - r.prompt_len for r in rows]
+    for n, (r, length) in enumerate(zip(rows, lengths, strict=True)):
+        targets[n, :length] = torch.tensor(r.ids[r.prompt_len:], dtype=torch.long)
+        loss_mask[n, :length] = torch.tensor(r.loss_mask, dtype=loss_mask.dtype)
+        rollout[n, :length] = torch.tensor(r.rollout_logprobs, dtype=torch.float64)
     advantages = torch.tensor([[r.advantage] for r in rows], dtype=torch.float64)
-    spans = [(r.prompt_len - 1, len(r.ids) - 1) for r in rows]
-    return MicroBatch(input_ids, attention, input_ids[:, 1:], loss_mask, rollout, advantages, list(index), spans,
-                      _place(rows, "old_logprobs", L), _place(rows, "ref_logprobs", L))
+    return MicroBatch(prompt_ids, prompt_valid, torch.tensor(prompt_index), targets, loss_mask, rollout, advantages,
+                      list(index), lengths, _place(rows, "old_logprobs", Tc), _place(rows, "ref_logprobs", Tc))
 
 
-def _place(rows: Sequence[Row], attr: str, L: int) -> torch.Tensor | None:
-    """Per-row completion tensors placed at their target positions in an (N, L-1) tensor."""
+def _place(rows: Sequence[Row], attr: str, Tc: int) -> torch.Tensor | None:
+    """Per-row completion tensors in an (N, Tc) tensor."""
     values = [getattr(r, attr) for r in rows]
     if any(v is None for v in values):
         return None
-    out = torch.zeros((len(rows), L - 1), dtype=values[0].dtype)
-    for n, (r, v) in enumerate(zip(rows, values, strict=True)):
-        out[n, r.prompt_len - 1 : len(r.ids) - 1] = v
+    out = torch.zeros((len(rows), Tc), dtype=values[0].dtype)
+    for n, v in enumerate(values):
+        out[n, : len(v)] = v
     return out
 
 
 def completion_values(mb: MicroBatch, values: torch.Tensor) -> list[torch.Tensor]:
-    """Each row's per-completion-token values out of a target-aligned (N, T) tensor (inverse of `_place`)."""
-    return [values[n, start:end] for n, (start, end) in enumerate(mb.spans)]
+    """Each row's per-completion-token values out of an (N, Tc) tensor (inverse of `_place`)."""
+    return [values[n, :length] for n, length in enumerate(mb.lengths)]

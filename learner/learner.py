@@ -34,7 +34,8 @@ from answerkey.chat import Encoded
 from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
 from answerkey.learner import checkpoint, grpo
-from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch, pack
+from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch
+from answerkey.learner.forward import completion_logits
 from answerkey.learner.shard import Ranks
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
@@ -65,8 +66,9 @@ def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 def nll_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Summed next-token loss: -sum over mask of log p(targets[t] | ..t) at temperature 1 (fp32).
 
-    logits (N, L, V) of the inputs, targets and mask (N, L-1): position t predicts token t+1. The SFT
-    loss (`Learner.sft_step`, pretrain/sft.py) and the pretraining loss both call this.
+    logits (N, L, V) of the inputs, targets and mask (N, L-1): position t predicts token t+1. The
+    pretraining and SFT stages (pretrain/loop.py) call this; `Learner.sft_step` computes the same loss
+    through the learner's shared-prompt forward.
     """
     logp = S.processed_logprobs(logits[:, :-1])  # (N, L-1, V), the model's own distribution
     return -(S.gather(logp, targets) * mask.to(logp.dtype)).sum()
@@ -74,11 +76,13 @@ def nll_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> 
 
 class Learner:
     def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int,
-                 reference: torch.nn.Module | None = None, ranks: Ranks | None = None):
+                 reference: torch.nn.Module | None = None, ranks: Ranks | None = None,
+                 lean: bool = True):
         """`reference`: the KL reference when kl_coef > 0 (default: a copy of `model`). `ranks`: this process's
         place in an FSDP group (learner/shard.py): the batch is split across ranks, metrics summed over them."""
         # eval mode: no dropout, so the learner's logprobs are those of the policy the engine samples
         self.model, self.cfg, self.sampling, self.ranks = model.eval(), cfg, sampling, ranks
+        self.lean = lean  # the lean Llama forward with shared prompts (learner/forward.py) where the model allows
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         total = total_steps * cfg.passes
@@ -124,13 +128,11 @@ class Learner:
                 setattr(batch.rows[i], attr, values.detach())
 
     def logprobs(self, model: torch.nn.Module, mb: MicroBatch, sampling: SamplingParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Processed logprobs of the targets (N, T) and the per-token entropy (N, T, no gradient)."""
+        """Processed logprobs of the completion tokens (N, Tc) and the per-token entropy (N, Tc, no gradient)."""
         s = sampling or self.sampling
-        logits = forward_logits(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device), self.cfg.precision)
-        logp = S.processed_logprobs(logits[:, :-1], s.temperature, s.top_k, s.top_p)  # (N, T, V)
-        with torch.no_grad():
-            entropy = S.entropy(logp)
-        return S.gather(logp, mb.targets.to(self.device)), entropy
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            logits = completion_logits(model, mb, self.lean)  # (N, Tc, V)
+        return S.target_logprobs(logits, mb.targets.to(self.device), s.temperature, s.top_k, s.top_p)
 
     def backward(self, batch: TrainBatch) -> dict[str, float]:
         """Accumulate the gradient of the batch loss into `.grad`, one micro-batch at a time."""
@@ -190,13 +192,12 @@ class Learner:
         tokens = sum(sum(r.loss_mask) for r in rows)
         if tokens == 0:
             raise ValueError("sft_step: no example has a token to train on (the mask is all zeros)")
+        plain = SamplingParams(max_new_tokens=1)  # temperature 1, no truncation: the model's own distribution
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for idx in pack([len(r.ids) for r in rows], self.cfg.micro_batch_tokens):
-            mb = collate([rows[i] for i in idx], idx)
-            logits = forward_logits(self.model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
-                                    self.cfg.precision)
-            loss = nll_sum(logits, mb.targets.to(self.device), mb.loss_mask.to(self.device)) / tokens
+        for mb in TrainBatch(rows, grpo.Normalizer(tokens, len(rows), 1)).micro_batches(self.cfg.micro_batch_tokens):
+            logprobs, _ = self.logprobs(self.model, mb, plain)
+            loss = -(logprobs * mb.loss_mask.to(self.device, logprobs.dtype)).sum() / tokens
             loss.backward()
             loss_sum += float(loss.detach())
         return {"sft/loss": loss_sum, "sft/tokens": float(tokens)} | self.optimizer_step()

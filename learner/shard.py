@@ -62,8 +62,7 @@ class RankBatch:
 
     def plans(self, token_budget: int) -> list[list[list[int]]]:
         """Row indices of every micro-batch of every rank, padded to the same count with the padding row."""
-        lengths = [len(r.ids) for r in self.rows]
-        packs = [[[share[j] for j in idx] for idx in pack([lengths[i] for i in share], token_budget)]
+        packs = [[[share[j] for j in idx] for idx in pack([self.rows[i] for i in share], token_budget)]
                  for share in self.shares]
         count = max(len(p) for p in packs)
         pad = len(self.rows) - 1
@@ -81,7 +80,7 @@ class Ranks:
     world: int
 
     def split(self, batch: TrainBatch) -> RankBatch:
-        shares = deal(batch.lengths(), self.world)
+        shares = deal([len(r.ids) for r in batch.rows], self.world)
         pad = Row(list(PADDING.ids), PADDING.prompt_len, list(PADDING.loss_mask), list(PADDING.rollout_logprobs), 0.0)
         return RankBatch([*batch.rows, pad], batch.norm, shares, self.rank, dict(batch.metrics))
 

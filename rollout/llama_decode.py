@@ -1,31 +1,150 @@
 """A lean forward for Llama-architecture models in the torch engine: the same weights, far fewer ops per token.
 
     decoder = LlamaDecoder.for_model(model)           # None when the model is not a plain Llama
-    logits = decoder.prefill(input_ids, valid, positions, max_len)   # (B, V) at the last prompt position
+    logits = decoder.prefill(input_ids, valid, positions, max_len, n=8, dtype=torch.bfloat16)  # (P * n, V)
     logits = decoder.step(tokens, positions, slot)    # (B, V): one new token per row, written at cache `slot`
 
 Why: at rollout batch sizes a small model spends most of each decode step outside its matmuls — in
-module calls, a causal mask and rotary table rebuilt every step, a cache `index_copy`, and eager
-RMSNorm. This path reads the parameters of the Hugging Face module directly (no copies: a weight
-update by `rollout.weights.load_into` or an in-place optimizer step is seen at once, and the
-checksums the driver compares are of exactly these tensors; the concatenated q|k|v and gate|up matrices
-are rebuilt from them at the start of every call) and does per layer: fused RMSNorm, one q/k/v and one
-gate/up matmul, rotary on queries and keys together with cos/sin computed once per step, a slice write into
-a preallocated KV cache (left padding puts every row's new token in the same slot), SDPA with a
-padding mask computed once per call, and the MLP.
+module calls, a causal mask and rotary table rebuilt every step, a cache `index_copy`, eager RMSNorm, and
+SDPA's flash kernel, which is slow for one query per row on CPU. This path reads the parameters of the
+Hugging Face module directly (a weight update by `rollout.weights.load_into` or an in-place optimizer step
+is seen at the next call; the checksums the driver compares are of exactly these tensors) and, once per
+`prefill`, takes a snapshot in the compute dtype: q|k|v and gate|up concatenated into one matrix each, the
+attention scale folded into the query rows, cos/sin tables for every position the call can reach. Per
+decode step and layer it does: RMSNorm, one q/k/v matmul, rotary on queries and keys together (one roll and
+one fused multiply-add), a slice write into a preallocated KV cache (left padding puts every row's new
+token in the same slot; keys stored transposed), attention as two batched matmuls with an additive padding mask made once per
+call (queries grouped per KV head, so GQA needs no repeated keys), and the MLP, each residual add fused
+into its matmul (`addmm`).
 
-Numerics equal Hugging Face's forward to float rounding (the engine tests compare processed
-logprobs with a full HF forward at 1e-4, and the driver compares with the learner at 1e-5). Models
-it does not cover (rope scaling other than the default, attention or MLP bias, other activations,
-sliding windows, non-Llama architectures) fall back to the HF forward in `TorchEngine`.
+Prompt sharing: `prefill` runs each distinct prompt once (GRPO's G completions per problem share it), so
+prefill costs P prompts, not P * G; with n > 1 rows per prompt its keys and values are also cached once,
+and each decode step reads them once per prompt for all n rows (`_attend_groups`), not once per row:
+the prompt is about half of what a 64-token completion attends to.
+
+Precision: `prefill`'s `dtype` (default: the model's) is the dtype of the matmuls and the KV cache. With bf16 over
+fp32 weights the weights are cast once per call, the residual stream and RMSNorm stay fp32, and activations
+are cast to bf16 where they enter a matmul — what `torch.autocast` does in the learner.
+
+Numerics equal Hugging Face's forward to float rounding in fp32 (the engine tests compare processed
+logprobs with a full HF forward at 1e-4, and the driver compares with the learner at 1e-5). Models it
+does not cover (rope scaling other than the default, attention or MLP bias, other activations, sliding
+windows, sharded parameters, non-Llama architectures) fall back to the HF forward in `TorchEngine`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 SUPPORTED_TYPES = ("llama",)
+
+
+def is_plain_llama(model) -> bool:
+    """True when every feature of the model is one the lean forwards (this one and the learner's) implement."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_TYPES:
+        return False
+    rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
+    plain_tensors = all(type(p.data) is torch.Tensor for p in model.parameters())  # not DTensor (FSDP)
+    return (rope.get("rope_type", "default") == "default" and cfg.hidden_act == "silu" and plain_tensors
+            and not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
+            and getattr(cfg, "pretraining_tp", 1) == 1)
+
+
+def _onednn_available() -> bool:
+    try:
+        x = torch.ones(2, 3)
+        return bool(torch.ops.mkldnn._linear_pointwise(x, x, None, "none", [], "").sum() == 12)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+ONEDNN = _onednn_available()
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """x @ w.T through oneDNN, with the two backward GEMMs through oneDNN as well (strided operands, no copies)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.ops.mkldnn._linear_pointwise(dy, w.t(), None, "none", [], "")  # dy @ w
+        if ctx.needs_input_grad[1]:
+            d2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+            dw = torch.ops.mkldnn._linear_pointwise(d2.t(), x2.t(), None, "none", [], "")  # dy^T @ x
+        return dx, dw
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w.T (+ residual): oneDNN's GEMM for fp32/bf16 on CPU, else `F.linear`. Same shapes and dtypes.
+
+    On the AMD EPYC machines here torch's default fp32 GEMM (MKL, which takes its AVX2 path on AMD) runs at
+    under half the rate of oneDNN's AVX-512 kernel at every layer shape of the presets, forward and backward;
+    the result is IEEE fp32 either way (only the summation order differs). Under autocast (the learner's
+    bf16) and off CPU it is plain `F.linear`, which autocast and cuBLAS handle.
+    """
+    cpu = ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16)
+    if not cpu or torch.is_autocast_enabled("cpu"):
+        y = F.linear(x, w)
+        return y if residual is None else residual + y
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        y = _OneDNNLinear.apply(x, w)
+        return y if residual is None else residual + y
+    if residual is not None and residual.dtype == x.dtype and residual.dim() == 2:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, None, "add")
+    y = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return y if residual is None else residual + y
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm: fused in fp32 (and in fp64, where HF would round to fp32: tests use fp64 to check
+    that micro-batching and prompt sharing leave gradients unchanged, which fp32 rounding inside would
+    blur); below fp32, HF's own way (normalize in fp32, cast back, then scale)."""
+    if x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def rotary_tables(model, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin (length, D) for positions 0..length-1, bitwise HF's values for those positions.
+
+    Rotary is then x * cos + roll(x, D/2) * sin_signed: `roll` swaps the halves, `sin_signed` negates the
+    first half of sin, which together are HF's `rotate_half(x) * sin`.
+    """
+    rotary = model.model.rotary_emb
+    positions = torch.arange(length, device=device, dtype=torch.float32)
+    freqs = positions[:, None] * rotary.inv_freq.to(device=device, dtype=torch.float32)[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos() * rotary.attention_scaling, emb.sin() * rotary.attention_scaling
+    half = sin.shape[-1] // 2
+    return cos.to(dtype), torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding over the last dim (cos/sin broadcast against x)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
+
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor
+    qkv: torch.Tensor  # (H*D + 2*K*D, hidden), query rows scaled by the attention scale
+    o: torch.Tensor
+    ln2: torch.Tensor
+    gate_up: torch.Tensor  # (2 * intermediate, hidden)
+    down: torch.Tensor
 
 
 class LlamaDecoder:
@@ -35,81 +154,126 @@ class LlamaDecoder:
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
-        self.layers = model.model.layers
-        self.rotary = model.model.rotary_emb
-        self.k_cache: list[torch.Tensor] = []
-        self.v_cache: list[torch.Tensor] = []
-        self.fused: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (w_qkv, w_gate_up), rebuilt per call
-        self.key_valid: torch.Tensor | None = None  # (B, 1, 1, S) True where a cache slot holds a real token
+        self.layers: list[_Layer] = []
+        self.n = 1  # rows per prompt of this call; > 1: prompt and completion KV cached apart (`_attend_groups`)
+        self.k_cache: list[torch.Tensor] = []  # n == 1: (B, K, D, max_len); n > 1: (P, K, n, D, T)
+        self.v_cache: list[torch.Tensor] = []  # n == 1: (B, K, max_len, D); n > 1: (P, K, n, T, D)
+        self.k_prompt: list[torch.Tensor] = []  # n > 1: (P, K, D, L), each prompt's keys once
+        self.v_prompt: list[torch.Tensor] = []  # n > 1: (P, K, L, D)
+        self.mask: torch.Tensor | None = None  # (rows, 1, 1, slots) 0 where a slot holds a real token, else -inf
+        self.cos = self.sin = None  # (max_len, D) rotary tables
+        self.prompt_len = 0
 
     @classmethod
     def for_model(cls, model) -> LlamaDecoder | None:
         """A decoder when every feature of the model is one this path implements, else None."""
-        cfg = getattr(model, "config", None)
-        if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_TYPES:
-            return None
-        rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
-        plain = (rope.get("rope_type", "default") == "default" and cfg.hidden_act == "silu"
-                 and not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
-                 and getattr(cfg, "pretraining_tp", 1) == 1)
-        return cls(model) if plain else None
+        return cls(model) if is_plain_llama(model) else None
 
-    def prefill(self, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, max_len: int) -> torch.Tensor:
-        """Run the (left-padded) prompts, fill the cache's first L slots; logits of the last position (B, V).
+    def _snapshot(self, dtype: torch.dtype) -> None:
+        """The weights of this call in the compute dtype, fused (the weights cannot change during a call)."""
+        m, qrows = self.model.model, self.n_heads * self.head_dim
+        scale = self.model.model.layers[0].self_attn.scaling
+        self.layers = []
+        for layer in m.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            qkv = torch.cat([a.q_proj.weight * scale, a.k_proj.weight, a.v_proj.weight]).to(dtype)
+            assert qkv.shape[0] == qrows + 2 * self.n_kv * self.head_dim
+            self.layers.append(_Layer(layer.input_layernorm.weight, qkv, a.o_proj.weight.to(dtype),
+                                      layer.post_attention_layernorm.weight,
+                                      torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(dtype),
+                                      mlp.down_proj.weight.to(dtype)))
+        self.norm, self.head = m.norm.weight, self.model.lm_head.weight.to(dtype)
 
-        valid: (B, max_len) bool, True for real prompt tokens and every generated slot; positions: (B, L).
+    def prefill(self, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, max_len: int,
+                n: int = 1, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Run P (left-padded) prompts once; fill the cache's first L slots of their P * n rows; logits (P * n, V).
+
+        Row r of the cache continues prompt r // n. valid: (P, max_len) bool, True for real prompt tokens and
+        every generated slot; positions: (P, L); dtype: of the matmuls and the cache (default: the model's).
         """
-        B, L = input_ids.shape
-        # one matmul for q, k, v and one for gate, up: fewer, larger GEMMs. Concatenated once per call (the
-        # weights cannot change during a call), so a later weight update or optimizer step is always seen.
-        self.fused = [(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                       torch.cat([m.gate_proj.weight, m.up_proj.weight]))
-                      for a, m in ((layer.self_attn, layer.mlp) for layer in self.layers)]
-        x = self.model.model.embed_tokens(input_ids)
-        shape = (B, self.n_kv, max_len, self.head_dim)
-        self.k_cache = [x.new_zeros(shape) for _ in self.layers]
-        self.v_cache = [x.new_zeros(shape) for _ in self.layers]
-        self.key_valid = valid[:, None, None, :]
+        P, L = input_ids.shape
+        x = F.embedding(input_ids, self.model.model.embed_tokens.weight)  # (P, L, hidden), the parameters' dtype
+        dtype = dtype or x.dtype
+        self._snapshot(dtype)
+        self.cos, self.sin = rotary_tables(self.model, max_len, x.device, dtype)
+        H, K, D = self.n_heads, self.n_kv, self.head_dim
+        self.n, self.prompt_len, T = n, L, max_len - L
+        # empty, not zeros: prefill writes slots 0..L-1 of every row and step t writes slot L+t before any read.
+        # Keys are stored transposed (.., D, slots): q @ keys is then a plain batched matmul, which on CPU
+        # runs ~1.4x (fp32) to 2x (bf16) faster than one over a transposed view.
+        if n == 1:
+            self.k_cache = [x.new_empty((P, K, D, max_len), dtype=dtype) for _ in self.layers]
+            self.v_cache = [x.new_empty((P, K, max_len, D), dtype=dtype) for _ in self.layers]
+        else:
+            self.k_cache = [x.new_empty((P, K, n, D, T), dtype=dtype) for _ in self.layers]
+            self.v_cache = [x.new_empty((P, K, n, T, D), dtype=dtype) for _ in self.layers]
+        slots = valid if n == 1 else valid[:, :L]
+        self.mask = torch.zeros(slots.shape, dtype=dtype, device=x.device).masked_fill_(~slots, float("-inf"))[:, None, None]
+        self.k_prompt, self.v_prompt = [], []
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
         # a left-pad query row attends to itself only: never an all-masked row (NaN) in the cache
         mask = (causal & valid[:, None, None, :L]) | torch.eye(L, dtype=torch.bool, device=x.device)
-        x = self._layers(x, positions, slice(0, L), mask)
-        return self._logits(x[:, -1])
+        cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # (P, L, 1, D)
+        for i, w in enumerate(self.layers):
+            h = rms_norm(x, w.ln1, self.eps).to(dtype)
+            qkv = linear(h, w.qkv).view(P, L, H + 2 * K, D)
+            qk = rotate(qkv[:, :, : H + K], cos, sin).transpose(1, 2)  # (P, H + K, L, D)
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, H + K :].transpose(1, 2)
+            if n == 1:
+                self.k_cache[i][..., :L] = k.transpose(-1, -2)
+                self.v_cache[i][:, :, :L] = v
+            else:
+                self.k_prompt.append(k.transpose(-1, -2).contiguous())
+                self.v_prompt.append(v.contiguous())
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=K != H)
+            x = linear(out.transpose(1, 2).reshape(P, L, H * D), w.o, residual=x)
+            x = self._mlp(x, w, dtype)
+        return self._logits(x[:, -1]).repeat_interleave(n, dim=0)
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, slot: int) -> torch.Tensor:
         """One token per row (B,) at `positions` (B,), cached at `slot`; logits (B, V)."""
-        x = self.model.model.embed_tokens(tokens[:, None])
-        x = self._layers(x, positions[:, None], slice(slot, slot + 1), self.key_valid[..., : slot + 1])
-        return self._logits(x[:, -1])
-
-    def _layers(self, x: torch.Tensor, positions: torch.Tensor, slots: slice, mask: torch.Tensor) -> torch.Tensor:
-        B, S, _ = x.shape
-        cos, sin = self.rotary(x, positions)  # (B, S, D), shared by every layer
-        cos, sin = cos[:, None], sin[:, None]
+        x = F.embedding(tokens, self.model.model.embed_tokens.weight)  # (B, hidden)
+        B, dtype = x.shape[0], self.layers[0].qkv.dtype
         H, K, D = self.n_heads, self.n_kv, self.head_dim
-        for i, layer in enumerate(self.layers):
-            w_qkv, w_gate_up = self.fused[i]
-            attn = layer.self_attn
-            h = F.rms_norm(x, (x.shape[-1],), layer.input_layernorm.weight, self.eps)
-            qkv = F.linear(h, w_qkv).view(B, S, H + 2 * K, D).transpose(1, 2)  # (B, H + 2K, S, D)
-            qk = qkv[:, : H + K]
-            qk = qk * cos + _rotate_half(qk) * sin  # rotary on queries and keys at once
-            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + K :]
-            self.k_cache[i][:, :, slots] = k
-            self.v_cache[i][:, :, slots] = v
-            keys, values = self.k_cache[i][:, :, : slots.stop], self.v_cache[i][:, :, : slots.stop]
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=K != H)
-            x = x + F.linear(out.transpose(1, 2).reshape(B, S, -1), attn.o_proj.weight)
-            h = F.rms_norm(x, (x.shape[-1],), layer.post_attention_layernorm.weight, self.eps)
-            gate, up = F.linear(h, w_gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.mlp.down_proj.weight)
-        return x
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, D)
+        attend = self._attend_rows if self.n == 1 else self._attend_groups
+        for i, w in enumerate(self.layers):
+            qkv = linear(rms_norm(x, w.ln1, self.eps).to(dtype), w.qkv).view(B, H + 2 * K, D)
+            qk = rotate(qkv[:, : H + K], cos, sin)  # (B, H + K, D)
+            out = attend(i, qk[:, :H], qk[:, H:], qkv[:, H + K :], slot)  # (B, H * D)
+            x = self._mlp(linear(out, w.o, residual=x), w, dtype)
+        return self._logits(x)
+
+    def _attend_rows(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot: int) -> torch.Tensor:
+        """One query per row over its own cache (n = 1). q (B, H, D), k and v (B, K, D) -> (B, H * D)."""
+        B, H, D = q.shape
+        K, S = k.shape[1], slot + 1
+        self.k_cache[i][..., slot] = k
+        self.v_cache[i][:, :, slot] = v
+        scores = torch.matmul(q.view(B, K, H // K, D), self.k_cache[i][..., :S]).add_(self.mask[..., :S])  # (B, K, H/K, S)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(probs, self.v_cache[i][:, :, :S]).view(B, H * D)
+
+    def _attend_groups(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot: int) -> torch.Tensor:
+        """n > 1 rows per prompt: the prompt's keys and values are read once for its n rows (one matmul with
+        n x H/K queries per KV head), the completion's per row; one softmax over both parts."""
+        B, H, D = q.shape
+        P, K, n = self.k_cache[i].shape[:3]
+        t, L = slot - self.prompt_len + 1, self.prompt_len  # completion slots so far, prompt slots
+        self.k_cache[i][..., t - 1] = k.view(P, n, K, D).transpose(1, 2)
+        self.v_cache[i][..., t - 1, :] = v.view(P, n, K, D).transpose(1, 2)
+        q = q.view(P, n, K, H // K, D).transpose(1, 2).contiguous()  # (P, K, n, H/K, D)
+        prompt = torch.matmul(q.view(P, K, -1, D), self.k_prompt[i]).add_(self.mask).view(P, K, n, -1, L)
+        own = torch.matmul(q, self.k_cache[i][..., :t])  # (P, K, n, H/K, t)
+        probs = torch.softmax(torch.cat([prompt, own], dim=-1), dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs[..., :L].reshape(P, K, -1, L), self.v_prompt[i]).view(q.shape)
+        out = out + torch.matmul(probs[..., L:], self.v_cache[i][..., :t, :])  # (P, K, n, H/K, D)
+        return out.transpose(1, 2).reshape(B, H * D)
+
+    def _mlp(self, x: torch.Tensor, w: _Layer, dtype: torch.dtype) -> torch.Tensor:
+        """x + SwiGLU MLP of RMSNorm(x), the residual add fused into the last GEMM where the dtypes allow."""
+        gate, up = linear(rms_norm(x, w.ln2, self.eps).to(dtype), w.gate_up).chunk(2, dim=-1)
+        return linear(F.silu(gate).mul_(up), w.down, residual=x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        norm = self.model.model.norm
-        return F.linear(F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon), self.model.lm_head.weight)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return linear(rms_norm(x, self.norm, self.eps).to(self.head.dtype), self.head)

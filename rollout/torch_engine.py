@@ -1,25 +1,29 @@
 """A batched sampling engine over any Hugging Face causal LM, with a preallocated KV cache.
 
-    engine = TorchEngine.from_pretrained("runs/sft")          # or TorchEngine(model, tokenizer)
+    engine = TorchEngine.from_pretrained("runs/sft")          # or TorchEngine(model, tokenizer, precision="bf16")
     groups = engine.generate([prompt_ids], n=8, sampling=SamplingParams(temperature=1.0, max_new_tokens=64))
     groups[0][0].token_ids, groups[0][0].logprobs, groups[0][0].text, groups[0][0].finish_reason
 
 This is the CPU rollout engine (and a GPU fallback when vLLM is not installed). It implements the
 `RolloutEngine` protocol of `rollout.engine`, so the driver cannot tell it from vLLM.
 
-How it works: the P prompts are repeated G times into one batch of B = P·G rows, left-padded to the
-longest prompt, with position ids counted from each row's first real token (so a prompt has the
-same positions as in the learner's right-padded forward). A KV cache sized prompt + max_new_tokens
-is allocated once per call — the lean Llama forward's own (`rollout/llama_decode.py`, used for plain
-Llama models) or a `transformers.StaticCache` under HF's forward (any other model, or `lean=False`);
-`logprobs_of` runs a given completion through the same loop (teacher forcing) for the driver's sync
-check. Each step feeds one token per row, samples
-from `rollout.sampling.processed_logprobs` with the engine's seeded generator, and records the
-sampled token's processed logprob. Rows that finished keep decoding padding (their outputs are
-dropped) until every row is done; the loop ends early when all rows have stopped.
+How it works: the P prompts are left-padded to the longest, with position ids counted from each row's
+first real token (so a prompt has the same positions as in the learner's forward), and each is run
+once: its keys and values fill the cache rows of all n of its completions (B = P·n rows). The KV
+cache, sized prompt + max_new_tokens, is allocated once per call — the lean Llama forward's own
+(`rollout/llama_decode.py`, used for plain Llama models) or a `transformers.StaticCache` under HF's
+forward (any other model, or `lean=False`; there the prompts are repeated n times). Each step feeds
+one token per row, samples from `rollout.sampling.processed_logprobs` with the engine's seeded
+generator, and records the sampled token's processed logprob. Rows that finished keep decoding
+padding (their outputs are dropped) until every row is done; the loop ends early when all rows have
+stopped (with `ignore_eos` and no stop strings there is nothing to check, so no per-step bookkeeping).
+
+`precision="bf16"` runs generate's matmuls and KV cache in bf16 over the fp32 weights (cast once per
+call); `logprobs_of`, which runs a given completion through the same loop (teacher forcing) for the
+driver's sync check, always decodes in the model's own dtype, so that check stays exact.
 
 What it deliberately does not do: continuous batching or paged attention (vLLM's job on GPU), and
-a prefix cache (it keeps no KV between calls, so `reset_prefix_cache` has nothing to drop).
+a prefix cache across calls (it keeps no KV between calls, so `reset_prefix_cache` has nothing to drop).
 """
 
 from __future__ import annotations
@@ -37,13 +41,18 @@ from answerkey.rollout import weights
 from answerkey.rollout.engine import Completion, SamplingParams
 from answerkey.rollout.llama_decode import LlamaDecoder
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 class TorchEngine:
     def __init__(self, model: torch.nn.Module, tokenizer, stop_token_ids: Sequence[int] | None = None, seed: int = 0,
-                 lean: bool = True):
+                 lean: bool = True, precision: str | None = None):
         self.model = model.eval()
         # the lean Llama forward (rollout/llama_decode.py) when the model is a plain Llama; else HF's forward
         self.decoder = LlamaDecoder.for_model(model) if lean else None
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)} or None (the model's dtype), got {precision!r}")
+        self.dtype = PRECISIONS.get(precision)  # of generate's matmuls; None: the model's own dtype
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_token_ids if stop_token_ids is not None else chat.stop_token_ids(tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -54,9 +63,10 @@ class TorchEngine:
         self.asleep = False
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0) -> TorchEngine:
+    def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0,
+                        precision: str | None = None) -> TorchEngine:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-        return cls(model, AutoTokenizer.from_pretrained(path), seed=seed)
+        return cls(model, AutoTokenizer.from_pretrained(path), seed=seed, precision=precision)
 
     # -- sampling ---------------------------------------------------------------------------------
 
@@ -70,10 +80,9 @@ class TorchEngine:
             raise ValueError(f"n must be >= 1, got {n}")
         if sampling.seed is not None:
             self.generator.manual_seed(sampling.seed)
-        rows = [list(p) for p in prompts for _ in range(n)]  # (B,) prompt of row r is prompts[r // n]
-        tokens, logprobs, lengths = self._sample(rows, sampling)
+        tokens, logprobs, lengths = self._sample([list(p) for p in prompts], n, sampling, dtype=self.dtype)
         out = []
-        for r in range(len(rows)):
+        for r in range(len(prompts) * n):  # row r continues prompt r // n
             ids, lps = tokens[r, : lengths[r]].tolist(), logprobs[r, : lengths[r]].tolist()
             out.append(self._completion(ids, lps, sampling))
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
@@ -83,65 +92,85 @@ class TorchEngine:
         """Processed logprobs of a given completion, decoded through the same cached loop as `generate`.
 
         The driver compares these with the learner's after every weight sync: they agree only if the
-        engine generates with the learner's weights and the same sampling distribution.
+        engine generates with the learner's weights and the same sampling distribution. Always in the
+        model's own dtype (not `precision`), so that check stays exact.
         """
         forced = torch.tensor([list(completion)], dtype=torch.long, device=self.device)
         fixed = replace(sampling, max_new_tokens=len(completion), ignore_eos=True, stop=())
-        _, logprobs, _ = self._sample([list(prompt)], fixed, forced=forced)
+        _, logprobs, _ = self._sample([list(prompt)], 1, fixed, forced=forced)
         return logprobs[0].tolist()
 
-    def _sample(self, rows: list[list[int]], sampling: SamplingParams,
-                forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Decode up to max_new_tokens for every row. Returns tokens (B, T), logprobs (B, T), lengths.
+    def _sample(self, prompts: list[list[int]], n: int, sampling: SamplingParams, forced: torch.Tensor | None = None,
+                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Decode up to max_new_tokens for n rows per prompt. Returns tokens (B, T), logprobs (B, T), lengths.
 
         `forced` (B, T) feeds given tokens instead of sampled ones (teacher forcing, for `logprobs_of`).
         """
-        B, L, T = len(rows), max(len(r) for r in rows), sampling.max_new_tokens
+        P, L, T = len(prompts), max(len(r) for r in prompts), sampling.max_new_tokens
+        B = P * n
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and limit < L + T:
             raise ValueError(f"prompt ({L} tokens) + max_new_tokens ({T}) exceeds the model's {limit} positions")
         dev = self.device
-        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long, device=dev)
-        mask = torch.ones((B, L + T), dtype=torch.long, device=dev)  # 0 on left padding
-        for r, ids in enumerate(rows):
+        input_ids = torch.full((P, L), self.pad_id, dtype=torch.long, device=dev)
+        valid = torch.ones((P, L + T), dtype=torch.bool, device=dev)  # False on left padding
+        for r, ids in enumerate(prompts):
             input_ids[r, L - len(ids) :] = torch.tensor(ids, device=dev)
-            mask[r, : L - len(ids)] = 0
-        positions = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)  # (B, L)
-        next_pos = positions[:, -1] + 1  # (B,)
+            valid[r, : L - len(ids)] = False
+        positions = (valid[:, :L].long().cumsum(-1) - 1).clamp(min=0)  # (P, L)
+        next_pos = (positions[:, -1] + 1).repeat_interleave(n)  # (B,)
         stop_ids = torch.tensor(self.stop_ids, device=dev)
         out_tokens = torch.full((B, T), self.pad_id, dtype=torch.long, device=dev)
         out_logprobs = torch.zeros((B, T), dtype=torch.float32, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.full((B,), T, dtype=torch.long, device=dev)
         stop_check = _StopStrings(self.tokenizer, sampling.stop) if sampling.stop else None
-        can_stop = not sampling.ignore_eos or stop_check is not None  # else skip the per-step GPU->CPU sync
+        can_stop = not sampling.ignore_eos or stop_check is not None  # else skip the per-step bookkeeping and sync
 
-        decoder = self.decoder
-        if decoder is not None:
-            logits = decoder.prefill(input_ids, mask.bool(), positions, L + T)
-        else:
-            cache = StaticCache(config=self.model.config, max_cache_len=L + T)
-            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                                use_cache=True, logits_to_keep=1).logits[:, -1]
+        forward = self._lean(input_ids, valid, positions, n, dtype) if self.decoder is not None else \
+            self._hf(input_ids, valid, positions, n, dtype)
+        logits = next(forward)
         for t in range(T):
-            logp = S.processed_logprobs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-            token = S.sample(logp, self.generator) if forced is None else forced[:, t]
-            out_tokens[:, t] = torch.where(done, self.pad_id, token)
-            out_logprobs[:, t] = torch.where(done, 0.0, S.gather(logp, token))
-            finished = torch.zeros_like(done) if sampling.ignore_eos else torch.isin(token, stop_ids)
-            if stop_check is not None:
-                finished |= stop_check.hit(out_tokens[:, : t + 1], done)
-            newly = finished & ~done
-            lengths = torch.where(newly, t + 1, lengths)  # not lengths[newly] = ...: a bool index syncs on GPU
-            done |= newly
+            token, logprob = S.sample_token(logits, sampling.temperature, sampling.top_k, sampling.top_p,
+                                            self.generator, None if forced is None else forced[:, t])
+            if not can_stop:
+                out_tokens[:, t], out_logprobs[:, t] = token, logprob
+            else:
+                out_tokens[:, t] = torch.where(done, self.pad_id, token)
+                out_logprobs[:, t] = torch.where(done, 0.0, logprob)
+                finished = torch.isin(token, stop_ids) if not sampling.ignore_eos else torch.zeros_like(done)
+                if stop_check is not None:
+                    finished |= stop_check.hit(out_tokens[:, : t + 1], done)
+                newly = finished & ~done
+                lengths = torch.where(newly, t + 1, lengths)  # not lengths[newly] = ...: a bool index syncs on GPU
+                done |= newly
             if t == T - 1 or (can_stop and bool(done.all())):
                 break
-            if decoder is not None:
-                logits = decoder.step(out_tokens[:, t], next_pos + t, L + t)  # cache slot L + t
-            else:
-                logits = self.model(input_ids=out_tokens[:, t : t + 1], attention_mask=mask,
-                                    position_ids=(next_pos + t)[:, None], cache=cache, use_cache=True).logits[:, -1]
+            logits = forward.send((out_tokens[:, t], next_pos + t, L + t))  # cache slot L + t
         return out_tokens.cpu(), out_logprobs.cpu(), lengths.tolist()  # one copy, not one per row
+
+    def _lean(self, input_ids, valid, positions, n: int, dtype):
+        """The lean Llama forward as a coroutine: yields logits (B, V); is sent (tokens, positions, slot) per step."""
+        step = yield self.decoder.prefill(input_ids, valid, positions, valid.shape[1], n, dtype)
+        while True:
+            step = yield self.decoder.step(*step)
+
+    def _hf(self, input_ids, valid, positions, n: int, dtype):
+        """HF's forward with a `StaticCache` over every row (prompts repeated n times), the same coroutine shape."""
+        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None and dtype != torch.float32)
+        mask = valid.long().repeat_interleave(n, dim=0)
+        cache = StaticCache(config=self.model.config, max_cache_len=valid.shape[1])
+        with autocast:
+            out = self.model(input_ids=input_ids.repeat_interleave(n, dim=0), attention_mask=mask,
+                             position_ids=positions.repeat_interleave(n, dim=0), cache=cache, use_cache=True,
+                             logits_to_keep=1)
+        step = yield out.logits[:, -1]
+        while True:
+            tokens, pos, _ = step
+            with autocast:
+                out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None], cache=cache,
+                                 use_cache=True)
+            step = yield out.logits[:, -1]
 
     def _completion(self, ids: list[int], logprobs: list[float], sampling: SamplingParams) -> Completion:
         stopped_by_token = bool(ids) and ids[-1] in self.stop_ids and not sampling.ignore_eos

@@ -31,7 +31,8 @@ from answerkey.rollout.torch_engine import TorchEngine
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, seed: int, threads: int | None = None, engine: str = "torch"):
+    def __init__(self, model_path: str, seed: int, threads: int | None = None, engine: str = "torch",
+                 precision: str = "fp32"):
         if threads:
             torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()  # no per-load bars in every actor's log
@@ -40,7 +41,7 @@ class RolloutWorker:
 
             self.engine = VLLMEngine(model_path, seed=seed)
         else:
-            self.engine = TorchEngine.from_pretrained(model_path, seed=seed)
+            self.engine = TorchEngine.from_pretrained(model_path, seed=seed, precision=precision)
         self._env = None
 
     def pid(self) -> int:
