@@ -94,20 +94,59 @@ def sandbox_processes(uids: set[int] = CANDIDATE_UIDS) -> list[int]:
     return found
 
 
-def wait_until_gone(timeout_s: float = 10.0) -> list[int]:
-    """Candidate processes still on the machine after `timeout_s`. The kill is immediate, but a killed
-    namespace finishes dying (and is reaped) in the background, slower on a loaded machine."""
+def wait_until_gone(timeout_s: float = 30.0) -> list[str]:
+    """Candidate processes still alive after `timeout_s`, each described (state, parent, kernel stack).
+
+    The kill is immediate, but a killed process finishes dying in the kernel: tearing down its mount
+    namespace waits for an RCU grace period (`namespace_unlock` -> `synchronize_rcu_expedited`), which on
+    this busy 2-core machine has taken minutes. Such a process has already released its memory, cannot run
+    user code again and is no longer listed in its cgroup; it is counted as gone once the kernel marks it
+    exiting (PF_EXITING in /proc/PID/stat), so only a process that could still run is reported.
+    """
     give_up = time.monotonic() + timeout_s
-    while (left := sandbox_processes()) and time.monotonic() < give_up:
+    while (left := live()) and time.monotonic() < give_up:
         time.sleep(0.05)
-    return left
+    return [describe(pid) for pid in left]
 
 
-def judges(expected: int, timeout_s: float = 10.0) -> int:
+PF_EXITING = 0x4  # include/linux/sched.h: the process is in do_exit
+
+
+def live(uids: set[int] = CANDIDATE_UIDS) -> list[int]:
+    """Pids running as one of `uids` that are not exiting."""
+    return [pid for pid in sandbox_processes(uids) if not exiting(pid)]
+
+
+def exiting(pid: int) -> bool:
+    """True when `pid` is gone or the kernel is tearing it down (its `flags`, field 9 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return bool(int(stat.rsplit(")", 1)[1].split()[6]) & PF_EXITING)
+
+
+def describe(pid: int) -> str:
+    """`pid` with its state, parent, command line and kernel wait channel/stack, for a failure message."""
+    proc = Path(f"/proc/{pid}")
+
+    def read(name: str) -> str:
+        try:
+            return (proc / name).read_text(errors="replace").replace("\0", " ").strip()
+        except OSError as exc:
+            return f"<{type(exc).__name__}>"
+
+    status = dict(line.split(":", 1) for line in read("status").splitlines() if ":" in line)
+    fields = {k: status.get(k, "?").strip() for k in ("State", "PPid", "Uid", "Threads")}
+    return (f"pid {pid} {fields} cmdline={read('cmdline')[:120]!r} wchan={read('wchan')!r} "
+            f"stack={read('stack')[:400]!r}")
+
+
+def judges(expected: int, timeout_s: float = 30.0) -> int:
     """Processes running as the judge's uid, once there are `expected` or after `timeout_s`. A judge replaced
     after a killed job is forked as root and drops to its uid a moment later (longer on a loaded machine)."""
     give_up = time.monotonic() + timeout_s
-    while (n := len(sandbox_processes({JUDGE_UID}))) != expected and time.monotonic() < give_up:
+    while (n := len(live({JUDGE_UID}))) != expected and time.monotonic() < give_up:
         time.sleep(0.05)
     return n
 
