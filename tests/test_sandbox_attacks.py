@@ -118,12 +118,20 @@ def live(uids: set[int] = CANDIDATE_UIDS) -> list[int]:
 
 
 def exiting(pid: int) -> bool:
-    """True when `pid` is gone or the kernel is tearing it down (its `flags`, field 9 of /proc/PID/stat)."""
+    """True when `pid` is gone or the kernel is tearing down every thread of it (PF_EXITING in the `flags`,
+    field 9, of each /proc/PID/task/TID/stat)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return True
-    return bool(int(stat.rsplit(")", 1)[1].split()[6]) & PF_EXITING)
+        return True  # gone
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # this thread is gone
+        if not int(stat.rsplit(")", 1)[1].split()[6]) & PF_EXITING:
+            return False
+    return True
 
 
 def describe(pid: int) -> str:
@@ -151,10 +159,22 @@ def judges(expected: int, timeout_s: float = 30.0) -> int:
     return n
 
 
+def cgroup_leftovers(box, timeout_s: float = 30.0) -> list[str]:
+    """Live processes in the slots' cgroups after `timeout_s` (a killed multi-threaded program stays listed
+    until its last thread has left do_exit, so this waits like `wait_until_gone`)."""
+    def left() -> list[int]:
+        return [pid for slot in range(len(box.workers)) for pid in box.cgroups.pids_in(slot) if not exiting(pid)]
+
+    give_up = time.monotonic() + timeout_s
+    while (pids := left()) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    return [describe(pid) for pid in pids]
+
+
 def assert_clean(box, workers_before: list[int]) -> None:
     assert wait_until_gone() == []
     assert judges(len(box.workers)) == len(box.workers)  # one judge per worker, none leaked
-    assert all(box.cgroups.pids_in(slot) == [] for slot in range(len(box.workers)))
+    assert cgroup_leftovers(box) == []
     assert [w.proc.pid for w in box.workers] == workers_before, "a worker died and was restarted"
     assert all(w.proc.poll() is None for w in box.workers)
     again = run_tests_batch([Job(SOLUTION, TESTS, "add", 5.0)] * len(box.workers), box)
