@@ -35,6 +35,7 @@ import copy
 import datetime
 import functools
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -186,12 +187,15 @@ class ShardedLearner:
         for name, p in self.model.named_parameters():
             yield name, (p.full_tensor() if isinstance(p, DTensor) else p).detach()
 
+    def join_gathers(self) -> None:
+        """A rank's part in a `full_parameters` pass whose tensors only rank 0 uses: every gather, nothing kept."""
+        deque(self.full_parameters(), maxlen=0)
+
     def named_arrays(self) -> list:
         """Rank 0: every parameter as a float32 numpy array (what the object store carries); others: []."""
         with self.collective("named_arrays"):
             if self.rank:
-                for _ in self.full_parameters():
-                    pass
+                self.join_gathers()
                 return []
             return [(name, t.float().cpu().numpy()) for name, t in self.full_parameters()]
 

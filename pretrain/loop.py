@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -67,14 +68,12 @@ class Batch:
         return int(self.loss_mask.sum())
 
 
-class Rows:
+class Rows(Protocol):
     """The training rows of a stage: `len(rows)` of them, any subset collated into a `Batch`."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    def __len__(self) -> int: ...
 
-    def batch(self, index: Sequence[int]) -> Batch:
-        raise NotImplementedError
+    def batch(self, index: Sequence[int]) -> Batch: ...
 
 
 @dataclass

@@ -321,12 +321,10 @@ def _join(holder: Any, spec: GroupSpec, rank: int) -> None:
 
 def _learner_send(learner: Any, version: int) -> int:
     if getattr(learner, "full_parameters", None):  # FSDP: every rank takes part in the gathers, rank 0 sends
-        named = learner.full_parameters()
         if learner.rank != 0:
-            for _ in named:
-                pass
+            learner.join_gathers()
             return 0
-        return learner.weight_group.send(named, version, dtype=torch.float32)
+        return learner.weight_group.send(learner.full_parameters(), version, dtype=torch.float32)
     return learner.weight_group.send(learner.model.named_parameters(), version, dtype=torch.float32)
 
 

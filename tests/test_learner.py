@@ -17,8 +17,11 @@ from answerkey.rollout.engine import SamplingParams
 SAMPLING = SamplingParams(max_new_tokens=16, temperature=0.9)
 
 
-def make_groups(tokenizer, env, rewards, seed=0, truncated=()):
-    """P groups of G trajectories with prompts of different lengths and completions of 3..15 tokens."""
+def make_groups(tokenizer, env, rewards, seed=0, truncated=(), near_policy=False):
+    """P groups of G trajectories with prompts of different lengths and completions of 3..15 tokens.
+
+    Engine logprobs are -2.0, or with `near_policy` drawn near a fresh tiny policy's (~ -6), so that
+    TIS ratios fall on either side of 1."""
     rng = random.Random(seed)
     problems = env.problems("train")
     groups = []
@@ -28,9 +31,10 @@ def make_groups(tokenizer, env, rewards, seed=0, truncated=()):
         for g, reward in enumerate(row):
             n = 3 + (p * len(row) + g) * 5 % 13
             ids = [rng.randrange(10, len(tokenizer)) for _ in range(n)]
+            rollout = [-6.2 + 0.4 * rng.random() for _ in range(n)] if near_policy else [-2.0] * n
             finish = "length" if (p, g) in truncated else "stop"
             status = Status.correct if reward else Status.wrong
-            group.append(Trajectory(prompt, ids, [1] * n, [-2.0] * n, Score(reward, status), finish))
+            group.append(Trajectory(prompt, ids, [1] * n, rollout, Score(reward, status), finish))
         groups.append(group)
     return groups
 

@@ -6,7 +6,6 @@ against one full, unpadded forward per sequence: the learner's logprobs, loss an
 every loss aggregation and with several micro-batches, the engine's tokens and logprobs in fp32.
 """
 
-import random
 
 import pytest
 import torch
@@ -21,27 +20,15 @@ from answerkey.rewards import Score, Status
 from answerkey.rollout import sampling as S
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
+from tests.test_learner import REWARDS
+from tests.test_learner import make_groups as learner_groups
 
 SAMPLING = SamplingParams(max_new_tokens=16, temperature=0.9)
-REWARDS = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]]
 
 
 def make_groups(tokenizer, env, seed=0):
     """P groups of G trajectories: prompts of different lengths, completions of 3..15 tokens, one truncated."""
-    rng = random.Random(seed)
-    problems = env.problems("train")
-    groups = []
-    for p, rewards in enumerate(REWARDS):
-        prompt = chat.prompt_ids(tokenizer, problems[p * 7].messages())
-        group = []
-        for g, reward in enumerate(rewards):
-            n = 3 + (p * len(rewards) + g) * 5 % 13
-            ids = [rng.randrange(10, len(tokenizer)) for _ in range(n)]
-            rollout = [-6.2 + 0.4 * rng.random() for _ in range(n)]  # near the policy: TIS ratios either side of 1
-            group.append(Trajectory(prompt, ids, [1] * n, rollout, Score(reward, Status.correct if reward else Status.wrong),
-                                    "length" if (p, g) == (0, 1) else "stop"))
-        groups.append(group)
-    return groups
+    return learner_groups(tokenizer, env, REWARDS, seed, truncated={(0, 1)}, near_policy=True)
 
 
 def hf_logprobs(model, row, sampling) -> torch.Tensor:
