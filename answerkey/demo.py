@@ -46,9 +46,10 @@ from answerkey.learner import checkpoint
 from answerkey.local import evaluate
 from answerkey.metrics import MetricsLog
 from answerkey.pretrain import pretrain, sft
+from answerkey.pretrain.bootstrap import solution_conversations
 from answerkey.pretrain.config import load_pretrain_config, load_sft_config
 from answerkey.pretrain.filter import FilterConfig, filter_file, report
-from answerkey.pretrain.synthetic_web import assistant_conversations, leaked, web_documents
+from answerkey.pretrain.synthetic_web import leaked, web_documents
 from answerkey.rollout.torch_engine import TorchEngine
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "demo.toml"
@@ -98,7 +99,7 @@ def run(cfg: DemoConfig, stage_overrides: dict[str, list[str]], console: Console
 
     console.rule("[bold]1. the web: crawl, filter")
     t = time.perf_counter()
-    docs, conversations = web_documents(env, cfg.docs, cfg.junk_fraction, cfg.seed), assistant_conversations(env, cfg.terse_fraction, cfg.seed)
+    docs, conversations = web_documents(env, cfg.docs, cfg.junk_fraction, cfg.seed), solution_conversations(env, cfg.terse_fraction, cfg.seed)
     if found := leaked([d["text"] for d in docs] + [m["content"] for c in conversations for m in c], env):
         raise RuntimeError(f"held-out problems leaked into the training data: {found[:5]}")
     write_jsonl(out / "web.jsonl", docs)
@@ -247,6 +248,7 @@ def plot(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # the evaluations' torch: the 2 cores the demo is sized for
     path = argv[0] if argv and not argv[0].startswith("--") else EXAMPLE
     parts = split_overrides(argv[1:] if argv and not argv[0].startswith("--") else argv)
     console = Console()
@@ -259,5 +261,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     sys.exit(main())

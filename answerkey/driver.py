@@ -1,7 +1,7 @@
 """`answerkey rl CONFIG`: GRPO through Ray actors, with verified weight sync, exact resume and survived faults.
 
-    answerkey rl examples/tiny_cpu.toml --model.path=runs/demo-x/policy --run.name=first
-    answerkey rl examples/tiny_cpu.toml --model.path=runs/demo-x/policy --run.name=first --resume
+    answerkey rl examples/tiny_cpu.toml --model.path=runs/demo/sft/model --run.name=first
+    answerkey rl examples/tiny_cpu.toml --model.path=runs/demo/sft/model --run.name=first --resume
 
 One step (`Driver.run`):
 

@@ -5,8 +5,9 @@
     evaluate(engine, env, tokenizer, env.problems("test"), sampling, n=8)        # {"eval/reward": ..., ...}
     grpo(engine, learner, env, tokenizer, sampling, problems_per_step=32, group_size=8, steps=60)
 
-The Ray driver runs the same pieces in actors; this module is what the learning test and the
-benchmarks use when the engine and learner share one model in one process (nothing to sync).
+The Ray driver runs the same pieces in actors; this module is for one process where the engine and
+learner share one model (nothing to sync): the learning test's loop (`grpo`), the demo's and the
+benchmarks' evaluation and collection.
 Single-turn envs are sampled as one batch and scored with `score_batch`; multi-turn envs run their
 own `rollout` once per completion.
 """

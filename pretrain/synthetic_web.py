@@ -1,7 +1,7 @@
 """A small synthetic web and a set of chat conversations, made from the synthetic problem world.
 
     docs = web_documents(env, n_docs=6000, seed=0)     # [{"url": ..., "text": ...}], junk included
-    conversations = assistant_conversations(env, terse_fraction=0.5, seed=0)
+    conversations = bootstrap.solution_conversations(env, terse_fraction=0.5, seed=0)   # the SFT data
 
 This is the offline stand-in for the talk's first stage ("download and process the internet"): the
 documents are what a crawl of a tiny arithmetic-minded web would hold — worksheets of addition and
@@ -15,8 +15,8 @@ split, and the fact sheets hold two-operand facts (`7 + 5 = 12`), which are neve
 problem. `leaked(texts, env)` finds any held-out worked solution in a set of texts (the demo's
 disjointness test calls it on the corpus and the conversations).
 
-`assistant_conversations` is the SFT data: each training problem asked, and answered the way a
-human demonstrator would — usually showing the steps, sometimes (`terse_fraction`) just the answer.
+The SFT data beside it is `bootstrap.solution_conversations`: each training problem asked, and answered
+the way a human demonstrator would — usually showing the steps, sometimes (`terse_fraction`) just the answer.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from collections.abc import Iterable, Sequence
 
 from answerkey.envs.base import Env, Problem
 from answerkey.envs.synthetic import MAX_NUMBER, NAMES
-from answerkey.pretrain.bootstrap import solution_conversations
 
 OPENINGS = (
     "Practice makes perfect, and these are the facts we keep coming back to in class.",
@@ -123,10 +122,6 @@ def _spam(rng, clean, k):
 def _lorem(rng, clean, k):
     return {"url": f"https://template.example/{k}",
             "text": "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * rng.randint(3, 8)}
-
-def assistant_conversations(env: Env, terse_fraction: float = 0.5, seed: int = 0) -> list[list[dict[str, str]]]:
-    """SFT conversations: each training problem answered with its worked solution, or tersely."""
-    return solution_conversations(env, terse_fraction, seed)
 
 def leaked(texts: Iterable[str], env: Env) -> list[str]:
     """Ids of held-out problems whose worked steps or prompt appear in any of `texts` (should be empty)."""

@@ -6,8 +6,9 @@ import pytest
 
 from answerkey.config import load_config
 from answerkey.envs.synthetic import SyntheticEnv
+from answerkey.pretrain.bootstrap import solution_conversations
 from answerkey.pretrain.filter import FilterConfig, filter_file
-from answerkey.pretrain.synthetic_web import assistant_conversations, leaked, web_documents
+from answerkey.pretrain.synthetic_web import leaked, web_documents
 
 WORLD = dict(difficulty=1, kinds=["chain", "story"], steps=3, test_size=500)
 
@@ -19,7 +20,7 @@ def env():
 
 def test_no_held_out_problem_appears_in_the_corpus_or_the_conversations(env):
     docs = web_documents(env, n_docs=3000, seed=0)
-    conversations = assistant_conversations(env, terse_fraction=0.5, seed=0)
+    conversations = solution_conversations(env, terse_fraction=0.5, seed=0)
     texts = [d["text"] for d in docs] + [m["content"] for c in conversations for m in c]
     assert leaked(texts, env) == []
     # the check itself finds a leak: one held-out worked solution planted in a page
@@ -43,11 +44,11 @@ def test_the_demo_filter_removes_the_junk_and_keeps_the_pages(env, tmp_path):
 
 
 def test_conversations_mix_terse_and_worked_answers_deterministically(env):
-    a = assistant_conversations(env, terse_fraction=0.5, seed=0)
-    assert a == assistant_conversations(env, terse_fraction=0.5, seed=0)
+    a = solution_conversations(env, terse_fraction=0.5, seed=0)
+    assert a == solution_conversations(env, terse_fraction=0.5, seed=0)
     terse = [c for c in a if c[-1]["content"].startswith("####")]
     assert 0.45 < len(terse) / len(a) < 0.55
     assert all(c[-1]["content"] == f"#### {c[-1]['content'].split()[-1]}" for c in terse)
-    assert all(not c[-1]["content"].startswith("####") for c in assistant_conversations(env, terse_fraction=0.0))
+    assert all(not c[-1]["content"].startswith("####") for c in solution_conversations(env, terse_fraction=0.0))
     with pytest.raises(ValueError, match="terse_fraction"):
-        assistant_conversations(env, terse_fraction=1.5)
+        solution_conversations(env, terse_fraction=1.5)
