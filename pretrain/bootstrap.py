@@ -53,7 +53,7 @@ def tiny_policy(env: Env, preset: str = "tiny", vocab_size: int = 384, sft_steps
     conversations = solution_conversations(env, terse_fraction, seed)
     texts = [chat.render(c) for c in conversations]
     if terse_fraction:  # the tokenizer still sees every worked solution, whichever style the warm-up shows
-        texts += [p.meta["solution"] for p in env.problems("train")]
+        texts += [p.meta["solution"] for p in env.problems("train") if p.meta.get("solution")]
     tokenizer = train_bpe(texts, vocab_size)
     model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed)
     model = model.to(device)

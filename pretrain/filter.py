@@ -135,7 +135,7 @@ def filter_file(src: str | Path, dst: str | Path, cfg: FilterConfig | None = Non
             if bar:
                 bar.advance(task, size)
             text, reason = doc_filter(row["text"], row.get("url"))
-            if reason is None and (cfg.dedup.exact or cfg.dedup.minhash) and not index.add(text):
+            if reason is None and not index.add(text):
                 reason = "dedup/exact"
             if reason:
                 removed[reason] += 1

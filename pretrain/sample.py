@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.text import Text
 
 from answerkey import chat
-from answerkey.pretrain.tokenizer import check_special_tokens, load_tokenizer, vocab_bytes
+from answerkey.pretrain.tokenizer import load_tokenizer, vocab_bytes
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
 
@@ -56,13 +56,13 @@ def default_tokenizer():
 
 def engine(path: str | Path, seed: int = 0) -> TorchEngine:
     """The torch engine over a checkpoint directory whose tokenizer has the chat-format special tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    load_tokenizer(path)  # raises naming tokenizer.json when it lacks the special tokens
-    e = TorchEngine.from_pretrained(str(path), seed=seed)
-    check_special_tokens(e.tokenizer, Path(path) / "tokenizer.json")
-    return e
+    tokenizer = load_tokenizer(path)  # raises naming tokenizer.json when it lacks the special tokens
+    return TorchEngine(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, seed=seed)
 
 
 def continue_text(e: TorchEngine, prefix: str, n: int, sampling: SamplingParams) -> list[str]:

@@ -52,7 +52,7 @@ def web_documents(env: Env, n_docs: int = 6000, junk_fraction: float = 0.1, seed
     n_clean = round(n_docs * (1 - junk_fraction))
     docs = [fact_sheet(a, op, hi) for a in range(2 * hi + 1) for op in "+-" if op == "+" or a > 0]
     told = rng.sample(train, min(len(train), n_clean // 3))
-    docs += [story_page(rng, p, i) for i, p in enumerate(told)]
+    docs += [story_page(p, i) for i, p in enumerate(told)]
     docs += [qa_page(rng, p, i) for i, p in enumerate(rng.sample(train, len(told)))]
     docs += [drill(rng, hi, i) for i in range(max(0, n_clean - len(docs)))]
     docs += junk(rng, docs, n_docs - len(docs))
@@ -72,19 +72,22 @@ def fact_sheet(a: int, op: str, hi: int) -> dict[str, str]:
 def drill(rng: random.Random, hi: int, i: int) -> dict[str, str]:
     """Mixed facts in random order, as a timed drill."""
     lines: dict[str, None] = {}  # distinct facts, in drawing order
-    while len(lines) < rng.randint(8, 16):
+    count = rng.randint(8, 16)
+    while len(lines) < count:
         a, b = rng.randint(0, 2 * hi), rng.randint(1, hi)
         lines[f"{a} + {b} = {a + b}." if rng.random() < 0.5 or b > a else f"{a} - {b} = {a - b}."] = None
     text = (f"Drill number {i}. {rng.choice(OPENINGS)} Time yourself and see how fast you can go.\n"
             + "\n".join(lines) + "\nWell done! Come back tomorrow and try to beat your time.")
     return {"url": f"https://drills.example/{i}", "text": text}
 
-def story_page(rng: random.Random, p: Problem, i: int) -> dict[str, str]:
+
+def story_page(p: Problem, i: int) -> dict[str, str]:
     """A training problem told as a story that does its sums out loud."""
     steps, answer = p.meta["solution"].split("\n")[0], p.answer
     text = (f"{p.prompt} Let us work it out one step at a time, the way the teacher showed us. {steps} "
             f"So the answer is {answer}. It is always easier when you write down each step and the number you get.")
     return {"url": f"https://stories.example/{i}", "text": text}
+
 
 def qa_page(rng: random.Random, p: Problem, i: int) -> dict[str, str]:
     """A question-and-answer page: a training problem with its worked solution and final `####` line."""
@@ -93,19 +96,23 @@ def qa_page(rng: random.Random, p: Problem, i: int) -> dict[str, str]:
             f"Thanks, that makes sense to me now. I did not know that you could do it in steps like that.")
     return {"url": f"https://answers.example/q/{i}", "text": text}
 
+
 def junk(rng: random.Random, clean: Sequence[dict[str, str]], n: int) -> list[dict[str, str]]:
     """`n` documents a web filter should remove, in equal shares of each kind."""
     kinds = [_copy, _cookies, _french, _spam, _lorem]
     return [kinds[k % len(kinds)](rng, clean, k) for k in range(n)]
 
+
 def _copy(rng, clean, k):
     doc = rng.choice(clean)
     return {"url": doc["url"] + f"?ref=mirror{k}", "text": doc["text"]}
+
 
 def _cookies(rng, clean, k):
     lines = ["Accept all cookies", "This website uses cookies to improve your experience.", "Privacy policy",
              "Terms of use", "Sign in", "Menu", "Home", "Contact us"]
     return {"url": f"https://portal.example/{k}", "text": "\n".join(rng.sample(lines, len(lines)))}
+
 
 def _french(rng, clean, k):
     a, b = rng.randint(1, 9), rng.randint(1, 9)
@@ -114,14 +121,17 @@ def _french(rng, clean, k):
             "avec un stylo rouge. Nous continuerons demain avec les soustractions, et puis avec les tables.")
     return {"url": f"https://ecole.example/{k}", "text": text}
 
+
 def _spam(rng, clean, k):
     text = ("Win a free phone now! Click here to claim your prize, limited offer, act today, buy now, "
             "cheap pills, best casino bonus, free money, click here click here click here.")
     return {"url": f"https://casino-viagra-deals.example/win/{k}", "text": text}
 
+
 def _lorem(rng, clean, k):
     return {"url": f"https://template.example/{k}",
             "text": "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * rng.randint(3, 8)}
+
 
 def leaked(texts: Iterable[str], env: Env) -> list[str]:
     """Ids of held-out problems whose worked steps or prompt appear in any of `texts` (should be empty)."""
