@@ -48,7 +48,10 @@ from answerkey.rollout.worker import RolloutWorker
 from answerkey.rundir import RunDir
 from answerkey.scoring import ScorerPool
 
-LOGPROB_TOLERANCE = 1e-5  # engine vs learner logprobs of the fixed completion after a sync (fp32)
+# engine vs learner logprobs of the fixed completion after a sync (fp32): the engine protocol's bound (engine vs a
+# full forward, tests/test_torch_engine.py). The two run different kernels (a cached decode step vs one forward);
+# on a trained policy their fp32 rounding reaches ~1e-5, while a wrong weight or sampling setting moves it >> 1e-3.
+LOGPROB_TOLERANCE = 1e-4
 SAMPLES_PER_LOG = 4  # decoded completions written to samples.jsonl every run.sample_every steps
 RESOURCE_WAIT_S = 60.0  # how long start-up waits for CPUs still held by a previous run's exiting actors
 

@@ -110,7 +110,7 @@ def test_shared_prompt_micro_batches_equal_a_forward_per_row_fp64(tokenizer, syn
 
 def test_rollout_logprobs_equal_the_learners_fp32(tokenizer, synthetic_env, make_model):
     """What TIS divides by: the engine's logprobs (shared-prompt KV) and the learner's (shared-prompt forward) agree
-    to 1e-5 in fp32, the bound the driver's sync check holds the two to."""
+    to 1e-5 in fp32 on this fresh model (the driver's sync check allows 1e-4: trained policies round further)."""
     model = make_model(seed=3, preset="1.4m")
     sampling = SamplingParams(max_new_tokens=24, temperature=0.9)
     prompts = [chat.prompt_ids(tokenizer, synthetic_env.problems("train")[p].messages()) for p in (0, 3, 9)]
