@@ -106,13 +106,18 @@ def actor_options(plan: Plan, pg, slot: Slot) -> dict[str, Any]:
     return options
 
 
+def learner_backend(plan: Plan) -> str:
+    """torch.distributed backend of the learner ranks: NCCL on GPUs, gloo on CPUs."""
+    return "nccl" if plan.learner.num_gpus > 0 else "gloo"
+
+
 def describe(plan: Plan, cfg: Config) -> str:
     """Where everything runs and how one step's batch is split, for the start-up banner."""
     r, n = cfg.rollout, cfg.learner.world_size
     per_worker = -(-r.problems_per_step // r.workers)
     split = (f"{r.problems_per_step} problems over {r.workers} rollout worker(s): <= {per_worker} problems "
              f"= {per_worker * r.group_size} completions each")
-    ranks = "1 learner" if n == 1 else f"{n} learner ranks (FSDP2, {'nccl' if plan.learner.num_gpus else 'gloo'})"
+    ranks = "1 learner" if n == 1 else f"{n} learner ranks (FSDP2, {learner_backend(plan)})"
     if plan.mode == "cpu":
         return f"placement cpu: {ranks} x 0 CPU, {r.workers} worker(s) x {r.threads_per_worker} CPU; {split}"
     if plan.mode == "colocate":

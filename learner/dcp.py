@@ -27,7 +27,6 @@ saves, saving only every k-th optimizer state, a DCP storage backend other than 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,10 +110,4 @@ def export(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float32
     model.load_state_dict(state["model"])
     if (hf / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(hf)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.to(dtype).save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(hf).save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return checkpoint.save_model(out, model.to(dtype), AutoTokenizer.from_pretrained(hf))  # atomic, fsynced

@@ -202,8 +202,10 @@ class ShardedLearner:
     def weights_checksum(self) -> dict[str, str]:
         """Rank 0: {name: checksum} of the full weights, as `Learner.weights_checksum`; others: {}."""
         with self.collective("weights_checksum"):
-            sums = {name: weights.checksum(t) for name, t in self.full_parameters()}
-            return {} if self.rank else sums
+            if self.rank:
+                self.join_gathers()
+                return {}
+            return {name: weights.checksum(t) for name, t in self.full_parameters()}
 
     # -- checkpoints (learner/dcp.py) ------------------------------------------------------------------
 

@@ -64,10 +64,6 @@ class LearnerGroup:
             ray.kill(actor, no_restart=True)
 
 
-def backend(plan: placement.Plan) -> str:
-    return "nccl" if plan.learner.num_gpus > 0 else "gloo"
-
-
 def start(cfg: Config, model_path: str, plan: placement.Plan, pg) -> LearnerGroup:
     """Start the learner: one PretrainedLearner actor, or `learner.world_size` FSDP ranks; waits until all are up."""
     n, sampling = cfg.learner.world_size, cfg.rollout.sampling()
@@ -79,7 +75,7 @@ def start(cfg: Config, model_path: str, plan: placement.Plan, pg) -> LearnerGrou
     host = ray.util.get_node_ip_address()
     store = torch.distributed.TCPStore(host, 0, n + 1, is_master=True, wait_for_workers=False,
                                        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    spec = GroupSpec(host, store.port, n, backend(plan), COLLECTIVE_TIMEOUT_S)
+    spec = GroupSpec(host, store.port, n, placement.learner_backend(plan), COLLECTIVE_TIMEOUT_S)
     cls = ray.remote(max_restarts=0)(ShardedLearner)
     actors = [cls.options(**options[rank]).remote(model_path, cfg.learner, sampling, cfg.run.steps, rank, spec,
                                                   reference_path=cfg.model.path, threads=cfg.learner.threads)

@@ -166,8 +166,10 @@ class Learner:
         metrics = {f"learner/{k}": float(sums[k]) for k in ("loss", "pg_loss")}
         metrics |= {f"learner/{k}": float(sums[k]) / n for k in ("clip_fraction", "ratio", "entropy", "kl", "tis_ratio") if k in sums}
         if "tis_clipped" in sums:
-            metrics |= {"learner/tis_clipped_fraction": float(sums["tis_clipped"]) / n,
-                        "learner/tis_ratio_max": sums["tis_ratio_max"], "learner/tis_ratio_min": sums["tis_ratio_min"]}
+            metrics["learner/tis_clipped_fraction"] = float(sums["tis_clipped"]) / n
+        # the extremes exist only where a token was trained: an FSDP rank may have none (Ranks.reduce takes them
+        # from the ranks that have them)
+        metrics |= {f"learner/{k}": sums[k] for k in ("tis_ratio_max", "tis_ratio_min") if k in sums}
         metrics["learner/response_length"] = float(sums["response_length"]) / max(batch.norm.sequences, 1)
         return metrics if self.ranks is None else self.ranks.reduce(metrics)
 
