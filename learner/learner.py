@@ -40,6 +40,7 @@ from answerkey.learner.shard import Ranks
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import SamplingParams
+from answerkey.rollout.llama_decode import keep_freed_memory
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -84,6 +85,8 @@ class Learner:
         self.model, self.cfg, self.sampling, self.ranks = model.eval(), cfg, sampling, ranks
         self.lean = lean  # the lean Llama forward with shared prompts (learner/forward.py) where the model allows
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            keep_freed_memory()  # activations of a few MB per layer, recycled instead of page-faulted in
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         total = total_steps * cfg.passes
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -39,7 +39,7 @@ from answerkey import chat
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import Completion, SamplingParams
-from answerkey.rollout.llama_decode import LlamaDecoder
+from answerkey.rollout.llama_decode import LlamaDecoder, keep_freed_memory
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -57,6 +57,8 @@ class TorchEngine:
         self.stop_ids = list(stop_token_ids if stop_token_ids is not None else chat.stop_token_ids(tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.version = 0  # weight version, set by finish_weight_update
         self._updating: set[str] | None = None

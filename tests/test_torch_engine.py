@@ -183,3 +183,26 @@ def test_the_lean_path_sees_weight_changes_between_calls(tokenizer, make_model):
     after = engine.logprobs_of(ids[0], [5, 6, 7], plain)
     reference = TorchEngine(model, tokenizer, lean=False).logprobs_of(ids[0], [5, 6, 7], plain)
     assert before != after and max(abs(u - v) for u, v in zip(after, reference, strict=True)) < 1e-5
+
+
+@pytest.mark.parametrize("chunk_tokens, explicit_max", [(10**6, 10**6), (40, 10**6), (40, 8)])
+def test_prefill_chunks_and_both_attention_paths_equal_the_hf_forward(tokenizer, make_model, monkeypatch,
+                                                                       chunk_tokens, explicit_max):
+    """Prompts run in row chunks of about PREFILL_TOKENS tokens; prompts longer than EXPLICIT_ATTENTION_MAX attend
+    by SDPA, shorter ones by two matmuls. Every combination gives the HF forward's logprobs, for n = 1 and n > 1."""
+    from answerkey.rollout import llama_decode
+
+    monkeypatch.setattr(llama_decode, "PREFILL_TOKENS", chunk_tokens)
+    monkeypatch.setattr(llama_decode, "EXPLICIT_ATTENTION_MAX", explicit_max)
+    ids = prompts(tokenizer) * 3  # 9 prompts of up to ~30 tokens: 40 tokens per chunk is one prompt per chunk
+    model = make_model(seed=3, preset="tiny")
+    sampling = SamplingParams(max_new_tokens=10, temperature=1.0, ignore_eos=True)
+    for n in (1, 3):
+        groups = TorchEngine(model, tokenizer, seed=1).generate(ids, n, sampling)
+        for prompt, group in zip(ids, groups, strict=True):
+            for c in group:
+                seq = torch.tensor([prompt + c.token_ids])
+                with torch.no_grad():
+                    logits = model(seq).logits[0, len(prompt) - 1 : -1]
+                expected = S.gather(S.processed_logprobs(logits), seq[0, len(prompt):])
+                np.testing.assert_allclose(c.logprobs, expected.numpy(), atol=1e-4)
