@@ -11,27 +11,37 @@ of ~30 tokens is a third less work. Both streams share every matmul (their token
 attention sees them apart: prompts causally over themselves, completions over [their prompt, themselves].
 
 For plain Llama models (`rollout.llama_decode.is_plain_llama`) this is a lean forward over the HF module's
-own parameters (same math as `transformers`' Llama, fp32 RMSNorm, SDPA); anything else, or `lean=False`,
+own parameters (same math as `transformers`' Llama, fp32 RMSNorm; on CPU attention by two batched matmuls up
+to 256 positions and SDPA beyond, and the SwiGLU compiled by torch.compile); anything else, or `lean=False`,
 runs the HF model on the left-padded prompt + right-padded completion with position ids counted from each
 row's first real token. Under `torch.autocast` both run in the autocast dtype, like any HF forward.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
 from answerkey.learner.batch import MicroBatch
-from answerkey.rollout.llama_decode import is_plain_llama, linear, rms_norm, rotary_tables, rotate
+from answerkey.rollout.llama_decode import (
+    EXPLICIT_ATTENTION_MAX,
+    is_plain_llama,
+    linear,
+    rms_norm,
+    rotary_tables,
+    rotate,
+)
 
 
-def completion_logits(model: torch.nn.Module, mb: MicroBatch, lean: bool = True) -> torch.Tensor:
-    """Logits (N, Tc, V) predicting each completion token of each row."""
+def completion_logits(model: torch.nn.Module, mb: MicroBatch, lean: bool = True, compile: bool = False) -> torch.Tensor:
+    """Logits (N, Tc, V) predicting each completion token of each row; `compile`: see `swiglu`."""
     dev = next(model.parameters()).device
     prompts, valid, index = mb.prompt_ids.to(dev), mb.prompt_valid.to(dev), mb.prompt_index.to(dev)
     completions = mb.targets.to(dev)
     if lean and is_plain_llama(model):
-        return _lean(model, prompts, valid, index, completions)
+        return _lean(model, prompts, valid, index, completions, compile)
     return _hf(model, prompts, valid, index, completions)
 
 
@@ -44,7 +54,7 @@ def _hf(model, prompts, valid, index, completions) -> torch.Tensor:
     return logits[:, :-1]  # position Lp - 1 + t predicts completion token t
 
 
-def _lean(model, prompts, valid, index, completions) -> torch.Tensor:
+def _lean(model, prompts, valid, index, completions, compile: bool) -> torch.Tensor:
     m, cfg = model.model, model.config
     (Q, Lp), (N, Tc) = prompts.shape, completions.shape
     H, K = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -62,33 +72,76 @@ def _lean(model, prompts, valid, index, completions) -> torch.Tensor:
     p_mask = (torch.ones(Lp, Lp, dtype=torch.bool, device=dev).tril() & valid[:, None, None, :]) | eye  # (Q, 1, Lp, Lp)
     causal = torch.ones(Tc, Tc, dtype=torch.bool, device=dev).tril().expand(N, 1, Tc, Tc)
     c_mask = torch.cat([valid[index][:, None, None, :].expand(N, 1, Tc, Lp), causal], dim=-1)  # (N, 1, Tc, Lp + Tc)
+    p_mask, c_mask = _masks(p_mask, c_mask, Lp + Tc, dev)
     for layer in m.layers:
         a, mlp = layer.self_attn, layer.mlp
         # one GEMM for q|k|v and one for gate|up (the concatenations are differentiable, so the gradients
         # land in the module's own parameters), rotary on queries and keys of all tokens at once
         w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-        qkv = linear(rms_norm(x, layer.input_layernorm.weight, eps), w_qkv).view(-1, H + 2 * K, D)
-        qk = rotate(qkv[:, : H + K], cos, sin)
-        q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + K :]  # (tokens, heads, D)
-        qp, kp, vp = (t[:split].view(Q, Lp, -1, D).transpose(1, 2) for t in (q, k, v))  # (Q, heads, Lp, D)
-        qc, kc, vc = (t[split:].view(N, Tc, -1, D).transpose(1, 2) for t in (q, k, v))  # (N, heads, Tc, D)
+        # split, not slices: a slice's backward fills a zero tensor of the whole input per slice, split's is one cat
+        qk, v = linear(rms_norm(x, layer.input_layernorm.weight, eps), w_qkv).view(-1, H + 2 * K, D).split([H + K, K], 1)
+        q, k = rotate(qk, cos, sin).split([H, K], 1)  # (tokens, heads, D)
+        (qp, qc), (kp, kc), (vp, vc) = (t.split([split, N * Tc]) for t in (q, k, v))
+        qp, kp, vp = (t.view(Q, Lp, -1, D).transpose(1, 2) for t in (qp, kp, vp))  # (Q, heads, Lp, D)
+        qc, kc, vc = (t.view(N, Tc, -1, D).transpose(1, 2) for t in (qc, kc, vc))  # (N, heads, Tc, D)
         out_p = _attention(qp, kp, vp, p_mask, a.scaling)
         keys, values = torch.cat([kp[index], kc], dim=2), torch.cat([vp[index], vc], dim=2)
         out_c = _attention(qc, keys, values, c_mask, a.scaling)
         out = torch.cat([out_p.transpose(1, 2).reshape(split, H * D), out_c.transpose(1, 2).reshape(N * Tc, H * D)])
         x = linear(out, a.o_proj.weight, residual=x)
         w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-        gate, up = linear(rms_norm(x, layer.post_attention_layernorm.weight, eps), w_gate_up).chunk(2, dim=-1)
-        x = linear(F.silu(gate) * up, mlp.down_proj.weight, residual=x)
+        gate_up = linear(rms_norm(x, layer.post_attention_layernorm.weight, eps), w_gate_up)
+        x = linear(swiglu(gate_up, compile), mlp.down_proj.weight, residual=x)
     last_prompt = x[:split].view(Q, Lp, -1)[:, -1][index]  # (N, d): predicts completion token 0
     hidden = torch.cat([last_prompt[:, None], x[split:].view(N, Tc, -1)[:, :-1]], dim=1)  # (N, Tc, d)
     return linear(rms_norm(hidden, m.norm.weight, eps), model.lm_head.weight)
 
 
+def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+_compiled: dict[str, object] = {}  # "swiglu": the compiled function, or None once compiling failed
+
+
+def swiglu(gate_up: torch.Tensor, compile: bool = False) -> torch.Tensor:
+    """SiLU(gate) * up of the fused gate|up output. With `compile`, on CPU, through torch.compile (inductor): forward
+    and backward become one loop each instead of five passes over the MLP's widest activation (~10% of a 28m
+    learner step). Elsewhere, or when this torch cannot compile (no C++ compiler), the same ops eagerly."""
+    fn = _compiled.get("swiglu", ...) if compile and gate_up.device.type == "cpu" else None
+    if fn is ...:
+        fn = _compiled["swiglu"] = torch.compile(_swiglu, dynamic=True)
+    if fn is None:
+        return _swiglu(gate_up)
+    try:
+        return fn(gate_up)
+    except Exception as e:  # noqa: BLE001 - inductor raises many kinds; eager is always correct
+        warnings.warn(f"torch.compile of the learner's SwiGLU failed, running it eagerly: {type(e).__name__}: {e}",
+                      stacklevel=2)
+        _compiled["swiglu"] = None
+        return _swiglu(gate_up)
+
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """SDPA; under autocast on CPU in fp32, because the CPU flash kernel's bf16 backward is ~3x slower than its fp32 one."""
-    gqa = k.shape[1] != q.shape[1]
+    """Attention of q (B, H, T, D) over k, v (B, K, S, D). A float `mask` is additive (from `_masks`): two batched
+    matmuls with the queries grouped per KV head, which on CPU at S <= 256 beats SDPA's flash kernel forward and
+    backward; a bool mask goes to SDPA. Under autocast on CPU both run in fp32 (the flash kernel's bf16 backward is
+    ~3x slower than its fp32 one)."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=scale, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+            return _attention(q.float(), k.float(), v.float(), mask, scale)
+    if mask.dtype == torch.bool:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    (B, H, T, D), (K, S) = q.shape, k.shape[1:3]
+    scores = torch.matmul((q * scale).reshape(B, K, -1, D), k.transpose(-1, -2)).view(B, K, H // K, T, S)
+    probs = torch.softmax(scores + mask.to(scores.dtype)[:, :, None], dim=-1)
+    return torch.matmul(probs.view(B, K, -1, S), v).view(B, H, T, D)
+
+
+def _masks(p_mask: torch.Tensor, c_mask: torch.Tensor, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bool masks as additive ones (0 / -inf) where `_attention` takes its matmul path (CPU, short sequences)."""
+    if device.type != "cpu" or length > EXPLICIT_ATTENTION_MAX:
+        return p_mask, c_mask
+    additive = lambda m: torch.zeros(m.shape, device=device).masked_fill_(~m, float("-inf"))  # noqa: E731
+    return additive(p_mask), additive(c_mask)

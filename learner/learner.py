@@ -134,7 +134,7 @@ class Learner:
         """Processed logprobs of the completion tokens (N, Tc) and the per-token entropy (N, Tc, no gradient)."""
         s = sampling or self.sampling
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            logits = completion_logits(model, mb, self.lean)  # (N, Tc, V)
+            logits = completion_logits(model, mb, self.lean, self.cfg.compile)  # (N, Tc, V)
         return S.target_logprobs(logits, mb.targets.to(self.device), s.temperature, s.top_k, s.top_p)
 
     def backward(self, batch: TrainBatch) -> dict[str, float]:

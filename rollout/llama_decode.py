@@ -75,18 +75,19 @@ ONEDNN = _onednn_available()
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the OS; True if it took effect.
 
-    A CPU forward allocates and frees activations of a few MB every layer. By default glibc serves those
-    from fresh `mmap`s (or trims its heap) and the next allocation page-faults every 4 KB page back in: on
-    the machines here a 3 MB GEMM output then takes ~5 ms instead of 0.4 ms, at random. With the mmap
-    threshold at its maximum (32 MB) and no trimming, such blocks are recycled from the heap. The cost is a
-    process that keeps its peak heap. Process-wide, idempotent; the engine and the learner call it on CPU.
+    A CPU forward allocates and frees activations of MBs every layer. By default glibc serves blocks over its
+    mmap threshold (128 KB, self-raising up to 32 MB) from fresh `mmap`s, trims its heap, and the next block
+    page-faults every 4 KB page back in: on the machines here a 3 MB GEMM output then took ~5 ms instead of
+    0.4 ms, at random, and a 28m learner's 54 MB gate|up activation always did. With `mmap` off for blocks
+    (M_MMAP_MAX = 0) and no trimming, blocks of every size are recycled from the heap. The cost is a process
+    that keeps its peak heap. Process-wide, idempotent; the engine and the learner call it on CPU.
     """
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
 
@@ -107,7 +108,11 @@ class _OneDNNLinear(torch.autograd.Function):
             dx = torch.ops.mkldnn._linear_pointwise(dy, w.t(), None, "none", [], "")  # dy @ w
         if ctx.needs_input_grad[1]:
             d2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-            dw = torch.ops.mkldnn._linear_pointwise(d2.t(), x2.t(), None, "none", [], "")  # dy^T @ x
+            # oneDNN copies a transposed input to contiguous first: transpose the smaller of dy and x
+            if d2.shape[1] <= x2.shape[1]:
+                dw = torch.ops.mkldnn._linear_pointwise(d2.t(), x2.t(), None, "none", [], "")  # dy^T @ x
+            else:
+                dw = torch.ops.mkldnn._linear_pointwise(x2.t(), d2.t(), None, "none", [], "").t().contiguous()  # (x^T @ dy)^T
         return dx, dw
 
 

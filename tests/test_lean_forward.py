@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from answerkey import chat
 from answerkey.config import LearnerConfig
 from answerkey.envs import Trajectory
+from answerkey.learner import forward
 from answerkey.learner.batch import completion_values
 from answerkey.learner.learner import Learner
 from answerkey.rewards import Score, Status
@@ -81,7 +82,9 @@ def test_micro_batches_run_each_distinct_prompt_once(tokenizer, synthetic_env, m
 
 
 @pytest.mark.parametrize("preset", ["tiny", "1.4m"])  # tiny: grouped-query attention
-def test_learner_lean_forward_equals_the_hf_forward(tokenizer, synthetic_env, make_model, preset):
+@pytest.mark.parametrize("explicit_max", [256, 0])  # attention by two matmuls (short sequences), or by SDPA
+def test_learner_lean_forward_equals_the_hf_forward(tokenizer, synthetic_env, make_model, monkeypatch, preset, explicit_max):
+    monkeypatch.setattr(forward, "EXPLICIT_ATTENTION_MAX", explicit_max)
     groups = make_groups(tokenizer, synthetic_env)
     results = []
     for lean in (True, False):
@@ -102,6 +105,20 @@ def test_learner_lean_forward_equals_the_hf_forward(tokenizer, synthetic_env, ma
         torch.testing.assert_close(lean_values[i][1], hf_values[i][1], rtol=0, atol=1e-5)
     for name, grad in hf_grads.items():
         torch.testing.assert_close(lean_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_swiglu_equals_eager_forward_and_backward(dtype):
+    """On this machine torch.compile must work (a failure would fall back to eager silently, ~10% slower)."""
+    torch.manual_seed(0)
+    gate_up = torch.randn(37, 2 * 24, dtype=dtype, requires_grad=True)  # an odd row count: dynamic shapes
+    dy = torch.randn(37, 24, dtype=dtype)
+    ours = forward.swiglu(gate_up, compile=True)
+    assert forward._compiled["swiglu"] is not None
+    gate, up = gate_up.chunk(2, dim=-1)
+    ref = F.silu(gate) * up
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, gate_up, dy)[0], torch.autograd.grad(ref, gate_up, dy)[0])
 
 
 def test_learner_logprobs_of_equals_a_full_forward(tokenizer, make_model):
