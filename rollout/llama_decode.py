@@ -229,8 +229,7 @@ class LlamaDecoder:
 
         Row r of the cache continues prompt r // n. valid: (P, max_len) bool, True for real prompt tokens and
         every generated slot; positions: (P, L); dtype: of the matmuls and the cache (default: the model's).
-        The prompts run in chunks of about `PREFILL_TOKENS` tokens: each chunk's activations stay in cache,
-        and no temporary is large enough for the allocator to hand it fresh (page-faulting) memory per call.
+        The prompts run in row chunks of about `PREFILL_TOKENS` tokens, so that a chunk's activations stay in cache.
         """
         P, L = input_ids.shape
         emb = self.model.model.embed_tokens.weight
