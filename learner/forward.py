@@ -19,6 +19,7 @@ row's first real token. Under `torch.autocast` both run in the autocast dtype, l
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -102,24 +103,27 @@ def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-_compiled: dict[str, object] = {}  # "swiglu": the compiled function, or None once compiling failed
+@functools.cache
+def _compiled_swiglu():
+    return torch.compile(_swiglu, dynamic=True)
+
+
+_compile_failed = False  # set once torch.compile raised: eager from then on
 
 
 def swiglu(gate_up: torch.Tensor, compile: bool = False) -> torch.Tensor:
     """SiLU(gate) * up of the fused gate|up output. With `compile`, on CPU, through torch.compile (inductor): forward
     and backward become one loop each instead of five passes over the MLP's widest activation (~10% of a 28m
     learner step). Elsewhere, or when this torch cannot compile (no C++ compiler), the same ops eagerly."""
-    fn = _compiled.get("swiglu", ...) if compile and gate_up.device.type == "cpu" else None
-    if fn is ...:
-        fn = _compiled["swiglu"] = torch.compile(_swiglu, dynamic=True)
-    if fn is None:
+    global _compile_failed
+    if not compile or gate_up.device.type != "cpu" or _compile_failed:
         return _swiglu(gate_up)
     try:
-        return fn(gate_up)
+        return _compiled_swiglu()(gate_up)
     except Exception as e:  # noqa: BLE001 - inductor raises many kinds; eager is always correct
         warnings.warn(f"torch.compile of the learner's SwiGLU failed, running it eagerly: {type(e).__name__}: {e}",
                       stacklevel=2)
-        _compiled["swiglu"] = None
+        _compile_failed = True
         return _swiglu(gate_up)
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -72,6 +73,7 @@ def _onednn_available() -> bool:
 ONEDNN = _onednn_available()
 
 
+@functools.cache  # once per process: find_library runs ldconfig, and the setting is process-wide anyway
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the OS; True if it took effect.
 

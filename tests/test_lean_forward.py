@@ -114,7 +114,7 @@ def test_compiled_swiglu_equals_eager_forward_and_backward(dtype):
     gate_up = torch.randn(37, 2 * 24, dtype=dtype, requires_grad=True)  # an odd row count: dynamic shapes
     dy = torch.randn(37, 24, dtype=dtype)
     ours = forward.swiglu(gate_up, compile=True)
-    assert forward._compiled["swiglu"] is not None
+    assert not forward._compile_failed
     gate, up = gate_up.chunk(2, dim=-1)
     ref = F.silu(gate) * up
     torch.testing.assert_close(ours, ref)
