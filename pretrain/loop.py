@@ -116,6 +116,11 @@ class Loop:
     def restore(self, path: Path) -> None:
         """Continue from checkpoint `path` (its model weights are already in `self.model`)."""
         ckpt = checkpoint.load(path)
+        changed = stream_changes(ckpt.config, self.run.cfg.model_dump(mode="json"))
+        if changed:
+            raise ValueError(f"--resume: {path} was trained with " + ", ".join(f"{k}={a!r}" for k, a, _ in changed)
+                             + "; this run has " + ", ".join(f"{k}={b!r}" for k, _, b in changed)
+                             + ": the rows it trains on would not continue the run's (set them back, or start a new run.name)")
         self.learner.load_state_dict(ckpt.learner_state)
         self.step, self.tokens = ckpt.step, int(ckpt.run_state["tokens"])
         if ckpt.run_state["rows"] != self.step * self.cfg.batch_size or ckpt.run_state["stage"] != self.stage.name:
@@ -219,6 +224,26 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+STREAM_KEYS = ("data", "train.seed")  # what decides which rows each step trains on (batch_size: checked by row count)
+
+
+def stream_changes(saved: dict, now: dict) -> list[tuple[str, object, object]]:
+    """(dotted key, checkpoint's value, this run's value) for every `STREAM_KEYS` setting that differs."""
+    def flat(cfg: dict, key: str) -> dict:
+        value = cfg
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, dict):
+            return {f"{key}.{k}": v for k, v in value.items()}
+        return {key: value}
+
+    out = []
+    for key in STREAM_KEYS:
+        a, b = flat(saved, key), flat(now, key)
+        out += [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return out
 
 
 def resume_point(run: RunDir, resume: bool, console: Console) -> Path | None:

@@ -134,6 +134,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one(base, tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     samples = [(tmp_path / name / "samples.jsonl").read_text() for name in ("whole", "split")]
     assert samples[0] == samples[1]
+    for change, named in (("--data.seq_len=24", "data.seq_len=64"), ("--train.seed=3", "train.seed=0")):
+        with pytest.raises(ValueError, match=f"--resume: .* was trained with {named}; this run has"):
+            pretrain.run(load_pretrain_config(EXAMPLE, [*args("split"), change]), QUIET, resume=True)
     other = write_corpus(tmp_path / "other.jsonl", documents=300, seed=5)
     with pytest.raises(ValueError, match="--resume: data.paths / data.heldout_fraction no longer match"):
         pretrain.run(load_pretrain_config(EXAMPLE, overrides(other, tmp_path, "split", *extra)), QUIET, resume=True)
