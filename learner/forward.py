@@ -78,24 +78,35 @@ def _lean(model, prompts, valid, index, completions, compile: bool) -> torch.Ten
         a, mlp = layer.self_attn, layer.mlp
         # one GEMM for q|k|v and one for gate|up (the concatenations are differentiable, so the gradients
         # land in the module's own parameters), rotary on queries and keys of all tokens at once
-        w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        # the attention scale folded into the query rows: a (H*D, d) multiply instead of one over every query
+        w_qkv = torch.cat([a.q_proj.weight * a.scaling, a.k_proj.weight, a.v_proj.weight])
         # split, not slices: a slice's backward fills a zero tensor of the whole input per slice, split's is one cat
         qk, v = linear(rms_norm(x, layer.input_layernorm.weight, eps), w_qkv).view(-1, H + 2 * K, D).split([H + K, K], 1)
         q, k = rotate(qk, cos, sin).split([H, K], 1)  # (tokens, heads, D)
         (qp, qc), (kp, kc), (vp, vc) = (t.split([split, N * Tc]) for t in (q, k, v))
         qp, kp, vp = (t.view(Q, Lp, -1, D).transpose(1, 2) for t in (qp, kp, vp))  # (Q, heads, Lp, D)
         qc, kc, vc = (t.view(N, Tc, -1, D).transpose(1, 2) for t in (qc, kc, vc))  # (N, heads, Tc, D)
-        out_p = _attention(qp, kp, vp, p_mask, a.scaling)
-        keys, values = torch.cat([kp[index], kc], dim=2), torch.cat([vp[index], vc], dim=2)
-        out_c = _attention(qc, keys, values, c_mask, a.scaling)
+        out_p = _attention(qp, kp, vp, p_mask)
+        keys, values = torch.cat([per_row(kp, index), kc], dim=2), torch.cat([per_row(vp, index), vc], dim=2)
+        out_c = _attention(qc, keys, values, c_mask)
         out = torch.cat([out_p.transpose(1, 2).reshape(split, H * D), out_c.transpose(1, 2).reshape(N * Tc, H * D)])
         x = linear(out, a.o_proj.weight, residual=x)
         w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
         gate_up = linear(rms_norm(x, layer.post_attention_layernorm.weight, eps), w_gate_up)
         x = linear(swiglu(gate_up, compile), mlp.down_proj.weight, residual=x)
-    last_prompt = x[:split].view(Q, Lp, -1)[:, -1][index]  # (N, d): predicts completion token 0
+    last_prompt = per_row(x[:split].view(Q, Lp, -1)[:, -1], index)  # (N, d): predicts completion token 0
     hidden = torch.cat([last_prompt[:, None], x[split:].view(N, Tc, -1)[:, :-1]], dim=1)  # (N, Tc, d)
     return linear(rms_norm(hidden, m.norm.weight, eps), model.lm_head.weight)
+
+
+def per_row(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t[index] for prompt tensors t (Q, ...) and rows' prompt indices (N,). When the rows come in equal consecutive
+    groups (GRPO's G completions per prompt: index = 0..0 1..1 ...), by expanding instead: the same values, but the
+    backward is one sum over each group instead of an accumulating scatter (~3x faster on CPU)."""
+    Q, N = t.shape[0], index.shape[0]
+    if N % Q == 0 and torch.equal(index, torch.arange(Q, device=index.device).repeat_interleave(N // Q)):
+        return t[:, None].expand(Q, N // Q, *t.shape[1:]).reshape(N, *t.shape[1:])
+    return t[index]
 
 
 def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
@@ -127,19 +138,19 @@ def swiglu(gate_up: torch.Tensor, compile: bool = False) -> torch.Tensor:
         return _swiglu(gate_up)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention of q (B, H, T, D) over k, v (B, K, S, D). A float `mask` is additive (from `_masks`): two batched
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of q (B, H, T, D), already scaled, over k, v (B, K, S, D). A float `mask` is additive (from `_masks`): two batched
     matmuls with the queries grouped per KV head, which on CPU at S <= 256 beats SDPA's flash kernel forward and
     backward; a bool mask goes to SDPA. Under autocast on CPU both run in fp32 (the flash kernel's bf16 backward is
     ~3x slower than its fp32 one)."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
-            return _attention(q.float(), k.float(), v.float(), mask, scale)
+            return _attention(q.float(), k.float(), v.float(), mask)
     if mask.dtype == torch.bool:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=k.shape[1] != q.shape[1])
     (B, H, T, D), (K, S) = q.shape, k.shape[1:3]
-    scores = torch.matmul((q * scale).reshape(B, K, -1, D), k.transpose(-1, -2)).view(B, K, H // K, T, S)
-    probs = torch.softmax(scores + mask.to(scores.dtype)[:, :, None], dim=-1)
+    scores = torch.matmul(q.reshape(B, K, -1, D), k.transpose(-1, -2)).view(B, K, H // K, T, S)
+    probs = torch.softmax(scores.add_(mask.to(scores.dtype)[:, :, None]), dim=-1)
     return torch.matmul(probs.view(B, K, -1, S), v).view(B, H, T, D)
 
 

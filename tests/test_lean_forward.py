@@ -217,3 +217,15 @@ def test_inverse_cdf_maps_each_uniform_to_the_token_whose_interval_holds_it():
     assert near_edge.sum() < 10
     assert torch.equal(tokens[~near_edge], want[~near_edge])
     assert set(tokens.tolist()) == {1, 2, 4, 5}
+
+
+@pytest.mark.parametrize("index", [[0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 0, 1, 2, 2, 2], [2, 2, 0, 0, 1, 1]])
+def test_per_row_equals_indexing_forward_and_backward(index):
+    """Equal consecutive groups take the expand path, any other index plain indexing: the same values and gradients."""
+    t = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor(index)
+    weights = torch.randn(len(index), 2, 5, 4, dtype=torch.float64)
+    ours = forward.per_row(t, index)
+    (grad,) = torch.autograd.grad((ours * weights).sum(), t)
+    (expected,) = torch.autograd.grad((t[index] * weights).sum(), t)
+    assert torch.equal(ours, t[index]) and torch.allclose(grad, expected, rtol=0, atol=1e-12)
