@@ -108,17 +108,23 @@ def test_learner_lean_forward_equals_the_hf_forward(tokenizer, synthetic_env, ma
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_swiglu_equals_eager_forward_and_backward(dtype):
-    """On this machine torch.compile must work (a failure would fall back to eager silently, ~10% slower)."""
+def test_compiled_elementwise_equals_eager_forward_and_backward(dtype):
+    """On this machine torch.compile must work (a failure would fall back to eager silently, ~6% slower)."""
     torch.manual_seed(0)
     gate_up = torch.randn(37, 2 * 24, dtype=dtype, requires_grad=True)  # an odd row count: dynamic shapes
     dy = torch.randn(37, 24, dtype=dtype)
     ours = forward.swiglu(gate_up, compile=True)
-    assert not forward._compile_failed
     gate, up = gate_up.chunk(2, dim=-1)
     ref = F.silu(gate) * up
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(torch.autograd.grad(ours, gate_up, dy)[0], torch.autograd.grad(ref, gate_up, dy)[0])
+    x, weight = torch.randn(3, 37, 24, dtype=dtype, requires_grad=True), torch.randn(24, dtype=dtype, requires_grad=True)
+    ours, ref = forward.norm(x, weight, 1e-5, compile=True), F.rms_norm(x, (24,), weight, 1e-5)
+    torch.testing.assert_close(ours, ref)
+    dy = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, (x, weight), dy), torch.autograd.grad(ref, (x, weight), dy), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not forward._compile_failed
 
 
 def test_learner_logprobs_of_equals_a_full_forward(tokenizer, make_model):
