@@ -74,6 +74,7 @@ def _lean(model, prompts, valid, index, completions, compile: bool) -> torch.Ten
     causal = torch.ones(Tc, Tc, dtype=torch.bool, device=dev).tril().expand(N, 1, Tc, Tc)
     c_mask = torch.cat([valid[index][:, None, None, :].expand(N, 1, Tc, Lp), causal], dim=-1)  # (N, 1, Tc, Lp + Tc)
     p_mask, c_mask = _masks(p_mask, c_mask, Lp + Tc, dev)
+    group = group_size(index, Q)  # once per micro-batch: per_row runs 2 * layers + 1 times
     for layer in m.layers:
         a, mlp = layer.self_attn, layer.mlp
         # one GEMM for q|k|v and one for gate|up (the concatenations are differentiable, so the gradients
@@ -87,26 +88,34 @@ def _lean(model, prompts, valid, index, completions, compile: bool) -> torch.Ten
         qp, kp, vp = (t.view(Q, Lp, -1, D).transpose(1, 2) for t in (qp, kp, vp))  # (Q, heads, Lp, D)
         qc, kc, vc = (t.view(N, Tc, -1, D).transpose(1, 2) for t in (qc, kc, vc))  # (N, heads, Tc, D)
         out_p = _attention(qp, kp, vp, p_mask)
-        keys, values = torch.cat([per_row(kp, index), kc], dim=2), torch.cat([per_row(vp, index), vc], dim=2)
+        keys, values = torch.cat([per_row(kp, index, group), kc], dim=2), torch.cat([per_row(vp, index, group), vc], dim=2)
         out_c = _attention(qc, keys, values, c_mask)
         out = torch.cat([out_p.transpose(1, 2).reshape(split, H * D), out_c.transpose(1, 2).reshape(N * Tc, H * D)])
         x = linear(out, a.o_proj.weight, residual=x)
         w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
         gate_up = linear(norm(x, layer.post_attention_layernorm.weight, eps, compile), w_gate_up)
         x = linear(swiglu(gate_up, compile), mlp.down_proj.weight, residual=x)
-    last_prompt = per_row(x[:split].view(Q, Lp, -1)[:, -1], index)  # (N, d): predicts completion token 0
+    last_prompt = per_row(x[:split].view(Q, Lp, -1)[:, -1], index, group)  # (N, d): predicts completion token 0
     hidden = torch.cat([last_prompt[:, None], x[split:].view(N, Tc, -1)[:, :-1]], dim=1)  # (N, Tc, d)
     return linear(norm(hidden, m.norm.weight, eps, compile), model.lm_head.weight)
 
 
-def per_row(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """t[index] for prompt tensors t (Q, ...) and rows' prompt indices (N,). When the rows come in equal consecutive
-    groups (GRPO's G completions per prompt: index = 0..0 1..1 ...), by expanding instead: the same values, but the
-    backward is one sum over each group instead of an accumulating scatter (index_put: ~2% of a 28m learner step)."""
-    Q, N = t.shape[0], index.shape[0]
+def group_size(index: torch.Tensor, Q: int) -> int | None:
+    """G when the rows' prompt indices (N,) are Q equal consecutive groups (GRPO's G completions per prompt:
+    0..0 1..1 ...), else None."""
+    N = index.shape[0]
     if N % Q == 0 and torch.equal(index, torch.arange(Q, device=index.device).repeat_interleave(N // Q)):
-        return t[:, None].expand(Q, N // Q, *t.shape[1:]).reshape(N, *t.shape[1:])
-    return t[index]
+        return N // Q
+    return None
+
+
+def per_row(t: torch.Tensor, index: torch.Tensor, group: int | None) -> torch.Tensor:
+    """t[index] for prompt tensors t (Q, ...) and rows' prompt indices (N,). With `group` (`group_size`), by expanding
+    instead: the same values, but the backward is one sum over each group instead of an accumulating scatter
+    (index_put: ~2% of a 28m learner step)."""
+    if group is None:
+        return t[index]
+    return t[:, None].expand(t.shape[0], group, *t.shape[1:]).reshape(-1, *t.shape[1:])
 
 
 def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
