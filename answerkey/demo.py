@@ -39,18 +39,16 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from answerkey import driver
-from answerkey.config import Config, ConfigError, Section, load_config
+from answerkey import driver, local
+from answerkey.config import Config, ConfigError, EnvConfig, Section, load_config
 from answerkey.envs import load_env
 from answerkey.learner import checkpoint
-from answerkey.local import evaluate
 from answerkey.metrics import MetricsLog
 from answerkey.pretrain import pretrain, sft
 from answerkey.pretrain.bootstrap import solution_conversations
 from answerkey.pretrain.config import load_pretrain_config, load_sft_config
 from answerkey.pretrain.filter import FilterConfig, filter_file, report
 from answerkey.pretrain.synthetic_web import leaked, web_documents
-from answerkey.rollout.torch_engine import TorchEngine
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "demo.toml"
 STAGES = ("filter", "pretrain", "sft", "rl")
@@ -120,7 +118,7 @@ def run(cfg: DemoConfig, stage_overrides: dict[str, list[str]], console: Console
     sft_args = [f"--data.paths=['{out / 'conversations.jsonl'}']", *common, *stage_overrides["sft"]]
     assistant = sft.run(load_sft_config(cfg.sft, [f"--model.path={base}", "--run.name=sft", *sft_args]), console)
     timings["sft"] = time.perf_counter() - t
-    results = {stage: evaluate_checkpoint(path, env, test, sampling, cfg, console, stage)
+    results = {stage: evaluate_checkpoint(path, rl_cfg.env, test, sampling, cfg, console, stage)
                for stage, path in (("base", base), ("SFT", assistant))}
 
     console.rule("[bold]4. RL: GRPO with the math reward, through Ray")
@@ -135,8 +133,8 @@ def run(cfg: DemoConfig, stage_overrides: dict[str, list[str]], console: Console
     control = sft.run(load_sft_config(cfg.sft, [f"--model.path={assistant}", "--run.name=sft-control", *sft_args,
                                                  f"--train.steps={steps}", f"--train.time_budget_s={timings['rl']}"]), console)
     timings["control"] = time.perf_counter() - t
-    results["SFT continued (control)"] = evaluate_checkpoint(control, env, test, sampling, cfg, console, "control")
-    results["RL"] = evaluate_checkpoint(rl_path, env, test, sampling, cfg, console, "RL")
+    results["SFT continued (control)"] = evaluate_checkpoint(control, rl_cfg.env, test, sampling, cfg, console, "control")
+    results["RL"] = evaluate_checkpoint(rl_path, rl_cfg.env, test, sampling, cfg, console, "RL")
 
     console.rule("[bold]6. results")
     console.print(table(results, len(test), cfg.eval_samples))
@@ -186,11 +184,11 @@ def control_steps(sft_dir: Path, seconds: float) -> int:
     return max(1, math.ceil(1.5 * seconds / per_step))
 
 
-def evaluate_checkpoint(path: Path, env, problems, sampling, cfg: DemoConfig, console: Console, stage: str) -> dict[str, float]:
+def evaluate_checkpoint(path: Path, env_cfg: EnvConfig, problems, sampling, cfg: DemoConfig, console: Console,
+                        stage: str) -> dict[str, float]:
     """Greedy accuracy (with a 95% Wilson interval), mean sampled reward and response length on `problems`."""
-    engine = TorchEngine.from_pretrained(str(path), seed=cfg.seed)
     with console.status(f"evaluating {stage} on {len(problems)} held-out problems"):
-        m = evaluate(engine, env, engine.tokenizer, problems, sampling, cfg.eval_samples)
+        m = local.evaluate_checkpoint(str(path), env_cfg, problems, cfg.eval_samples, sampling, seed=cfg.seed)
     low, high = wilson(m["eval/greedy_reward"], len(problems))
     return {"accuracy": m["eval/greedy_reward"], "accuracy_low": low, "accuracy_high": high,
             "sampled_reward": m["eval/reward"], "response_length": m["eval/response_length"],

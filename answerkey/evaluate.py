@@ -77,7 +77,7 @@ def summarize(texts: Sequence[Sequence[str]], scores: Sequence[Sequence[Score]],
 def main(argv: list[str] | None = None) -> int:
     """`answerkey eval CKPT --env PATH [--kwargs JSON] [--n N] [--split test] [--limit L]` (one process, no Ray)."""
     from answerkey.envs import Env, load_env
-    from answerkey.local import prompts_for
+    from answerkey.loop import prompts_for
     from answerkey.rollout.engine import SamplingParams
     from answerkey.rollout.torch_engine import TorchEngine
     from answerkey.scoring import ScorerPool

@@ -1,96 +1,72 @@
-"""One GRPO step in one process, no Ray: collect scored groups with an engine, evaluate on held-out problems.
+"""The RL loop in one process, no Ray: plain RolloutWorkers and a Learner (the learning test, the GPU check).
 
-    groups = collect(engine, env, tokenizer, problems, sampling, group_size=8)   # P lists of G Trajectory
-    metrics = learner.step(groups)
-    evaluate(engine, env, tokenizer, env.problems("test"), sampling, n=8)        # {"eval/reward": ..., ...}
-    grpo(engine, learner, env, tokenizer, sampling, problems_per_step=32, group_size=8, steps=60)
+    loop = start(cfg, model, tokenizer)          # the learner trains `model`; each worker samples from a copy
+    before = loop.evaluate(test_problems, samples=4)
+    while loop.step < cfg.run.steps:
+        loop.step += 1
+        metrics = loop.train_step()              # the step `answerkey rl` runs, synced and verified alike
+    loop.close()
 
-The Ray driver runs the same pieces in actors; this module is for one process where the engine and
-learner share one model (nothing to sync): the learning test's loop (`grpo`), the demo's and the
-benchmarks' evaluation and collection.
-Single-turn envs are sampled as one batch and scored with `score_batch`; multi-turn envs run their
-own `rollout` once per completion.
+    metrics = evaluate_checkpoint("runs/demo/sft/model", cfg.env, problems, samples=4, sampling=..., seed=0)
+
+`start` builds the parts `answerkey rl` starts as actors (answerkey/driver.py) as plain objects and hands
+them to the same `Loop`: `rollout.workers` RolloutWorkers, each a torch engine over its own copy of the
+model (so every sync really moves and verifies weights), seeded as the driver seeds its workers; a
+`Learner` over `model` itself, on whatever device `model` is on; the env's reward workers (killable
+processes, as in the driver); the object-store transport, which in one process hands the learner's arrays
+to each worker directly. Calls run one after another, and a worker that raises ends the run (there is no
+actor to replace). `rollout.transport` must be `object_store`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+import copy
+from collections.abc import Sequence
 
 import torch
 
-from answerkey import chat
-from answerkey.envs.base import Env, MultiTurnEnv, Problem, Trajectory, score_batch
-from answerkey.learner import grpo as grpo_math
-from answerkey.rewards import status_counts
-from answerkey.rollout.engine import RolloutEngine, SamplingParams
+from answerkey.config import Config, ConfigError, EnvConfig
+from answerkey.envs.base import Problem, load_env
+from answerkey.learner.learner import Learner
+from answerkey.loop import Loop, Rollouts
+from answerkey.rollout.engine import SamplingParams
+from answerkey.rollout.torch_engine import TorchEngine
+from answerkey.rollout.transfer import make_transport
+from answerkey.rollout.worker import RolloutWorker
+from answerkey.rundir import RunDir
+from answerkey.scoring import ScorerPool
 
 
-def prompts_for(tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
-    """Token ids of each problem's conversation, ending with the assistant header."""
-    return [chat.prompt_ids(tokenizer, p.messages()) for p in problems]
+def start(cfg: Config, model: torch.nn.Module, tokenizer, run: RunDir | None = None) -> Loop:
+    """The loop over `model` (trained in place) in this process, its first weight sync done and verified."""
+    if cfg.rollout.transport != "object_store":
+        raise ConfigError(f"rollout.transport: one process moves weights as arrays (object_store), "
+                          f"got {cfg.rollout.transport!r}")
+    env = load_env(cfg.env.path, cfg.env.kwargs)
+    workers = [RolloutWorker(TorchEngine(copy.deepcopy(model), tokenizer, seed=cfg.run.seed * 1_000 + i,
+                                         precision=cfg.rollout.precision))
+               for i in range(cfg.rollout.workers)]
+    learner = Learner(model, cfg.learner, cfg.rollout.sampling(), total_steps=cfg.run.steps)
+    rollouts = Rollouts(env, cfg.env, tokenizer, workers, reward_workers(cfg.env))
+    try:
+        return Loop(cfg, rollouts, learner, make_transport(cfg.rollout.transport, learner), run)
+    except BaseException:
+        rollouts.scorer.close()
+        raise
 
 
-def collect(engine: RolloutEngine, env: Env | MultiTurnEnv, tokenizer, problems: Sequence[Problem],
-            sampling: SamplingParams, group_size: int) -> list[list[Trajectory]]:
-    """`group_size` scored trajectories for each problem, (P, G)."""
-    if isinstance(env, MultiTurnEnv):
-        def generate(ids):
-            return engine.generate([list(ids)], 1, sampling)[0][0]
-        return [[env.rollout(p, generate, tokenizer) for _ in range(group_size)] for p in problems]
-    prompts = prompts_for(tokenizer, problems)
-    groups = engine.generate(prompts, group_size, sampling)
-    flat_problems = [p for p in problems for _ in range(group_size)]
-    scores = score_batch(env, flat_problems, [c.text for g in groups for c in g])
-    return [
-        [Trajectory.from_completion(prompts[i], c, scores[i * group_size + j]) for j, c in enumerate(group)]
-        for i, group in enumerate(groups)
-    ]
+def evaluate_checkpoint(path: str, env_cfg: EnvConfig, problems: Sequence[Problem], samples: int,
+                        sampling: SamplingParams, seed: int = 0) -> dict[str, float]:
+    """`Loop.evaluate`'s metrics of the Hugging Face checkpoint at `path`, from one worker seeded `seed`."""
+    worker = RolloutWorker(path, seed=seed)
+    rollouts = Rollouts(load_env(env_cfg.path, env_cfg.kwargs), env_cfg, worker.engine.tokenizer, [worker],
+                        reward_workers(env_cfg))
+    try:
+        return rollouts.evaluate(problems, samples, sampling)
+    finally:
+        rollouts.scorer.close()
 
 
-def evaluate(engine: RolloutEngine, env: Env | MultiTurnEnv, tokenizer, problems: Sequence[Problem],
-             sampling: SamplingParams, n: int) -> dict[str, float]:
-    """Mean reward of `n` samples per problem (the policy's expected reward) and greedy accuracy."""
-    sampled = [t for g in collect(engine, env, tokenizer, problems, sampling, n) for t in g]
-    greedy = [g[0] for g in collect(engine, env, tokenizer, problems, replace(sampling, top_k=1), 1)]
-    return {
-        "eval/reward": sum(t.score.value for t in sampled) / len(sampled),
-        "eval/greedy_reward": sum(t.score.value for t in greedy) / len(greedy),
-        "eval/response_length": sum(len(t.completion_ids) for t in sampled) / len(sampled),
-        "eval/truncated_fraction": sum(t.truncated for t in sampled) / len(sampled),
-    } | {k.replace("reward/", "eval/"): v / len(sampled) for k, v in status_counts(t.score for t in sampled).items()}
-
-
-def grpo(engine: RolloutEngine, learner, env: Env | MultiTurnEnv, tokenizer, sampling: SamplingParams,
-         problems_per_step: int, group_size: int, steps: int, seed: int = 0, max_refills: int = 4,
-         on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
-    """`steps` GRPO steps on the env's training problems (P drawn at random each step); the metrics of each.
-
-    Dynamic sampling: a batch whose groups all scored alike teaches nothing, so up to `max_refills`
-    more batches are drawn until one group differs (`rollout/refills`).
-    """
-    train = env.problems("train")
-    rng = torch.Generator().manual_seed(seed)
-    history = []
-    for step in range(1, steps + 1):
-        start = time.perf_counter()
-        groups, draws = [], 0
-        while not any_informative(groups) and draws <= max_refills:
-            problems = [train[i] for i in torch.randperm(len(train), generator=rng)[:problems_per_step]]
-            groups += collect(engine, env, tokenizer, problems, sampling, group_size)
-            draws += 1
-        rollout_s = time.perf_counter() - start
-        scores = [t.score for g in groups for t in g]
-        metrics = learner.step(groups) | status_counts(scores) | {
-            "reward/mean": sum(s.value for s in scores) / len(scores),
-            "rollout/refills": draws - 1, "time/rollout_s": rollout_s, "time/step_s": time.perf_counter() - start}
-        history.append(metrics)
-        if on_step:
-            on_step(step, metrics)
-    return history
-
-
-def any_informative(groups: list[list[Trajectory]]) -> bool:
-    """True when at least one group's rewards differ (a non-zero advantage to learn from)."""
-    return bool(groups) and not bool(grpo_math.uniform_groups(torch.tensor([[t.score.value for t in g] for g in groups])).all())
+def reward_workers(env_cfg: EnvConfig) -> ScorerPool:
+    return ScorerPool(env_cfg.path, env_cfg.kwargs, env_cfg.reward_processes, env_cfg.reward_timeout_s,
+                      env_cfg.reward_memory_gb)

@@ -1,13 +1,14 @@
-"""The Ray driver's own cost: one GRPO step through actors vs the same step in one process, side by side.
+"""Ray's own cost: the RL loop's step on Ray actors vs the same step on plain objects in one process, side by side.
 
     python benchmarks/driver_overhead.py                        # 1.4m preset, 2 workers, 8 steps each side
     python benchmarks/driver_overhead.py --preset 28m --steps 6 --json out.json
 
 Both sides start from the same freshly built Llama preset and tokenizer (saved to a temp dir), the same
-synthetic problems, P x G and sampling (`examples/tiny_cpu.toml` settings unless overridden). The local
-side is `answerkey.local.collect` + `Learner.step` in this process with `threads` torch threads; the Ray
-side is `Driver.train_step` with `rollout.workers` workers of `threads / workers` threads each and the
-learner actor on `threads` threads (the machine's cores split the same way). Ray's share of a step is
+synthetic problems, P x G and sampling (`examples/tiny_cpu.toml` settings unless overridden), and both run
+`Loop.train_step` (rollout, reward workers, learner step, verified sync). The local side is `answerkey.local`
+in this process with `threads` torch threads and one rollout worker; the Ray side is `answerkey.driver` with
+`rollout.workers` workers of `threads / workers` threads each and the learner actor on `threads` threads
+(the machine's cores split the same way). Ray's share of a step is
 `1 - local / ray` on the medians of steps 3..N (the first two warm up), and the sync phase (weight push
 through the object store + per-parameter checksums + the logprob check) is reported on its own.
 The sides alternate step by step, so load changes hit both alike.
@@ -20,21 +21,16 @@ import json
 import os
 import statistics
 import tempfile
-import time
 
 import ray
 import torch
 
-from answerkey import chat
+from answerkey import chat, driver, local
 from answerkey.config import load_config
-from answerkey.driver import Driver
 from answerkey.envs import load_env
-from answerkey.learner.learner import Learner
-from answerkey.local import collect
 from answerkey.pretrain.bootstrap import solution_conversations
 from answerkey.pretrain.model import build_model
 from answerkey.pretrain.tokenizer import train_bpe
-from answerkey.rollout.torch_engine import TorchEngine
 from answerkey.rundir import RunDir
 
 
@@ -62,23 +58,21 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer.save_pretrained(f"{tmp}/policy")
 
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
-    driver = Driver(cfg, RunDir.create(cfg))
-    engine, learner = TorchEngine(model, tokenizer, seed=0), Learner(model, cfg.learner, cfg.rollout.sampling(), args.steps)
-    train = env.problems("train")
+    on_ray = driver.start(cfg, RunDir.create(cfg))
+    in_process = local.start(cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"workers": 1})}),
+                             model, tokenizer)
     ray_s, local_s, sync_s, phases = [], [], [], []
     try:
         for step in range(1, args.steps + 1):
-            driver.step = step
-            metrics = driver.train_step()
+            on_ray.step = in_process.step = step
+            metrics = on_ray.train_step()
             ray_s.append(metrics["time/step_s"])
             sync_s.append(metrics["time/sync_s"])
             phases.append({k: metrics[f"time/{k}_s"] for k in ("rollout", "reward", "learn", "sync")})
-            problems = [train[i] for i in driver.sampler.take(cfg.rollout.problems_per_step)]
-            start = time.perf_counter()
-            learner.step(collect(engine, env, tokenizer, problems, cfg.rollout.sampling(), cfg.rollout.group_size))
-            local_s.append(time.perf_counter() - start)
+            local_s.append(in_process.train_step()["time/step_s"])
     finally:
-        driver.close()
+        on_ray.close()
+        in_process.close()
         ray.shutdown()
     med = {name: statistics.median(v[2:] or v) for name, v in (("ray", ray_s), ("local", local_s), ("sync", sync_s))}
     result = {"preset": args.preset, "threads": args.threads, "workers": args.workers, "P": cfg.rollout.problems_per_step,

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import torch
 
+from answerkey.handles import call
 from answerkey.rollout import weights
 
 TRANSPORTS = ("object_store", "gloo", "nccl")
@@ -250,16 +251,17 @@ def make_transport(name: str, learner: Any) -> Transport:
 
 
 class ObjectStoreTransport:
-    """The learner's arrays as one object in Ray's object store, read zero-copy by every worker."""
+    """The learner's arrays as one object in Ray's object store, read zero-copy by every worker; with plain
+    objects in one process (answerkey/local.py), the same arrays handed to each worker directly."""
 
     def __init__(self, learner: Any):
         self.learner, self.ref = learner, None
 
     def publish(self) -> None:
-        self.ref = self.learner.named_arrays.remote()
+        self.ref = call(self.learner, "named_arrays")
 
     def push(self, workers: Mapping[int, Any], version: int) -> dict[int, Any]:
-        return {i: w.load_weights.remote(self.ref, version) for i, w in workers.items()}
+        return {i: call(w, "load_weights", self.ref, version) for i, w in workers.items()}
 
 
 class BroadcastTransport:

@@ -1,6 +1,6 @@
 """RolloutWorker: one engine behind the driver. A plain class; the driver wraps it in a Ray actor.
 
-    worker = RolloutWorker("runs/sft/policy", seed=1, threads=1)
+    worker = RolloutWorker("runs/sft/policy", seed=1, threads=1)   # or RolloutWorker(engine): one built by the caller
     groups = worker.generate([prompt_ids, ...], n=8, sampling=SamplingParams(...))     # (P, G) Completion
     held = worker.load_weights(named_arrays, version=3)     # {name: checksum} of what it now generates with
     worker.logprobs_of(prompt_ids, completion_ids, sampling) # for the driver's logprob check
@@ -26,23 +26,27 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from answerkey.envs.base import Problem, Trajectory, load_env
-from answerkey.rollout.engine import Completion, SamplingParams
+from answerkey.rollout.engine import Completion, RolloutEngine, SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, seed: int, threads: int | None = None, engine: str = "torch",
+    def __init__(self, model: str | RolloutEngine, seed: int = 0, threads: int | None = None, engine: str = "torch",
                  precision: str = "fp32"):
+        """`model`: a checkpoint directory to build the `engine` kind from, or an engine built by the caller."""
+        self._env = None
+        if not isinstance(model, str):
+            self.engine = model
+            return
         if threads:
             torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()  # no per-load bars in every actor's log
         if engine == "vllm":  # GPU only, never run here (rollout/vllm_engine.py)
             from answerkey.rollout.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(model_path, seed=seed)
+            self.engine = VLLMEngine(model, seed=seed)
         else:
-            self.engine = TorchEngine.from_pretrained(model_path, seed=seed, precision=precision)
-        self._env = None
+            self.engine = TorchEngine.from_pretrained(model, seed=seed, precision=precision)
 
     def pid(self) -> int:
         return os.getpid()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from answerkey import cli
+from answerkey import cli, driver
 from answerkey.config import ConfigError, load_config
-from answerkey.driver import Driver
+from answerkey.loop import Loop
 from answerkey.rundir import RunDir
 
 EXAMPLE = "examples/tiny_cpu.toml"
@@ -26,9 +26,10 @@ def overrides(policy_dir: Path, out: Path, name: str, *extra: str) -> list[str]:
             "--rollout.group_size=4", "--run.eval_problems=8", "--run.eval_samples=2", *extra]
 
 
-def make_driver(policy_dir: Path, out: Path, name: str, *extra: str) -> Driver:
+def make_driver(policy_dir: Path, out: Path, name: str, *extra: str) -> Loop:
+    """The loop `answerkey rl` runs, on Ray actors, its first sync verified."""
     cfg = load_config(EXAMPLE, overrides(policy_dir, out, name, *extra))
-    return Driver(cfg, RunDir.create(cfg))
+    return driver.start(cfg, RunDir.create(cfg))
 
 
 def rows(run: Path) -> list[dict]:
@@ -61,13 +62,14 @@ def test_answerkey_rl_runs_end_to_end_through_ray_actors(ray_session, policy_dir
 
 
 def test_a_multi_turn_env_runs_its_episodes_in_the_workers(ray_session, policy_dir, tmp_path):
-    driver = make_driver(policy_dir, tmp_path, "retry", "--run.steps=1", "--env.path=answerkey.envs.synthetic:SyntheticRetryEnv")
+    loop = make_driver(policy_dir, tmp_path, "retry", "--run.steps=1",
+                       "--env.path=answerkey.envs.synthetic:SyntheticRetryEnv")
     try:
-        driver.step = 1
-        metrics = driver.train_step()
-        evaluation = driver.evaluate()
+        loop.step = 1
+        metrics = loop.train_step()
+        evaluation = loop.evaluate()
     finally:
-        driver.close()
+        loop.close()
     assert sum(v for k, v in metrics.items() if k.startswith("reward/status/")) == 8 * 4
     assert metrics["sync/verified"] == 1.0 and 0 <= evaluation["eval/pass@1"] <= 1
 
@@ -80,8 +82,8 @@ def test_more_workers_than_the_cluster_has_cpus_fails_at_start_naming_the_keys(r
 def test_resume_before_the_first_checkpoint_starts_from_step_0(ray_session, policy_dir, tmp_path):
     cfg = load_config(EXAMPLE, overrides(policy_dir, tmp_path, "early", "--run.steps=1"))
     RunDir.create(cfg)  # a run that died before its first checkpoint
-    driver = Driver(cfg, RunDir.create(cfg, resume=True), resume=True)
+    loop = driver.start(cfg, RunDir.create(cfg, resume=True), resume=True)
     try:
-        assert driver.step == 0 and driver.sampler.position == 0
+        assert loop.step == 0 and loop.sampler.position == 0
     finally:
-        driver.close()
+        loop.close()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import ray
 
-from answerkey.driver import SyncError
+from answerkey.loop import SyncError
 from tests.test_driver import make_driver
 
 

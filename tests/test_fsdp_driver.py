@@ -13,8 +13,8 @@ import ray
 from safetensors.numpy import load_file
 
 from answerkey import cli
+from answerkey import driver as rl_driver
 from answerkey.config import load_config
-from answerkey.driver import Driver
 from answerkey.learner import checkpoint
 from answerkey.rundir import RunDir
 from tests.test_driver import EXAMPLE, overrides, rows
@@ -49,7 +49,7 @@ def test_two_rank_learner_trains_syncs_checkpoints_resumes_and_exports(ray_sessi
 def test_two_rank_learner_syncs_over_the_gloo_broadcast(ray_session, policy_dir, tmp_path):
     cfg = load_config(EXAMPLE, overrides(policy_dir, tmp_path, "fsdp-gloo", "--run.steps=3", "--rollout.transport=gloo",
                                          *FSDP))
-    driver = Driver(cfg, RunDir.create(cfg))
+    driver = rl_driver.start(cfg, RunDir.create(cfg))
     try:
         assert driver.learner.world_size == 2
         before = ray.get(driver.learner.weights_checksum.remote())

@@ -17,8 +17,8 @@ from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from answerkey import chat, cli
+from answerkey import driver as rl_driver
 from answerkey.config import load_config
-from answerkey.driver import Driver
 from answerkey.pretrain import corpus, pretrain
 from answerkey.pretrain.config import load_pretrain_config
 from answerkey.pretrain.tokenizer import train_bpe
@@ -100,7 +100,7 @@ def test_answerkey_rl_accepts_the_pretrain_checkpoint(ray_session, base, tmp_pat
     assert cli.main(["config", "examples/tiny_cpu.toml", *args]) == 0
     capsys.readouterr()
     cfg = load_config("examples/tiny_cpu.toml", args)
-    driver = Driver(cfg, RunDir.create(cfg), console=QUIET)
+    driver = rl_driver.start(cfg, RunDir.create(cfg), console=QUIET)
     try:
         driver.step = 1
         metrics = driver.train_step()

@@ -11,8 +11,8 @@ import pytest
 import ray
 import torch
 
+from answerkey import driver as rl_driver
 from answerkey.config import load_config
-from answerkey.driver import Driver
 from answerkey.rollout import transfer
 from answerkey.rollout.transfer import (
     Entry,
@@ -29,7 +29,7 @@ def driver(ray_session, policy_dir, tmp_path_factory):
     cfg = load_config("examples/tiny_cpu.toml", [
         f"--model.path={policy_dir}", f"--run.out_dir={tmp_path_factory.mktemp('runs')}", "--run.name=gloo",
         "--rollout.transport=gloo", "--rollout.problems_per_step=4", "--rollout.group_size=4", "--run.steps=2"])
-    driver = Driver(cfg, RunDir.create(cfg))  # its first sync (version 0) is already verified
+    driver = rl_driver.start(cfg, RunDir.create(cfg))  # its first sync (version 0) is already verified
     yield driver
     driver.close()
 

@@ -15,10 +15,10 @@ import random
 import pytest
 import torch
 
-from answerkey.envs.base import Trajectory
+from answerkey.envs.base import Trajectory, score_batch
 from answerkey.learner.batch import Row, collate, completion_values
 from answerkey.learner.learner import Learner
-from answerkey.local import collect
+from answerkey.loop import prompts_for
 from answerkey.rollout import weights
 from answerkey.rollout.engine import Completion, SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
@@ -53,14 +53,18 @@ def push(model: torch.nn.Module, engine: TorchEngine, version: int, route: str =
 
 
 def informative_groups(engine: TorchEngine, env, tokenizer, sampling: SamplingParams, problems: int, group_size: int,
-                       rng: random.Random, draws: int = 5) -> list[list[Trajectory]]:
-    """Scored groups, drawing more problems (at most `draws` times) until one group's rewards differ."""
-    groups: list[list[Trajectory]] = []
-    for _ in range(draws):
-        groups += collect(engine, env, tokenizer, rng.sample(env.problems("train"), problems), sampling, group_size)
-        if any(len({t.score.value for t in g}) > 1 for g in groups):
-            return groups
-    raise AssertionError(f"every one of {len(groups)} groups scored alike after {draws} draws: the policy is too weak to test with")
+                       rng: random.Random) -> list[list[Trajectory]]:
+    """`group_size` scored completions for each of `problems` random training problems; fails unless at least
+    one group's rewards differ (a batch that all scored alike has nothing to learn from)."""
+    chosen = rng.sample(env.problems("train"), problems)
+    prompts = prompts_for(tokenizer, chosen)
+    completions = engine.generate(prompts, group_size, sampling)
+    scores = score_batch(env, [p for p in chosen for _ in range(group_size)], [c.text for g in completions for c in g])
+    groups = [[Trajectory.from_completion(prompts[i], c, scores[i * group_size + j]) for j, c in enumerate(g)]
+              for i, g in enumerate(completions)]
+    assert any(len({t.score.value for t in g}) > 1 for g in groups), \
+        f"every one of {len(groups)} groups scored alike: the policy is too weak to test with"
+    return groups
 
 
 def learner_logprobs(learner: Learner, prompts: list[list[int]], completions: list[Completion]) -> list[torch.Tensor]:

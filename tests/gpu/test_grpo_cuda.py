@@ -1,56 +1,44 @@
-"""A few colocated GRPO steps on one GPU: bf16 engine and bf16-autocast learner, synced and verified every step.
-
-The loop of `answerkey.local` / the demo with what a GPU run adds: the engine holds its own bf16 copy
-of the policy (as vLLM would), and after every learner step the learner's weights are copied into it
-in place on the GPU and its checksums are checked against the learner's weights cast to bf16. Per-step
-times (rollout, learn, sync) are printed, never asserted.
+"""GRPO steps on one GPU through the loop `answerkey rl` runs (`answerkey.loop.Loop`), on plain objects in one
+process (`answerkey.local`): the learner trains the policy on the GPU, a rollout worker samples from its own copy
+on the same GPU, and after every step the learner's weights are pushed into the worker and verified (checksums
+and logprobs of a fixed completion), as the Ray driver verifies its workers. Per-step times (rollout, learn,
+sync) are printed, never asserted.
 """
 
 import math
-import random
-import time
 
 import torch
 
-from answerkey.config import LearnerConfig
-from answerkey.learner.learner import Learner
-from answerkey.rollout.engine import SamplingParams
-from answerkey.rollout.torch_engine import TorchEngine
-from tests.gpu import checksums_as, informative_groups, push, requires_gpu, synchronize
+from answerkey import local
+from answerkey.config import load_config
+from tests.gpu import requires_gpu
 
 pytestmark = requires_gpu
 
 STEPS, PROBLEMS, GROUP = 4, 32, 8
 
 
-def test_colocated_grpo_steps_change_the_policy_and_keep_the_engine_in_sync(policy):
-    sampling = SamplingParams(max_new_tokens=24, temperature=1.0)
-    learner = Learner(policy.copy(), LearnerConfig(lr=2e-4, precision="bf16"), sampling, total_steps=STEPS)
-    engine = TorchEngine(policy.copy(torch.bfloat16), policy.tokenizer, seed=0)
-    initial = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
-    rng, seen = random.Random(0), set()
-    for step in range(1, STEPS + 1):
-        times = [time.perf_counter()]
-        groups = informative_groups(engine, policy.env, policy.tokenizer, sampling, PROBLEMS, GROUP, rng)
-        times.append(_now())
-        metrics = learner.step(groups)
-        times.append(_now())
-        push(learner.model, engine, version=step, route="device")
-        checksums = engine.weights_checksum()
-        times.append(_now())
-        rewards = [t.score.value for g in groups for t in g]
-        assert all(math.isfinite(r) for r in rewards) and all(math.isfinite(v) for v in metrics.values()), metrics
-        assert metrics["learner/skipped"] == 0 and metrics["learner/grad_norm"] > 0
-        assert checksums == checksums_as(learner.model, torch.bfloat16), f"step {step}: engine weights differ from the learner's"
-        seen.add(tuple(sorted(checksums.items())))
-        rollout_s, learn_s, sync_s = (b - a for a, b in zip(times, times[1:], strict=False))
-        print(f"\n[gpu] GRPO step {step}: {len(rewards)} completions, reward {sum(rewards) / len(rewards):.3f}, "
-              f"loss {metrics['learner/loss']:+.4f}, rollout {rollout_s:.2f} s, learn {learn_s:.2f} s, "
-              f"sync+verify {sync_s:.2f} s, step {times[-1] - times[0]:.2f} s", end="")
+def test_grpo_steps_through_the_loop_change_the_policy_and_keep_the_worker_in_sync(policy):
+    env_kwargs = "{difficulty = 1, train_size = 2000, test_size = 64}"  # the `policy` fixture's env
+    cfg = load_config("examples/tiny_cpu.toml", [
+        f"--env.kwargs={env_kwargs}", f"--rollout.problems_per_step={PROBLEMS}", f"--rollout.group_size={GROUP}",
+        "--rollout.max_new_tokens=24", "--rollout.workers=1", "--learner.lr=2e-4", f"--run.steps={STEPS}"])
+    loop = local.start(cfg, policy.copy(), policy.tokenizer)  # its first sync is already verified
+    initial = {n: p.detach().clone() for n, p in loop.learner.model.named_parameters()}
+    seen = set()
+    try:
+        while loop.step < STEPS:
+            loop.step += 1
+            metrics = loop.train_step()
+            assert all(math.isfinite(v) for v in metrics.values()), metrics
+            assert metrics["sync/verified"] == 1.0 and metrics["sync/version"] == loop.step
+            assert metrics["learner/skipped"] == 0 and metrics["learner/grad_norm"] > 0, metrics
+            seen.add(tuple(sorted(loop.workers[0].engine.weights_checksum().items())))
+            print(f"\n[gpu] GRPO step {loop.step}: reward {metrics['reward/mean']:.3f}, "
+                  f"loss {metrics['learner/loss']:+.4f}, rollout {metrics['time/rollout_s']:.2f} s, "
+                  f"reward {metrics['time/reward_s']:.2f} s, learn {metrics['time/learn_s']:.2f} s, "
+                  f"sync+verify {metrics['time/sync_s']:.2f} s, step {metrics['time/step_s']:.2f} s", end="")
+    finally:
+        loop.close()
     assert len(seen) == STEPS  # every sync delivered new weights
-    assert any(not torch.equal(initial[n], p) for n, p in learner.model.named_parameters())
-
-
-def _now() -> float:
-    synchronize()
-    return time.perf_counter()
+    assert any(not torch.equal(initial[n], p) for n, p in loop.learner.model.named_parameters())

@@ -1,0 +1,373 @@
+"""The RL loop: GRPO steps, verified weight sync, evaluation and checkpoints, on Ray actors or plain objects.
+
+    loop = Loop(cfg, rollouts, learner, transport, run_dir)   # built by answerkey/driver.py or local.py
+    loop.run()                                                # every step, eval and checkpoint of the config
+    metrics = loop.train_step()                               # one step
+
+One step (`Loop.train_step`):
+
+    problems = the next P of the shuffled train split        the position is checkpointed
+    groups   = G completions each, split across the workers   a dead worker is restarted, its share redone
+    scores   = the env's reward, in killable processes         (P, G); raise -> error, hang -> timeout, both 0
+    metrics  = learner.step(groups)                            the GRPO update
+    sync     = learner weights -> every worker (the transport), then verified: per-parameter checksums
+               of what each engine holds, and its logprobs of a fixed completion
+    log every step; evaluate, write sample completions, checkpoint every N steps
+
+This is the only RL loop: `answerkey rl` runs it on Ray actors (answerkey/driver.py), the learning test
+and the GPU check run it on plain objects in one process (answerkey/local.py). Every call to a worker,
+the learner or the transport goes through `answerkey.handles.call/get`, which treat both alike; starting
+actors, placement and replacing a dead worker stay with whoever built the parts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from answerkey import chat
+from answerkey.config import Config, ConfigError, EnvConfig, describe_batch
+from answerkey.envs.base import MultiTurnEnv, Problem, Trajectory
+from answerkey.evaluate import summarize
+from answerkey.handles import ActorDied, call, cause, get
+from answerkey.learner import checkpoint
+from answerkey.rewards import status_counts
+from answerkey.rollout.engine import SamplingParams
+from answerkey.rundir import RunDir
+
+# Engine vs learner logprobs of the fixed completion after a sync, in fp32: the engine protocol's bound
+# (engine vs a full forward, tests/test_torch_engine.py). The two run different kernels (a cached decode step
+# vs one forward), so a trained policy's fp32 rounding differs slightly, while a wrong weight or sampling
+# setting moves the logprobs by orders of magnitude more.
+LOGPROB_TOLERANCE = 1e-4
+SAMPLES_PER_LOG = 4  # decoded completions written to samples.jsonl every run.sample_every steps
+
+
+class SyncError(RuntimeError):
+    """The weights a rollout engine generates with are not the learner's."""
+
+
+class ProblemSampler:
+    """Problems in a fresh seeded shuffle each epoch; its state is one integer (the position)."""
+
+    def __init__(self, size: int, seed: int, position: int = 0):
+        if size == 0:
+            raise ValueError("the env's train split has no problems")
+        self.size, self.seed, self.position = size, seed, position
+
+    def take(self, count: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < count:
+            epoch, offset = divmod(self.position, self.size)
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.size, generator=generator)
+            chunk = order[offset : offset + count - len(out)].tolist()
+            out += chunk
+            self.position += len(chunk)
+        return out
+
+
+def prompts_for(tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
+    """Token ids of each problem's conversation, ending with the assistant header."""
+    return [chat.prompt_ids(tokenizer, p.messages()) for p in problems]
+
+
+class Rollouts:
+    """The rollout side: rollout workers sample completions, the reward workers score them.
+
+    `workers` are RolloutWorkers (Ray actors or plain objects); `scorer` runs the env's reward code in
+    killable processes (answerkey/scoring.py). `restart(i)`, when set, replaces worker i after it died
+    (the Loop sets it: a fresh actor loaded with the current weights); without it a dead worker ends the run.
+    """
+
+    def __init__(self, env, env_cfg: EnvConfig, tokenizer, workers: list[Any], scorer: Any):
+        self.env, self.env_cfg, self.tokenizer = env, env_cfg, tokenizer
+        self.workers, self.scorer = workers, scorer
+        self.restart: Callable[[int], None] | None = None
+
+    def collect(self, problems: Sequence[Problem], n: int,
+                sampling: SamplingParams) -> tuple[list[list[Trajectory]], dict[str, float]]:
+        """(P, n) scored trajectories, generated across the workers, and the phase timings."""
+        start = time.perf_counter()
+        chunks = split(len(problems), len(self.workers))
+        if isinstance(self.env, MultiTurnEnv):  # the env runs the episode (and scores it) in the worker
+            path, kwargs = self.env_cfg.path, self.env_cfg.kwargs
+            parts = self._on_workers(chunks, lambda w, idx: call(w, "rollout", path, kwargs,
+                                                                 [problems[i] for i in idx], n, sampling))
+            groups = [g for part in parts for g in part]
+            return groups, {"time/rollout_s": time.perf_counter() - start, "time/reward_s": 0.0}
+        prompts = prompts_for(self.tokenizer, problems)
+        parts = self._on_workers(chunks, lambda w, idx: call(w, "generate", [prompts[i] for i in idx], n,
+                                                             sampling))
+        completions = [g for part in parts for g in part]  # (P, n) Completion, in problem order
+        t = time.perf_counter()
+        scores = self.scorer.score([p for p in problems for _ in range(n)],
+                                   [c.text for g in completions for c in g])
+        groups = [[Trajectory.from_completion(prompts[i], c, scores[i * n + j]) for j, c in enumerate(g)]
+                  for i, g in enumerate(completions)]
+        return groups, {"time/rollout_s": t - start, "time/reward_s": time.perf_counter() - t}
+
+    def evaluate(self, problems: Sequence[Problem], samples: int,
+                 sampling: SamplingParams) -> dict[str, float]:
+        """Held-out metrics: `samples` completions per problem (reward, pass@k, maj@k, length, statuses)
+        and one greedy completion (`eval/greedy_reward`)."""
+        start = time.perf_counter()
+        sampled, _ = self.collect(problems, samples, sampling)
+        greedy, _ = self.collect(problems, 1, replace(sampling, top_k=1))
+        flat = [t for g in sampled for t in g]
+        metrics = summarize([[t.text for t in g] for g in sampled], [[t.score for t in g] for g in sampled],
+                            [[len(t.completion_ids) for t in g] for g in sampled],
+                            getattr(self.env, "extract_answer", None))
+        greedy_scores = [g[0].score.value for g in greedy]
+        return metrics | {"eval/greedy_reward": sum(greedy_scores) / len(greedy_scores),
+                          "eval/truncated_fraction": sum(t.truncated for t in flat) / len(flat),
+                          "time/eval_s": time.perf_counter() - start}
+
+    def _on_workers(self, chunks: list[list[int]], start: Callable[[Any, list[int]], Any]) -> list:
+        """`start(worker, indices)` on every worker (in parallel on actors); a worker that died is restarted
+        and its share redone."""
+        refs = [start(w, idx) if idx else None for w, idx in zip(self.workers, chunks, strict=True)]
+        out = []
+        for i, ref in enumerate(refs):
+            if ref is None:
+                out.append([])
+                continue
+            try:
+                out.append(get(ref))
+            except ActorDied as exc:
+                if self.restart is None:
+                    raise
+                Console(stderr=True).print(f"[yellow]rollout worker {i} died ({exc.__cause__!r:.80}); "
+                                           "restarting it and redoing its share")
+                self.restart(i)
+                out.append(get(start(self.workers[i], chunks[i])))
+        return out
+
+
+class Loop:
+    """GRPO steps over `rollouts` and `learner`; `transport` moves the weights, verified after each step.
+
+    `learner` is a Learner (plain or Ray actor) or an FSDP learner group; `transport` a rollout.transfer
+    Transport for these workers. `replace_worker(i, old, restarts)` returns a fresh worker i in place of
+    `old` (Ray only: how a dead worker is replaced). `resume_from` is a checkpoint whose step, data
+    position, learner state and worker RNG the loop continues from. `on_close()` runs at `close()`
+    (the driver kills its actors there).
+    """
+
+    def __init__(self, cfg: Config, rollouts: Rollouts, learner: Any, transport: Any,
+                 run: RunDir | None = None, replace_worker: Callable[[int, Any, int], Any] | None = None,
+                 resume_from: checkpoint.Checkpoint | None = None, on_close: Callable[[], None] | None = None,
+                 console: Console | None = None):
+        self.cfg, self.rollouts, self.learner, self.transport = cfg, rollouts, learner, transport
+        self.run_dir = run
+        self.replace_worker, self.on_close, self.console = replace_worker, on_close, console or Console()
+        if replace_worker is not None:
+            rollouts.restart = self.restart_worker
+        self.train = list(rollouts.env.problems("train"))
+        self.sampling = cfg.rollout.sampling()
+        self.sampler = ProblemSampler(len(self.train), cfg.run.seed)
+        self.step, self.restarts, self.version = 0, 0, 0
+        self.phase = "setup"  # now: rollout, learn, sync, eval or checkpoint (tests read it)
+        self.probe = self._probe(self.train[0])
+        if resume_from is not None:
+            self.step, self.sampler.position = resume_from.step, resume_from.run_state["sampler_position"]
+            get(call(learner, "resume", str(resume_from.path)))
+            states = resume_from.run_state["worker_rng"]
+            for ref in [call(w, "set_rng_state", s) for w, s in zip(self.workers, states, strict=True)]:
+                get(ref)
+        self.nbytes = get(call(learner, "weights_nbytes"))
+        self.sync()  # every engine starts from the learner's exact weights, verified
+
+    @property
+    def workers(self) -> list[Any]:
+        return self.rollouts.workers
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, float]:
+        cfg, last = self.cfg.run, {}
+        self.console.print(f"[bold]answerkey rl[/] {self.run_dir.path}: {describe_batch(self.cfg)}")
+        if self.step == 0:
+            self.run_dir.log(0, self.evaluate())
+        with progress() as bar:
+            task = bar.add_task("GRPO", total=cfg.steps, completed=self.step, info="")
+            while self.step < cfg.steps:
+                self.step += 1
+                last = self.train_step()
+                self.run_dir.log(self.step, last)
+                if every(self.step, cfg.eval_every, cfg.steps):
+                    self.run_dir.log(self.step, self.evaluate())
+                if every(self.step, cfg.checkpoint_every, cfg.steps):
+                    self.save()
+                bar.update(task, completed=self.step, info=f"reward {last['reward/mean']:.3f}  "
+                                                           f"step {last['time/step_s']:.1f}s")
+        self.run_dir.plot()
+        return last
+
+    def train_step(self) -> dict[str, float]:
+        """One GRPO step (the caller advances `self.step` first): rollout, score, learn, sync; its metrics."""
+        start, self.phase = time.perf_counter(), "rollout"
+        problems = [self.train[i] for i in self.sampler.take(self.cfg.rollout.problems_per_step)]
+        groups, timing = self.rollouts.collect(problems, self.cfg.rollout.group_size, self.sampling)
+        self.phase = "learn"
+        t = time.perf_counter()
+        metrics = get(call(self.learner, "step", groups))
+        timing["time/learn_s"] = time.perf_counter() - t
+        self.phase = "sync"
+        metrics |= self.sync()
+        if self.run_dir and self.cfg.run.sample_every and self.step % self.cfg.run.sample_every == 0:
+            self.run_dir.samples(self.step, sample_rows(problems, groups))
+        flat = [t for g in groups for t in g]
+        return metrics | timing | status_counts(t.score for t in flat) | {
+            "reward/mean": sum(t.score.value for t in flat) / len(flat),
+            "rollout/response_length": sum(len(t.completion_ids) for t in flat) / len(flat),
+            "rollout/truncated_fraction": sum(t.truncated for t in flat) / len(flat),
+            "rollout/worker_restarts": self.restarts, "reward/scorer_restarts": self.rollouts.scorer.restarts,
+            "time/step_s": time.perf_counter() - start}
+
+    def evaluate(self, problems: Sequence[Problem] | None = None,
+                 samples: int | None = None) -> dict[str, float]:
+        """Held-out metrics through the same workers (default: `run.eval_problems`, `run.eval_samples`)."""
+        cfg, self.phase = self.cfg.run, "eval"
+        if problems is None:
+            problems = list(self.rollouts.env.problems("test"))[: cfg.eval_problems or None]
+        return self.rollouts.evaluate(problems, samples or cfg.eval_samples, self.sampling)
+
+    # -- weight sync ------------------------------------------------------------------------------
+
+    def sync(self) -> dict[str, float]:
+        """Push the learner's weights to every worker and verify what they hold.
+
+        The weight version is the step that produced them (0: the initial policy or the resumed checkpoint).
+        """
+        start = time.perf_counter()
+        self.transport.publish()
+        self.version = self.step
+        verified = self._load_and_verify(range(len(self.workers)), self.version)
+        return {"sync/bytes": float(self.nbytes * len(self.workers)), "sync/verified": float(verified),
+                "sync/version": float(self.version), "time/sync_s": time.perf_counter() - start}
+
+    def _load_and_verify(self, indices: Sequence[int], version: int) -> bool:
+        refs = self.transport.push({i: self.workers[i] for i in indices}, version)
+        expected = get(call(self.learner, "weights_checksum"))
+        for i, ref in refs.items():
+            try:
+                held = get(ref)
+            except ActorDied:  # died since its last task: its replacement loads and verifies these weights
+                if self.replace_worker is None:
+                    raise
+                self.restart_worker(i)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the worker refused the update: name it and why
+                raise SyncError(f"weight sync {version}: rollout worker {i} rejected the update: "
+                                f"{cause(exc)!r}") from None
+            wrong = [name for name in expected if held.get(name) != expected[name]]
+            wrong += sorted(set(held) - set(expected))
+            if wrong:
+                raise SyncError(f"weight sync {version}: rollout worker {i} holds different weights than the "
+                                f"learner for {len(wrong)} parameter(s), first {wrong[0]!r}")
+        if version % self.cfg.run.verify_every:
+            return False
+        prompt, completion = self.probe
+        reference = get(call(self.learner, "logprobs_of", prompt, completion))
+        for i in indices:
+            got = get(call(self.workers[i], "logprobs_of", prompt, completion, self.sampling))
+            gap = max(abs(a - b) for a, b in zip(got, reference, strict=True))
+            if not gap <= LOGPROB_TOLERANCE:
+                raise SyncError(f"weight sync {version}: rollout worker {i}'s logprobs of the check "
+                                f"completion differ from the learner's by {gap:.2e} "
+                                f"(tolerance {LOGPROB_TOLERANCE:g})")
+        return True
+
+    def restart_worker(self, i: int) -> None:
+        """Replace worker i (dead, or to be replaced) by a fresh one holding the current weights, verified."""
+        self.restarts += 1
+        self.workers[i] = self.replace_worker(i, self.workers[i], self.restarts)
+        self._load_and_verify([i], self.version)
+
+    def _probe(self, problem: Problem) -> tuple[list[int], list[int]]:
+        """A fixed completion to compare engine and learner logprobs on: the gold answer and a stop token."""
+        tokenizer = self.rollouts.tokenizer
+        completion = tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
+        return prompts_for(tokenizer, [problem])[0], completion + chat.stop_token_ids(tokenizer)[:1]
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        self.phase = "checkpoint"
+        run_state = {"sampler_position": self.sampler.position,
+                     "worker_rng": [get(r) for r in [call(w, "rng_state") for w in self.workers]]}
+        path = get(call(self.learner, "save_checkpoint", str(self.run_dir.checkpoints), self.step, run_state,
+                        self.cfg.model_dump_json(indent=2), self.cfg.run.keep_checkpoints))
+        return Path(path)
+
+    def close(self) -> None:
+        """Stop the reward workers, then whatever the builder registered (the driver's actors)."""
+        self.rollouts.scorer.close()
+        if self.on_close is not None:
+            self.on_close()
+
+
+# -- resume ------------------------------------------------------------------------------------------
+
+
+def resume_point(cfg: Config, run: RunDir, console: Console) -> checkpoint.Checkpoint | None:
+    """The run's latest complete checkpoint (None: start from step 0); checks it was made with this config,
+    removes partial checkpoint writes and cuts the run's JSONL files back to its step."""
+    latest = checkpoint.latest(run.checkpoints)
+    if latest is None:
+        console.print(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
+        return None
+    ckpt = checkpoint.load(latest)
+    check_same_config(cfg, ckpt.config)
+    checkpoint.clean_partial(run.checkpoints)
+    run.truncate(ckpt.step)
+    return ckpt
+
+
+def check_same_config(cfg: Config, saved: dict) -> None:
+    """A resumed run must use the checkpoint's config; only run.steps may change (to extend a run)."""
+    now = cfg.model_dump(mode="json")
+    diffs = [f"{section}.{key}" for section, fields in now.items() for key, value in fields.items()
+             if saved.get(section, {}).get(key) != value and (section, key) != ("run", "steps")]
+    if diffs:
+        raise ConfigError(f"--resume: the config differs from the checkpoint's in {diffs}; "
+                          "resume with the same settings")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def split(count: int, parts: int) -> list[list[int]]:
+    """Contiguous, near-equal index ranges: split(5, 2) == [[0, 1, 2], [3, 4]]."""
+    size, extra = divmod(count, parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        out.append(list(range(start, end)))
+        start = end
+    return out
+
+
+def every(step: int, interval: int, last: int) -> bool:
+    """True on multiples of `interval` and on the last step (interval 0: only the last step)."""
+    return step == last or (interval > 0 and step % interval == 0)
+
+
+def sample_rows(problems: Sequence[Problem], groups: Sequence[Sequence[Trajectory]]) -> list[dict]:
+    return [{"problem": p.id, "prompt": p.prompt, "answer": p.answer, "completion": g[0].text,
+             "reward": g[0].score.value, "status": g[0].score.status.value, "detail": g[0].score.detail}
+            for p, g in list(zip(problems, groups, strict=True))[:SAMPLES_PER_LOG]]
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn())

@@ -1,0 +1,82 @@
+"""The RL loop on plain objects in one process (`answerkey.local`), and the calls that make it Ray-agnostic
+(`answerkey.handles`). The loop on Ray actors is tests/test_driver.py; that GRPO learns through this loop is
+tests/test_learning.py."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from answerkey import local
+from answerkey.config import load_config
+from answerkey.handles import Finished, call, get
+from answerkey.loop import SyncError
+
+
+class Counter:
+    def __init__(self):
+        self.total = 0
+
+    def add(self, n: int) -> int:
+        self.total += n
+        return self.total
+
+    def fail(self) -> None:
+        raise ValueError("no")
+
+
+def test_call_on_a_plain_object_runs_it_and_get_delivers_its_result_or_its_exception():
+    counter = Counter()
+    ref = call(counter, "add", 2)
+    assert isinstance(ref, Finished) and counter.total == 2 and get(ref) == 2
+    assert get(call(counter, "add", call(counter, "add", 1))) == 6  # a call's result as an argument is resolved
+    failed = call(counter, "fail")  # raises only when its result is asked for, as a Ray task would
+    with pytest.raises(ValueError, match="no"):
+        get(failed)
+
+
+@pytest.fixture
+def loop(policy_dir):
+    cfg = load_config("examples/tiny_cpu.toml", [
+        f"--model.path={policy_dir}", "--rollout.problems_per_step=4", "--rollout.group_size=4",
+        "--rollout.workers=2", "--run.steps=2"])
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    loop = local.start(cfg, model, AutoTokenizer.from_pretrained(policy_dir))
+    yield loop
+    loop.close()
+
+
+def test_the_loop_in_one_process_trains_syncs_and_verifies_every_worker(loop):
+    initial = {n: p.detach().clone() for n, p in loop.learner.model.named_parameters()}
+    while loop.step < 2:
+        loop.step += 1
+        metrics = loop.train_step()
+        assert metrics["sync/verified"] == 1.0 and metrics["sync/version"] == loop.step
+        assert sum(v for k, v in metrics.items() if k.startswith("reward/status/")) == 4 * 4
+    held = [w.engine.weights_checksum() for w in loop.workers]
+    assert held[0] == held[1] == loop.learner.weights_checksum()
+    assert any(not torch.equal(initial[n], p) for n, p in loop.learner.model.named_parameters())
+    assert all(w.engine.model is not loop.learner.model for w in loop.workers)  # each worker holds its own copy
+    evaluation = loop.evaluate(loop.train[:4], samples=2)
+    assert 0 <= evaluation["eval/pass@1"] <= 1 and 0 <= evaluation["eval/greedy_reward"] <= 1
+
+
+def test_a_worker_that_rejects_an_update_stops_the_sync_naming_it(loop):
+    worker = loop.workers[1]
+    real = worker.load_weights
+    worker.load_weights = lambda arrays, version: real([(n, np.zeros(3)) if i == 0 else (n, a)
+                                                       for i, (n, a) in enumerate(arrays)], version)
+    with pytest.raises(SyncError, match=r"rollout worker 1 rejected the update: .*shape"):
+        loop.sync()
+
+
+def test_the_reward_workers_are_gone_after_close(loop):
+    pids = loop.rollouts.scorer.pids()
+    loop.close()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
