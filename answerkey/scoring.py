@@ -4,8 +4,8 @@
     scores = pool.score(problems, completions)      # one Score per item, in the order given
     pool.close()
 
-The driver's whole-batch backstop over env code, on the shared process pool (`rewards/pool.py`,
-`KillPool`: fresh `python -c` interpreters, SIGKILL at the deadline, replacement, an address-space
+The driver's whole-batch backstop over env code, on the shared process pool (`rewards/deadline_pool.py`,
+`DeadlinePool`: fresh `python -c` interpreters, SIGKILL at the deadline, replacement, an address-space
 limit, a close that leaves no process). Each worker builds its own env from the dotted path (so the
 env never has to be pickled, and is never built in the caller) and scores one item at a time with
 `envs.base.score_one`: an env whose `score` raises gives that item `Status.error` naming the problem.
@@ -26,7 +26,7 @@ from typing import Any
 
 from answerkey.envs.base import Env, Problem, load_env, score_batch, score_one
 from answerkey.rewards import Score, Status
-from answerkey.rewards.pool import KillPool
+from answerkey.rewards.deadline_pool import DeadlinePool
 
 _env: Env | None = None  # the env of this reward process: built by `_build` in a worker, never in the caller
 
@@ -61,7 +61,7 @@ class ScorerPool:
             raise ValueError(f"ScorerPool needs processes >= 1, timeout_s > 0 and memory_gb >= 0, "
                              f"got {processes}, {timeout_s}, {memory_gb}")
         self.env_path, self.timeout_s = env_path, timeout_s
-        self.pool = KillPool("answerkey.scoring:_score", workers=processes, init="answerkey.scoring:_build",
+        self.pool = DeadlinePool("answerkey.scoring:_score", workers=processes, init="answerkey.scoring:_build",
                              init_args=(env_path, dict(env_kwargs or {})),
                              memory_limit_bytes=int(memory_gb * 1024**3) or None)
         try:

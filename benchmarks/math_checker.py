@@ -14,7 +14,7 @@ Cases (label = should the response be credited):
 Latency and throughput are over the non-adversarial cases (throughput = cases / their summed
 latency, one worker, so per core). Math-Verify is called as verl calls it (`math_metric` with the gold wrapped in `\\boxed{}`, Expr and
 LaTeX extraction for the response). Both checkers run one item at a time in one worker process of
-`rewards.pool.KillPool` with the same 5 s kill, so a Math-Verify hang is counted "at bound"
+`rewards.deadline_pool.DeadlinePool` with the same 5 s kill, so a Math-Verify hang is counted "at bound"
 instead of stalling the run; latency is the round trip per item (IPC included for both) and
 throughput is items per second of that one worker, i.e. per core. Our checker runs its full
 pipeline inside the worker here (fast path included); through `score_batch` the fast path runs in
@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from answerkey.rewards.pool import KillPool  # noqa: E402
+from answerkey.rewards.deadline_pool import DeadlinePool  # noqa: E402
 from answerkey.rewards.score import Status  # noqa: E402
 from tests.math_adversarial import ADVERSARIAL  # noqa: E402
 from tests.math_forms import equivalent_forms, wrong_forms  # noqa: E402
@@ -99,7 +99,7 @@ def cases(quick: bool, gsm_every: int) -> list[Case]:
 
 def run(target: str, init: str | None, items: list[Case]) -> tuple[list[bool | None], list[float], float]:
     """Verdict (None = killed at the bound or crashed) and latency per item, plus the total wall time."""
-    pool = KillPool(target, workers=1, init=init)
+    pool = DeadlinePool(target, workers=1, init=init)
     pool.map([("\\boxed{1}", "1")], timeout_s=60)  # start and warm the worker outside the clock
     verdicts, latencies = [], []
     start = time.perf_counter()

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterable, Sequence
 
 from answerkey.rewards.math_check import check
-from answerkey.rewards.pool import KillPool
+from answerkey.rewards.deadline_pool import DeadlinePool
 from answerkey.rewards.score import Score, Status
 
 __all__ = ["DEFAULT_TIMEOUT_S", "MathChecker", "check", "score", "score_batch"]
@@ -51,14 +51,14 @@ class MathChecker:
     def __init__(self, workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self.timeout_s = timeout_s
-        self._pool: KillPool | None = None
+        self._pool: DeadlinePool | None = None
         self._lock = threading.Lock()
 
     @property
-    def pool(self) -> KillPool:
+    def pool(self) -> DeadlinePool:
         with self._lock:
             if self._pool is None:
-                self._pool = KillPool(_TARGET, workers=self.workers, init=_WARM_UP)
+                self._pool = DeadlinePool(_TARGET, workers=self.workers, init=_WARM_UP)
             return self._pool
 
     def score(self, response: str, gold: str, timeout_s: float | None = None) -> Score:

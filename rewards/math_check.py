@@ -10,7 +10,7 @@ normalization, multiple-choice letters, words, numbers in a base, exact rational
 of tuples/intervals/sets/lists whose elements are plain numbers. It returns None when a leaf needs
 sympy; the pool then runs `check(..., sympy_ok=True)` in a worker process it can kill. Structure is
 read from the text before sympy sees it: `(a, b]` keeps its brackets and order, `\\{…\\}` and bare
-comma lists are order-free. This module does not bound time itself (see `rewards/pool.py`).
+comma lists are order-free. This module does not bound time itself (see `rewards/deadline_pool.py`).
 """
 
 from __future__ import annotations

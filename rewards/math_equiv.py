@@ -22,7 +22,7 @@ no rounding, no absolute tolerance and no `chop`: `1/2^99 != 1/2^98`, `0.142857 
 constructed inputs differing by less than 1e-60 relatively would pass as equal. Sets are order-free, intervals compare
 brackets and endpoints, matrices shape and entries; a univariate inequality equals its solution set;
 equations are equal when one side-difference is a nonzero constant multiple of the other; `x = 5`
-equals `5`. Callers must run this under a hard wall-clock bound (`rewards/pool.py`): sympy can still be
+equals `5`. Callers must run this under a hard wall-clock bound (`rewards/deadline_pool.py`): sympy can still be
 slow on inputs the static guards let through, and `guard_tree` only bounds what it can see.
 """
 

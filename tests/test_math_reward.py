@@ -1,6 +1,6 @@
 """The math reward: the hand-written table (every rule, positives and negatives, Math-Verify's reported
 wrong verdicts), adversarial inputs answered within the bound, and the same verdicts from 4 threads
-as from the main thread. The pool's kill, recovery and memory limit: tests/test_pool.py."""
+as from the main thread. The pool's kill, recovery and memory limit: tests/test_deadline_pool.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The one reward process pool: fresh worker interpreters that run a function per item under a hard kill.
+"""A pool of fresh worker processes that run a function per item, each item under a SIGKILL deadline.
 
-    pool = KillPool("math:sqrt", workers=2)                      # target "module:function"
+    pool = DeadlinePool("math:sqrt", workers=2)  # target "module:function"
     pool.map([(4.0,), (-1.0,)], timeout_s=5.0)   # [("ok", 2.0), ("error", "ValueError: math domain error")]
     pool.close()                                 # every worker process is gone (also run at interpreter exit)
 
@@ -51,7 +51,7 @@ MEMORY_LIMIT_BYTES = 3 * 1024**3  # default per-worker address space: a runaway 
 STARTUP_S = 120.0  # a worker not ready by then (broken install, slow env build) fails loudly
 CLOSE_GRACE_S = 5.0  # how long close() waits for idle workers to exit on request before killing them
 _EARLY_DEATHS = 3  # workers that may fail to start before a map gives up on its pending items
-_POOLS: weakref.WeakSet[KillPool] = weakref.WeakSet()  # closed at interpreter exit
+_POOLS: weakref.WeakSet[DeadlinePool] = weakref.WeakSet()  # closed at interpreter exit
 
 
 def _resolve(path: str):
@@ -114,7 +114,7 @@ class _Worker:
 
     def __init__(self, setup: tuple):
         parent, child = socket.socketpair()
-        code = "import sys; from answerkey.rewards.pool import _serve; _serve(int(sys.argv[1]))"
+        code = "import sys; from answerkey.rewards.deadline_pool import _serve; _serve(int(sys.argv[1]))"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.process = subprocess.Popen([sys.executable, "-c", code, str(child.fileno())], pass_fds=[child.fileno()],
                                         stdin=subprocess.DEVNULL, env=env)
@@ -136,7 +136,7 @@ class _Worker:
         self.conn.close()
 
 
-class KillPool:
+class DeadlinePool:
     """Up to `workers` processes running `target` ("module:function"); see the module docstring.
 
     `init` ("module:function") runs once in each worker with `init_args` before it reports ready;
@@ -147,7 +147,7 @@ class KillPool:
     def __init__(self, target: str, workers: int = 2, init: str | None = None, init_args: Sequence[Any] = (),
                  memory_limit_bytes: int | None = MEMORY_LIMIT_BYTES):
         if workers < 1:
-            raise ValueError(f"KillPool needs at least one worker, got {workers}")
+            raise ValueError(f"DeadlinePool needs at least one worker, got {workers}")
         self.target, self.size = target, workers
         self._setup = (target, init, tuple(init_args), memory_limit_bytes)
         self.info: Any = None
@@ -203,7 +203,7 @@ class KillPool:
         borrowed: list[_Worker] = []
         with self._lock:
             if self._closed:
-                raise RuntimeError("KillPool is closed")
+                raise RuntimeError("DeadlinePool is closed")
             to_start = min(self.size - self._started, wanted)
             self._started += to_start
         borrowed += [self._new_worker() for _ in range(to_start)]
@@ -258,7 +258,7 @@ class KillPool:
         while pending or busy:
             if self._closed:  # closed under us (interpreter exit): fail what is left, loudly
                 for index in pending + [index for index, _ in busy.values()]:
-                    results[index] = ("error", "KillPool was closed while the item was pending")
+                    results[index] = ("error", "DeadlinePool was closed while the item was pending")
                 return
             try:
                 self._step(workers, items, bounds, results, pending, busy)
@@ -333,7 +333,7 @@ class KillPool:
         for worker in live + idle:
             worker.kill()
 
-    def __enter__(self) -> KillPool:
+    def __enter__(self) -> DeadlinePool:
         return self
 
     def __exit__(self, *exc) -> None:
