@@ -20,8 +20,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from math import comb
 
-from answerkey.rewards import Score, Status, math_extract, status_counts
-from answerkey.rewards.math_parse import normalize, rational
+from answerkey.rewards import Score, Status, status_counts
+from answerkey.rewards.math import extract as math_extract
+from answerkey.rewards.math.parse import normalize, rational
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from answerkey.rewards.deadline_pool import DeadlinePool  # noqa: E402
+from answerkey.rewards.math.check import check  # noqa: E402
 from answerkey.rewards.score import Status  # noqa: E402
 from tests.math_adversarial import ADVERSARIAL  # noqa: E402
 from tests.math_forms import equivalent_forms, wrong_forms  # noqa: E402
@@ -53,9 +54,7 @@ class Case:
 
 
 def ours(response: str, gold: str) -> bool:
-    from answerkey.rewards.math_equiv import worker_check
-
-    return worker_check(response, gold).status == Status.correct
+    return check(response, gold).status == Status.correct
 
 
 _MV = None
@@ -157,7 +156,7 @@ def main() -> None:
     items = cases(args.quick, args.gsm_every)
     print(f"{len(items)} cases", file=sys.stderr)
     rows = []
-    checkers = (("answerkey", "benchmarks.math_checker:ours", "answerkey.rewards.math_equiv:warm_up"),
+    checkers = (("answerkey", "benchmarks.math_checker:ours", "answerkey.rewards.math.equiv:warm_up"),
                 ("Math-Verify 0.9.0", "benchmarks.math_checker:math_verify", None))
     for name, target, init in checkers:
         verdicts, latencies, total = run(target, init, items)

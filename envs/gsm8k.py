@@ -20,7 +20,7 @@ from answerkey.envs.base import Env, Problem, Split
 from answerkey.envs.jsonl import DatasetError, read_rows
 from answerkey.rewards import Score
 from answerkey.rewards import math as math_reward
-from answerkey.rewards.math_parse import normalize, rational
+from answerkey.rewards.math.parse import normalize, rational
 
 INSTRUCTION = "Solve the problem. End your reply with a line of the form '#### <answer>'."
 

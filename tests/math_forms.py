@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from answerkey.rewards.math_check import bracketed, top_level_items
-from answerkey.rewards.math_parse import normalize, rational
+from answerkey.rewards.math.check import bracketed, top_level_items
+from answerkey.rewards.math.parse import normalize, rational
 
 
 def _tex(value: Fraction) -> str:

@@ -13,8 +13,8 @@ import pytest
 
 from answerkey.rewards import Status
 from answerkey.rewards import math as math_reward
-from answerkey.rewards.math_extract import extract
-from answerkey.rewards.math_parse import normalize, rational
+from answerkey.rewards.math.extract import extract
+from answerkey.rewards.math.parse import normalize, rational
 from tests.math_adversarial import ADVERSARIAL
 from tests.math_table import MATH_VERIFY_ROWS, TABLE
 

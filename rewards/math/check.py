@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 
-from answerkey.rewards.math_extract import brace_group, extract
-from answerkey.rewards.math_parse import (
+from answerkey.rewards.math.extract import brace_group, extract
+from answerkey.rewards.math.parse import (
     based_number,
     choice,
     guard,
@@ -145,18 +145,20 @@ def _leaf(gold: str, answer: str, sympy_ok: bool) -> bool:
         raise GoldUnparseable(f"refused: {reason}")
     if not sympy_ok:
         raise NeedSympy
-    from answerkey.rewards import math_equiv  # sympy is imported only where it runs (the workers)
+    # Here, not at the top: sympy loads only in the processes that reach this line (the pool's
+    # workers), never in the trainer's process that runs the fast path.
+    from answerkey.rewards.math import equiv
 
     try:
-        g_expr = math_equiv.parse(gold)
+        g_expr = equiv.parse(gold)
     except Exception as exc:  # noqa: BLE001 - the parser raises many types; any is "cannot read"
         raise GoldUnparseable(f"{type(exc).__name__}: {exc}"[:120]) from None
     try:
-        a_expr = math_equiv.parse(answer)
+        a_expr = equiv.parse(answer)
     except Exception as exc:  # noqa: BLE001
         raise AnswerUnparseable(f"{type(exc).__name__}: {exc}"[:120]) from None
     try:
-        return math_equiv.equivalent(g_expr, a_expr)
+        return equiv.equivalent(g_expr, a_expr)
     except (OverflowError, RecursionError, MemoryError) as exc:  # sizes the guards could not see
         raise AnswerUnparseable(f"too large to evaluate ({type(exc).__name__})") from None
 

@@ -8,7 +8,7 @@
     (True, True)
 
 Parsing is latex2sympy2_extended (the parser Math-Verify uses; measured on the 500 MATH-500 golds:
-it parses 492 raw and all after `math_parse.normalize`, at ~6 ms each, where sympy 1.14's own
+it parses 492 raw and all after `parse.normalize`, at ~6 ms each, where sympy 1.14's own
 `parse_latex` parses 439 with the lark backend at ~47 ms each and cannot load its ANTLR backend next
 to the ANTLR 4.13 runtime latex2sympy2_extended needs). We call it with its own normalization off
 (ours ran already) and symbols kept case-sensitive.
@@ -38,7 +38,7 @@ from latex2sympy2_extended.latex2sympy2 import ConversionConfig
 from latex2sympy2_extended.math_normalization import NormalizationConfig
 from sympy.core.relational import Relational
 
-from answerkey.rewards.math_parse import MAX_DIGITS
+from answerkey.rewards.math.parse import MAX_DIGITS
 
 PREC = 80  # significant digits for numeric comparison
 TOL = sympy.Float("1e-60", PREC)  # relative; far below any real answer's difference, far above noise
@@ -126,13 +126,6 @@ def warm_up() -> None:
             equal_latex(gold, answer)
         except Exception:  # noqa: BLE001, S112 - warming only; a failure here is harmless
             continue
-
-
-def worker_check(response: str, gold: str, sympy_ok: bool = True):
-    """`math_check.check`, as the pool's workers call it (importing this module loads sympy up front)."""
-    from answerkey.rewards.math_check import check
-
-    return check(response, gold, sympy_ok)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,16 +5,16 @@
     float(result), result.status          # (1.0, Status.correct)
     math_reward.score_batch([(response, gold), ...], timeout_s=5.0)   # list[Score], same order
 
-Pipeline (each stage in its own module):
-  `math_extract`  the last complete `\\boxed{}` / `\\fbox{}` / `\\boxed x`, else the last `#### x`,
-                  else the last "the (final) answer is … / Answer: …"; no fallback to stray numbers,
-                  an unclosed box or a hedge ("3 or 4") is no answer; only the tail of long text.
-  `math_parse`    normalization (cosmetic only), exact rationals, choice letters, words, static guards.
-  `math_check`    the decision: structure from the text, numbers exactly; returns None when sympy
-                  is needed (the fast path, run in the caller's process).
-  `math_equiv`    sympy equivalence (latex2sympy2_extended parser), run only in pool workers.
-  `pool`          worker processes with a hard per-item wall-clock kill (no signals), shared with
-                  the driver's ScorerPool; this checker owns its own pool (3 GiB RLIMIT_AS per worker).
+Pipeline (each stage in its own module of this package; imports go down the list, never up):
+  `extract`  the last complete `\\boxed{}` / `\\fbox{}` / `\\boxed x`, else the last `#### x`,
+             else the last "the (final) answer is … / Answer: …"; no fallback to stray numbers,
+             an unclosed box or a hedge ("3 or 4") is no answer; only the tail of long text.
+  `parse`    normalization (cosmetic only), exact rationals, choice letters, words, static guards.
+  `check`    the decision: structure from the text, numbers exactly; returns None when sympy
+             is needed (the fast path, run in the caller's process).
+  `equiv`    sympy equivalence (latex2sympy2_extended parser), loaded and run only in pool workers.
+The pool is `rewards/deadline_pool.py` (worker processes with a hard per-item wall-clock kill, no
+signals); this checker owns one of its own (3 GiB RLIMIT_AS per worker).
 
 Statuses: correct / wrong / no_answer / unparseable (an answer was found but cannot be read, or the
 static guard refused it) / timeout (killed at the bound) / error (the gold cannot be read, or a
@@ -31,15 +31,16 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 
-from answerkey.rewards.math_check import check
 from answerkey.rewards.deadline_pool import DeadlinePool
+from answerkey.rewards.math.check import check
 from answerkey.rewards.score import Score, Status
 
 __all__ = ["DEFAULT_TIMEOUT_S", "MathChecker", "check", "score", "score_batch"]
 
 DEFAULT_TIMEOUT_S = 5.0
-_TARGET = "answerkey.rewards.math_equiv:worker_check"  # imports sympy at worker start, not per item
-_WARM_UP = "answerkey.rewards.math_equiv:warm_up"  # the parser's first use of each construct is slow
+_TARGET = "answerkey.rewards.math.check:check"  # called as check(response, gold, sympy_ok=True)
+# Worker init: imports sympy and builds the parser's caches at worker start, off every item's clock.
+_WARM_UP = "answerkey.rewards.math.equiv:warm_up"
 
 
 class MathChecker:
