@@ -6,8 +6,8 @@
 pass@k is the unbiased estimator of Chen et al. 2021 (https://arxiv.org/abs/2107.03374, eq. 1):
 with c correct among n samples, pass@k = 1 - C(n-c, k) / C(n, k), averaged over problems. maj@k
 takes the first k samples of a problem, groups them by final answer (the env's `extract_answer` when
-it has one, else `vote_key`: the math reward's extraction and normalization, with plain numbers as
-exact rationals so `0.5` and `\\frac{1}{2}` are one vote), and counts the problem
+it has one, else the math reward's `final_answer`: its extraction and normalization, with plain
+numbers as exact rationals so `0.5` and `\\frac{1}{2}` are one vote), and counts the problem
 solved when the most common answer was scored correct (ties: the answer seen first; samples with
 no answer do not vote). A sample counts as correct when its status is `correct`.
 """
@@ -21,8 +21,7 @@ from collections.abc import Callable, Sequence
 from math import comb
 
 from answerkey.rewards import Score, Status, status_counts
-from answerkey.rewards.math import extract as math_extract
-from answerkey.rewards.math.parse import normalize, rational
+from answerkey.rewards.math import final_answer
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -30,16 +29,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
     return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
-
-
-def vote_key(text: str) -> str | None:
-    """The final answer a completion commits to, spelled canonically; None when it commits to none."""
-    answer = math_extract.extract(text).answer
-    if answer is None:
-        return None
-    answer = normalize(answer)
-    number = rational(answer)
-    return str(number) if number is not None else answer
 
 
 def majority_correct(texts: Sequence[str], scores: Sequence[Score], extract: Callable[[str], str | None]) -> bool:
@@ -62,7 +51,7 @@ def majority_correct(texts: Sequence[str], scores: Sequence[Score], extract: Cal
 def summarize(texts: Sequence[Sequence[str]], scores: Sequence[Sequence[Score]], lengths: Sequence[Sequence[int]],
               extract: Callable[[str], str | None] | None = None, prefix: str = "eval") -> dict[str, float]:
     """Metrics of (P, n) sampled completions: mean reward, pass@1 / pass@k / maj@k, length, statuses."""
-    extract = extract or vote_key
+    extract = extract or final_answer
     n = len(scores[0])
     flat = [s for group in scores for s in group]
     ks = sorted({1, n} | {k for k in (2, 4, 8, 16) if k < n})

@@ -20,7 +20,6 @@ from answerkey.envs.base import Env, Problem, Split
 from answerkey.envs.jsonl import DatasetError, read_rows
 from answerkey.rewards import Score
 from answerkey.rewards import math as math_reward
-from answerkey.rewards.math.parse import normalize, rational
 
 INSTRUCTION = "Solve the problem. End your reply with a line of the form '#### <answer>'."
 
@@ -46,7 +45,7 @@ class GSM8KEnv(Env):
         for i, row in enumerate(read_rows(path, ("question", "answer"))[: self.limit]):
             solution, sep, final = row["answer"].rpartition("####")
             gold = final.strip().replace(",", "")
-            if not sep or rational(normalize(gold)) is None:
+            if not sep or math_reward.exact_value(gold) is None:
                 raise DatasetError(f"{path}:{i + 1}: field 'answer' must end with '#### <number>', got ...{row['answer'][-40:]!r}")
             prompt = f"{row['question'].strip()}\n\n{self.instruction}" if self.instruction else row["question"].strip()
             problems.append(Problem(id=f"gsm8k/{Path(path).stem}/{i}", prompt=prompt, answer=gold,

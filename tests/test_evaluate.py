@@ -8,8 +8,9 @@ from itertools import combinations
 import pytest
 
 from answerkey import cli
-from answerkey.evaluate import majority_correct, pass_at_k, summarize, vote_key
+from answerkey.evaluate import majority_correct, pass_at_k, summarize
 from answerkey.rewards import Score, Status
+from answerkey.rewards.math import final_answer
 
 RIGHT, WRONG, NONE = Score(1.0, Status.correct), Score.failed(Status.wrong), Score.failed(Status.no_answer)
 
@@ -36,7 +37,7 @@ def test_pass_at_k_rejects_impossible_counts():
     (["#### 0.5", "\\boxed{\\frac{1}{2}}", "#### 2"], [RIGHT, RIGHT, WRONG], True),  # one answer, two spellings
 ])
 def test_majority_vote(texts, scores, expected):
-    assert majority_correct(texts, scores, vote_key) is expected
+    assert majority_correct(texts, scores, final_answer) is expected
 
 
 def test_summarize_reports_pass_at_1_and_k_and_maj_at_k():

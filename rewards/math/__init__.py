@@ -30,12 +30,15 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 
 from answerkey.rewards.deadline_pool import DeadlinePool
 from answerkey.rewards.math.check import check
+from answerkey.rewards.math.extract import extract
+from answerkey.rewards.math.parse import normalize, rational
 from answerkey.rewards.score import Score, Status
 
-__all__ = ["DEFAULT_TIMEOUT_S", "MathChecker", "check", "score", "score_batch"]
+__all__ = ["DEFAULT_TIMEOUT_S", "MathChecker", "check", "exact_value", "final_answer", "score", "score_batch"]
 
 DEFAULT_TIMEOUT_S = 5.0
 _TARGET = "answerkey.rewards.math.check:check"  # called as check(response, gold, sympy_ok=True)
@@ -129,3 +132,22 @@ def score(response: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Sco
 def score_batch(pairs: Sequence[tuple[str, str]], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Score]:
     """Rewards for many (response, gold) pairs through the shared pool, in order."""
     return default_checker().score_batch(pairs, timeout_s)
+
+
+def final_answer(response: str) -> str | None:
+    """The final answer `response` commits to, spelled canonically; None when it commits to none.
+
+    The same extraction and normalization as `score`, and a plain number as its exact rational, so
+    `#### 0.5` and `\\boxed{\\frac{1}{2}}` both give "1/2" (e.g. to group samples by answer for maj@k).
+    """
+    answer = extract(response).answer
+    if answer is None:
+        return None
+    answer = normalize(answer)
+    number = rational(answer)
+    return str(number) if number is not None else answer
+
+
+def exact_value(answer: str) -> Fraction | None:
+    """The exact rational a plain-number answer states (`1,234`, `0.5`, `\\frac{3}{4}`), else None."""
+    return rational(normalize(answer))
