@@ -7,7 +7,7 @@
 
 `program` defines `entry_point`; `tests` defines `check(candidate)` (HumanEval) or has top-level
 asserts that call the entry point by name (MBPP). The value is the fraction of asserts passed, each
-top-level assert statement of `check` counted once (see `sandbox_judge`). Status: `correct` (every
+top-level assert statement of `check` counted once (see `sandbox/judge.py`). Status: `correct` (every
 assert), `partial`, `wrong` (none, or the program raised / exited / lacked the entry point before
 its tests: 0), `unparseable` (a SyntaxError), `timeout` (past `timeout_s`, killed: 0), `error` (the
 sandbox or the tests themselves failed: 0, and not the model's fault).

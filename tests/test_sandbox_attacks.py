@@ -29,7 +29,7 @@ import pytest
 from answerkey.rewards import Status
 from answerkey.rewards import code as code_reward
 from answerkey.rewards.code import Job, run_tests_batch
-from answerkey.rewards.sandbox import FIRST_UID, JUDGE_UID, UID_CYCLE, UID_STRIDE
+from answerkey.rewards.sandbox.pool import FIRST_UID, JUDGE_UID, UID_CYCLE, UID_STRIDE
 
 SOLUTION = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"  # fails every assert of TESTS

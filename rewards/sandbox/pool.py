@@ -4,10 +4,10 @@
         outcomes = box.run([Job(program, tests, "add", timeout_s=5.0), ...])
         outcomes[0].units                                     # (True, True, False): one flag per assert
 
-Each worker (`sandbox_worker.py`) is a warm `python -I -S` started with an empty environment that
+Each worker (`worker.py`) is a warm `python -I -S` started with an empty environment that
 forks an isolated child per job: fresh pid/net/mount/ipc/uts namespaces, a read-only root with a
 private tmpfs, an unprivileged uid (from its slot's range, a new one each job), rlimits, and a
-per-slot cgroup bounding processes and memory. The tests run in a separate judge process (`sandbox_judge.py`) that the program cannot reach.
+per-slot cgroup bounding processes and memory. The tests run in a separate judge process (`judge.py`) that the program cannot reach.
 Program and tests go to the worker as memfds, the result comes back tagged with a per-job nonce
 that only the judge saw; the exit status and output of the program are never looked at.
 
@@ -41,11 +41,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from answerkey.rewards.sandbox_cgroup import CgroupError, SlotCgroups
-from answerkey.rewards.sandbox_probe import PROBE_PROGRAM, probe_tests
+from answerkey.rewards.sandbox.cgroup import CgroupError, SlotCgroups
+from answerkey.rewards.sandbox.probe import PROBE_PROGRAM, probe_tests
 
 log = logging.getLogger(__name__)
-WORKER = Path(__file__).with_name("sandbox_worker.py")
+WORKER = Path(__file__).with_name("worker.py")  # run as a script, not imported
 FEATURES = ("namespaces", "uid_drop", "cgroup_pids", "cgroup_memory")
 JUDGE_UID, FIRST_UID = 60999, 61000  # the judge's uid; slot i's jobs run as FIRST_UID + i + UID_STRIDE * k
 UID_STRIDE, UID_CYCLE = 64, 1024  # so candidate uids are FIRST_UID .. FIRST_UID + 64 * 1024 (slots <= 64)
@@ -89,7 +89,7 @@ class Outcome:
 
 
 class _Worker:
-    """One `sandbox_worker.py` process and its socket."""
+    """One `worker.py` process and its socket."""
 
     def __init__(self, slot: int, config: dict, log_dir: str):
         self.slot, self.config = slot, config

@@ -1,6 +1,6 @@
 """One slot of the sandbox pool: a warm interpreter that forks an isolated child per execution.
 
-Started by `sandbox.Sandbox` as `python -I -S sandbox_worker.py CONFIG_JSON` with an empty
+Started by `pool.Sandbox` as `python -I -S worker.py CONFIG_JSON` with an empty
 environment and one Unix socket (fd given in the config). It never reads a job's program, tests or
 result itself: each job arrives as a small header plus three memfds (program, tests, result), so
 the memory that a candidate inherits by `fork` holds no test, no expected value, no nonce and no
@@ -9,7 +9,7 @@ earlier job's result.
 At start it builds, in a private mount namespace, the read-only root the candidates will see
 (/usr, the stdlib, /dev/null...; no /etc, /home, /root contents, /proc or /sys), imports the usual
 stdlib modules, and forks the judge: a persistent process, with its own unprivileged uid and not
-dumpable, that runs each job's tests (`sandbox_judge.run_judge`) and never loads a program.
+dumpable, that runs each job's tests (`judge.run_judge`) and never loads a program.
 
 Per job:
   candidate  unshare(pid, net, mount, ipc, uts) in the worker, fork, setns back: the child is pid 1
@@ -32,6 +32,7 @@ Stdlib only.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -43,11 +44,11 @@ import socket
 import sys
 import time
 
+# A bare `python -I -S` puts neither this folder nor site-packages on the path: judge.py and wire.py
+# are imported from here by file name, as top-level modules.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import contextlib
-
-from sandbox_judge import run_judge, serve_candidate  # noqa: E402
-from sandbox_wire import send_frame  # noqa: E402
+from judge import run_judge, serve_candidate  # noqa: E402
+from wire import send_frame  # noqa: E402
 
 # Modules a typical program imports, loaded once here so every fork starts warm.
 WARM = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "typing",
