@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     """`answerkey eval CKPT --env PATH [--kwargs JSON] [--n N] [--split test] [--limit L]` (one process, no Ray)."""
     from answerkey.envs import Env, load_env
     from answerkey.local import prompts_for
+    from answerkey.reward_workers import RewardWorkers
     from answerkey.rollout.engine import SamplingParams
     from answerkey.rollout.torch_engine import TorchEngine
-    from answerkey.scoring import ScorerPool
 
     p = argparse.ArgumentParser(prog="answerkey eval", description="pass@k and maj@k of a checkpoint on an env's split")
     p.add_argument("checkpoint", help="Hugging Face checkpoint directory (e.g. runs/x/checkpoints/step_000100/model)")
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = TorchEngine.from_pretrained(args.checkpoint, seed=args.seed)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     groups = engine.generate(prompts_for(engine.tokenizer, problems), args.n, sampling)
-    with ScorerPool(args.env, kwargs, timeout_s=args.reward_timeout) as pool:
-        flat = pool.score([q for q in problems for _ in range(args.n)], [c.text for g in groups for c in g])
+    with RewardWorkers(args.env, kwargs, timeout_s=args.reward_timeout) as workers:
+        flat = workers.score([q for q in problems for _ in range(args.n)], [c.text for g in groups for c in g])
     scores = [flat[i * args.n : (i + 1) * args.n] for i in range(len(problems))]
     metrics = summarize([[c.text for c in g] for g in groups], scores, [[len(c.token_ids) for c in g] for g in groups],
                         getattr(env, "extract_answer", None))

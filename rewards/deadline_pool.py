@@ -4,9 +4,10 @@
     pool.map([(4.0,), (-1.0,)], timeout_s=5.0)   # [("ok", 2.0), ("error", "ValueError: math domain error")]
     pool.close()                                 # every worker process is gone (also run at interpreter exit)
 
-Two owners, one mechanism. The math checker (`rewards/math.py`) keeps a pool of its own for the sympy
-calls, one item per bound; the driver's `answerkey/scoring.py` (`ScorerPool`) runs the env's reward
-code in one as the whole-batch backstop (its `init` builds the env inside each worker). What they share:
+Two owners, one mechanism. The math checker (`rewards/math/`) keeps a pool of its own for the sympy
+calls, one item per bound; the driver's `RewardWorkers` (`answerkey/reward_workers.py`) runs the
+env's reward code in one as the whole-batch backstop (its `init` builds the env inside each worker).
+What they share:
 
 - spawn: each worker is a fresh interpreter (`python -c`) on a socketpair, never a fork of the caller
   (forking a process that holds threads or a CUDA context is unsafe) and never multiprocessing's

@@ -1,4 +1,4 @@
-"""Envs with broken reward code, for the driver's and the scorer's fault tests (loaded by dotted path)."""
+"""Envs with broken reward code, for the driver's and RewardWorkers' fault tests (loaded by dotted path)."""
 
 from __future__ import annotations
 

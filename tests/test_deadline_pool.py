@@ -1,6 +1,6 @@
 """The shared reward process pool (`rewards/deadline_pool.py`): hard kill of a hung item, replacement of a dead
 worker, the memory limit, start-up failures named, and a close that leaves no process — the properties
-the math checker and the driver's ScorerPool both rely on."""
+the math checker and the driver's RewardWorkers both rely on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reward process pool: env code runs outside the caller, each item under a kill, results by index."""
+"""RewardWorkers: env code runs outside the caller, each item under a kill, results by index."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import pytest
 
 from answerkey.envs.synthetic import SyntheticEnv
+from answerkey.reward_workers import RewardWorkers
 from answerkey.rewards import Status
-from answerkey.scoring import ScorerPool
 
 ENV = "tests.faulty_env:FaultyEnv"
 
@@ -23,7 +23,7 @@ def test_raise_hang_and_crash_are_scored_zero_by_status_and_the_rest_by_index(pr
     bad = {"raise_on": [problems[1].id], "hang_on": [problems[3].id], "crash_on": [problems[4].id]}
     kwargs = {"difficulty": 1, "train_size": 6, "test_size": 2} | bad
     completions = [p.meta["solution"] for p in problems]
-    with ScorerPool(env, kwargs, processes=2, timeout_s=1.5) as pool:
+    with RewardWorkers(env, kwargs, processes=2, timeout_s=1.5) as pool:
         assert pool.batched is (env != ENV)
         scores = pool.score(problems, completions)
         statuses = [s.status for s in scores]
@@ -41,13 +41,13 @@ def test_raise_hang_and_crash_are_scored_zero_by_status_and_the_rest_by_index(pr
 
 def test_an_env_that_cannot_be_built_is_reported_with_its_path():
     with pytest.raises(RuntimeError, match="could not build env 'tests.faulty_env:FaultyEnv'.*difficulty"):
-        ScorerPool(ENV, {"difficulty": "hard"})
+        RewardWorkers(ENV, {"difficulty": "hard"})
 
 
 def test_an_allocation_past_the_memory_limit_is_that_items_error_and_the_process_lives_on(problems):
     kwargs = {"difficulty": 1, "train_size": 6, "test_size": 2, "hog_on": [problems[0].id]}
     completions = [p.meta["solution"] for p in problems[:3]]
-    with ScorerPool(ENV, kwargs, processes=1, timeout_s=30, memory_gb=1) as pool:
+    with RewardWorkers(ENV, kwargs, processes=1, timeout_s=30, memory_gb=1) as pool:
         scores = pool.score(problems[:3], completions)
         assert [s.status for s in scores] == [Status.error, Status.correct, Status.correct]
         assert "MemoryError" in scores[0].detail and problems[0].id in scores[0].detail
@@ -56,4 +56,4 @@ def test_an_allocation_past_the_memory_limit_is_that_items_error_and_the_process
 
 def test_bad_pool_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="memory_gb >= 0"):
-        ScorerPool(ENV, {}, memory_gb=-1)
+        RewardWorkers(ENV, {}, memory_gb=-1)

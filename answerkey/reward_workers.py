@@ -1,12 +1,13 @@
-"""Reward scoring outside the trainer's process: env code runs in worker processes, each item under a kill.
+"""An env's reward code in separate killable processes: scoring outside the trainer's process.
 
-    pool = ScorerPool("answerkey.envs.synthetic:SyntheticEnv", {"difficulty": 2}, processes=1, timeout_s=30)
-    scores = pool.score(problems, completions)      # one Score per item, in the order given
-    pool.close()
+    workers = RewardWorkers("answerkey.envs.synthetic:SyntheticEnv", {"difficulty": 2}, processes=1,
+                            timeout_s=30)
+    scores = workers.score(problems, completions)   # one Score per item, in the order given
+    workers.close()
 
-The driver's whole-batch backstop over env code, on the shared process pool (`rewards/deadline_pool.py`,
-`DeadlinePool`: fresh `python -c` interpreters, SIGKILL at the deadline, replacement, an address-space
-limit, a close that leaves no process). Each worker builds its own env from the dotted path (so the
+The driver's whole-batch backstop over env code, on `rewards/deadline_pool.py` (`DeadlinePool`:
+fresh `python -c` interpreters, SIGKILL at the deadline, replacement, an address-space limit, a
+close that leaves no process). Each worker builds its own env from the dotted path (so the
 env never has to be pickled, and is never built in the caller) and scores one item at a time with
 `envs.base.score_one`: an env whose `score` raises gives that item `Status.error` naming the problem.
 An env with its own `score_batch` (the math and code rewards keep their own pools with per-item
@@ -54,14 +55,16 @@ def has_own_batch(env) -> bool:
     return method is not None and method is not Env.score_batch
 
 
-class ScorerPool:
+class RewardWorkers:
+    """`processes` reward processes, each with its own env built from `env_path` (module docstring)."""
+
     def __init__(self, env_path: str, env_kwargs: Mapping[str, Any] | None = None, processes: int = 1,
                  timeout_s: float = 30.0, memory_gb: float = 8.0):
         if processes < 1 or timeout_s <= 0 or memory_gb < 0:
-            raise ValueError(f"ScorerPool needs processes >= 1, timeout_s > 0 and memory_gb >= 0, "
+            raise ValueError(f"RewardWorkers needs processes >= 1, timeout_s > 0 and memory_gb >= 0, "
                              f"got {processes}, {timeout_s}, {memory_gb}")
         self.env_path, self.timeout_s = env_path, timeout_s
-        self.pool = DeadlinePool("answerkey.scoring:_score", workers=processes, init="answerkey.scoring:_build",
+        self.pool = DeadlinePool("answerkey.reward_workers:_score", workers=processes, init="answerkey.reward_workers:_build",
                              init_args=(env_path, dict(env_kwargs or {})),
                              memory_limit_bytes=int(memory_gb * 1024**3) or None)
         try:
@@ -85,7 +88,7 @@ class ScorerPool:
         that overran or crashed is scored again item by item, so only the guilty item scores 0.
         """
         if len(problems) != len(completions):
-            raise ValueError(f"ScorerPool.score: {len(problems)} problems but {len(completions)} completions")
+            raise ValueError(f"RewardWorkers.score: {len(problems)} problems but {len(completions)} completions")
         results: list[Score | None] = [None] * len(problems)
         single = [[i] for i in range(len(problems))]
         if self.batched and len(problems) > 1:
@@ -116,7 +119,7 @@ class ScorerPool:
         """Stop every reward process (the env's own pools shut down with it); none is left running."""
         self.pool.close()
 
-    def __enter__(self) -> ScorerPool:
+    def __enter__(self) -> RewardWorkers:
         return self
 
     def __exit__(self, *exc) -> None:
