@@ -66,7 +66,8 @@ def check(response: str, gold: str, sympy_ok: bool = True) -> Score | None:
         return Score.failed(Status.no_answer, found.reason)
     detail = found.answer[:100]
     if len(found.answer) > MAX_RAW_CHARS:  # bounds the fast path's own work in the caller's process
-        return Score.failed(Status.unparseable, f"answer of {len(found.answer)} characters (> {MAX_RAW_CHARS})")
+        return Score.failed(Status.unparseable,
+                            f"answer of {len(found.answer)} characters (> {MAX_RAW_CHARS})")
     answer_n = normalize(found.answer)
     if not answer_n:
         return Score.failed(Status.no_answer, f"empty answer {detail!r}")

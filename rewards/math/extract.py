@@ -122,7 +122,7 @@ _MATH_DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 
 
 def _first_math_or_sentence(rest: str) -> str | None:
-    """`$…$` (or `\\(…\\)`, `\\[…\\]`) if the statement starts with math, else the text up to the sentence end."""
+    """`$…$` (or `\\(…\\)`, `\\[…\\]`) when the statement starts with math, else its first sentence."""
     for left, right in _MATH_DELIMS:
         if rest.startswith(left):
             end = rest.find(right, len(left))
