@@ -67,9 +67,11 @@ def run_tests_batch(jobs: Sequence[Job], box: Sandbox | None = None) -> list[Sco
     """One `Score` per job, executed in parallel over the pool (`box`, or the process-wide one)."""
     for i, job in enumerate(jobs):
         if not isinstance(job, Job):
-            raise TypeError(f"run_tests_batch: item {i} is a {type(job).__name__}, expected answerkey.rewards.code.Job")
+            raise TypeError(f"run_tests_batch: item {i} is a {type(job).__name__}, "
+                            f"expected answerkey.rewards.code.Job")
         if not job.timeout_s > 0:
-            raise ValueError(f"run_tests_batch: item {i} ({job.entry_point}) has timeout_s={job.timeout_s}, must be > 0")
+            raise ValueError(f"run_tests_batch: item {i} ({job.entry_point}) has timeout_s={job.timeout_s}, "
+                             f"must be > 0")
     return [to_score(o) for o in (box or sandbox()).run(jobs)]
 
 
@@ -81,7 +83,8 @@ def to_score(outcome: Outcome) -> Score:
             return Score.failed(Status.error, "the tests contain no assert that involves the candidate")
         passed, total = sum(outcome.units), len(outcome.units)
         status = Status.correct if passed == total else Status.partial if passed else Status.wrong
-        return Score(passed / total, status, f"{passed}/{total} asserts passed" + (f"; {detail}" if detail else ""))
+        summary = f"{passed}/{total} asserts passed" + (f"; {detail}" if detail else "")
+        return Score(passed / total, status, summary)
     if load == "syntax":
         return Score.failed(Status.unparseable, detail)
     if load == "timeout":

@@ -78,7 +78,8 @@ def _limit_memory(limit: int | None) -> None:
 
 
 def _serve(fd: int) -> None:
-    """Worker process: set up (memory limit, import the target, run init), then answer items until told to stop."""
+    """Worker process: set up (memory limit, import the target, run init), then answer items until told
+    to stop."""
     conn = Connection(fd)
     try:
         target, init, init_args, memory_limit = conn.recv()
@@ -117,8 +118,8 @@ class _Worker:
         parent, child = socket.socketpair()
         code = "import sys; from answerkey.rewards.deadline_pool import _serve; _serve(int(sys.argv[1]))"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen([sys.executable, "-c", code, str(child.fileno())], pass_fds=[child.fileno()],
-                                        stdin=subprocess.DEVNULL, env=env)
+        self.process = subprocess.Popen([sys.executable, "-c", code, str(child.fileno())],
+                                        pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env)
         child.close()
         self.conn = Connection(parent.detach())
         self.conn.send(setup)
@@ -226,7 +227,8 @@ class DeadlinePool:
         return worker
 
     def _replace(self, worker: _Worker) -> _Worker:
-        """Kill `worker` and start its successor (none once the pool is closed: the dead one stays in its slot)."""
+        """Kill `worker` and start its successor (none once the pool is closed: the dead one stays in its
+        slot)."""
         worker.kill()
         with self._lock:
             self._live.discard(worker)
@@ -241,7 +243,8 @@ class DeadlinePool:
         """
         bounds = [timeout_s] * len(items) if isinstance(timeout_s, int | float) else list(timeout_s)
         if len(bounds) != len(items) or not all(b > 0 for b in bounds):
-            raise ValueError(f"timeout_s must be > 0, one value or one per item ({len(items)}), got {timeout_s}")
+            raise ValueError(f"timeout_s must be > 0, one value or one per item ({len(items)}), "
+                             f"got {timeout_s}")
         if not items:
             return []
         results: list[tuple[str, Any] | None] = [None] * len(items)
@@ -253,7 +256,8 @@ class DeadlinePool:
                 self._idle.put(worker)
         return results  # type: ignore[return-value]
 
-    def _run(self, workers: list[_Worker], items: Sequence[tuple], bounds: list[float], results: list) -> None:
+    def _run(self, workers: list[_Worker], items: Sequence[tuple], bounds: list[float],
+             results: list) -> None:
         pending = list(range(len(items)))[::-1]  # pop() from the end hands out items in order
         busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, deadline)
         while pending or busy:
@@ -263,13 +267,14 @@ class DeadlinePool:
                 return
             try:
                 self._step(workers, items, bounds, results, pending, busy)
-            except OSError:  # a connection closed by close() in another thread; the loop's next check fails the rest
+            except OSError:  # close() in another thread closed a connection: the next check fails the rest
                 if not self._closed:
                     raise
 
     def _step(self, workers: list[_Worker], items: Sequence[tuple], bounds: list[float], results: list,
               pending: list[int], busy: dict[int, tuple[int, float]]) -> None:
-        """Hand items to ready workers, take in replies, kill overruns; fail everything if no worker can start."""
+        """Hand items to ready workers, take in replies, kill overruns; fail everything if no worker can
+        start."""
         for slot, worker in enumerate(workers):
             if worker.ready and slot not in busy and pending:
                 index = pending.pop()
@@ -282,7 +287,8 @@ class DeadlinePool:
             self._receive(workers, slot, busy, results)
         now = time.monotonic()
         starting = pending and not busy and not any(w.ready for w in workers)
-        if starting and (self._early_deaths > _EARLY_DEATHS or all(now - w.started > STARTUP_S for w in workers)):
+        gave_up = self._early_deaths > _EARLY_DEATHS or all(now - w.started > STARTUP_S for w in workers)
+        if starting and gave_up:
             why = self._start_error or f"none started within {STARTUP_S:.0f} s"
             for index in pending:
                 results[index] = ("error", f"no worker for {self.target} could start: {why}")

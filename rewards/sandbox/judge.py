@@ -122,7 +122,8 @@ def split_units(tests: str, entry_point: str) -> tuple[list[ast.stmt], list[tupl
         involves = bool(names & tainted)
         has_assert = any(isinstance(n, ast.Assert) for n in ast.walk(stmt))
         if involves and not has_assert:
-            tainted |= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            tainted |= {n.id for n in ast.walk(stmt)
+                        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         statements.append((stmt, involves and has_assert))
     return module, statements
 

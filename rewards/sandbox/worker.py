@@ -106,7 +106,8 @@ def build_root(root: str, extra_ro: list[str]) -> None:
         mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for path in extra_ro:  # the interpreter's own site-packages: not part of what a program may read
         if os.path.isdir(path + "/site-packages"):
-            mount("tmpfs", root + path + "/site-packages", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+            mount("tmpfs", root + path + "/site-packages", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV,
+                  "size=4k")
     os.makedirs(root + "/dev")
     for dev in ("null", "zero", "urandom", "random"):
         open(f"{root}/dev/{dev}", "w").close()
@@ -200,10 +201,12 @@ class Namespaces:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.own = {kind: os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind, _ in self.KINDS}
+        self.own = {kind: os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                    for kind, _ in self.KINDS}
 
     def fresh(self) -> None:
-        """The worker moves into new net/mnt/ipc/uts namespaces; its next child is pid 1 of a new pid namespace."""
+        """The worker moves into new net/mnt/ipc/uts namespaces; its next child is pid 1 of a new pid
+        namespace."""
         if self.enabled:
             unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
 
@@ -290,7 +293,8 @@ class Worker:
         self.judge_sock.close()
 
     def run_job(self, job: dict, program_fd: int, tests_fd: int, result_fd: int) -> dict:
-        """Fork pid 1 of fresh namespaces, hand the tests to the judge, wait for it or the deadline, kill, reap."""
+        """Fork pid 1 of fresh namespaces, hand the tests to the judge, wait for it or the deadline, kill,
+        reap."""
         started = time.monotonic()
         deadline = started + float(job["timeout_s"])
         rpc_judge, rpc_candidate = socket.socketpair()
@@ -378,7 +382,8 @@ def vacate(cgroup_procs: list[str], timeout_s: float = 5.0) -> None:
         if not pids:
             return
         if time.monotonic() > give_up:
-            raise RuntimeError(f"cgroup {cgroup_procs[0]} still has processes {pids} after SIGKILL for {timeout_s} s")
+            raise RuntimeError(f"cgroup {cgroup_procs[0]} still has processes {pids} after SIGKILL for "
+                               f"{timeout_s} s")
         for pid in pids:
             _kill(pid)
         time.sleep(0.0005)
