@@ -1,7 +1,7 @@
 """Evaluation metrics over n samples per problem: pass@1, pass@k (unbiased), maj@k, and `answerkey eval`.
 
     answerkey eval runs/my-run/checkpoints/step_000100/model --env answerkey.envs.gsm8k:GSM8KEnv \\
-        --kwargs '{"test_path": "../shared/data/gsm8k/test.jsonl"}' --n 8 --limit 200
+        --kwargs '{"test_path": "data/gsm8k/test.jsonl"}' --n 8 --limit 200
 
 pass@k is the unbiased estimator of Chen et al. 2021 (https://arxiv.org/abs/2107.03374, eq. 1):
 with c correct among n samples, pass@k = 1 - C(n-c, k) / C(n, k), averaged over problems. maj@k
@@ -31,7 +31,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def majority_correct(texts: Sequence[str], scores: Sequence[Score], extract: Callable[[str], str | None]) -> bool:
+def majority_correct(texts: Sequence[str], scores: Sequence[Score],
+                     extract: Callable[[str], str | None]) -> bool:
     """Whether the most common extracted answer among these samples was scored correct."""
     votes: Counter[str] = Counter()
     correct: dict[str, bool] = {}
@@ -48,8 +49,9 @@ def majority_correct(texts: Sequence[str], scores: Sequence[Score], extract: Cal
     return correct[winner]
 
 
-def summarize(texts: Sequence[Sequence[str]], scores: Sequence[Sequence[Score]], lengths: Sequence[Sequence[int]],
-              extract: Callable[[str], str | None] | None = None, prefix: str = "eval") -> dict[str, float]:
+def summarize(texts: Sequence[Sequence[str]], scores: Sequence[Sequence[Score]],
+              lengths: Sequence[Sequence[int]], extract: Callable[[str], str | None] | None = None,
+              prefix: str = "eval") -> dict[str, float]:
     """Metrics of (P, n) sampled completions: mean reward, pass@1 / pass@k / maj@k, length, statuses."""
     extract = extract or final_answer
     n = len(scores[0])
@@ -58,22 +60,27 @@ def summarize(texts: Sequence[Sequence[str]], scores: Sequence[Sequence[Score]],
     out = {f"{prefix}/reward": sum(map(float, flat)) / len(flat),
            f"{prefix}/response_length": sum(map(sum, lengths)) / len(flat)}
     for k in ks:
-        out[f"{prefix}/pass@{k}"] = sum(pass_at_k(n, sum(s.status == Status.correct for s in g), k) for g in scores) / len(scores)
-    out[f"{prefix}/maj@{n}"] = sum(majority_correct(t, s, extract) for t, s in zip(texts, scores, strict=True)) / len(scores)
+        passed = sum(pass_at_k(n, sum(s.status == Status.correct for s in g), k) for g in scores)
+        out[f"{prefix}/pass@{k}"] = passed / len(scores)
+    majority = sum(majority_correct(t, s, extract) for t, s in zip(texts, scores, strict=True))
+    out[f"{prefix}/maj@{n}"] = majority / len(scores)
     out |= {k.replace("reward/", f"{prefix}/"): v / len(flat) for k, v in status_counts(flat).items()}
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`answerkey eval CKPT --env PATH [--kwargs JSON] [--n N] [--split test] [--limit L]` (one process, no Ray)."""
+    """`answerkey eval CKPT --env PATH [--kwargs JSON] [--n N] [--split test] [--limit L]` (one process,
+    no Ray)."""
     from answerkey.envs import Env, load_env
     from answerkey.local import prompts_for
     from answerkey.reward_workers import RewardWorkers
     from answerkey.rollout.engine import SamplingParams
     from answerkey.rollout.torch_engine import TorchEngine
 
-    p = argparse.ArgumentParser(prog="answerkey eval", description="pass@k and maj@k of a checkpoint on an env's split")
-    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (e.g. runs/x/checkpoints/step_000100/model)")
+    p = argparse.ArgumentParser(prog="answerkey eval",
+                                description="pass@k and maj@k of a checkpoint on an env's split")
+    p.add_argument("checkpoint",
+                   help="Hugging Face checkpoint directory (e.g. runs/x/checkpoints/step_000100/model)")
     p.add_argument("--env", required=True, help="dotted path of the env, e.g. answerkey.envs.gsm8k:GSM8KEnv")
     p.add_argument("--kwargs", default="{}", help="JSON object of env constructor arguments")
     p.add_argument("--split", default="test", choices=["train", "test"])
@@ -81,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first L problems only (0 = all)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--reward-timeout", type=float, default=30.0, help="seconds per completion before its scorer is killed")
+    p.add_argument("--reward-timeout", type=float, default=30.0,
+                   help="seconds per completion before its scorer is killed")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.n < 1:
@@ -95,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     groups = engine.generate(prompts_for(engine.tokenizer, problems), args.n, sampling)
     with RewardWorkers(args.env, kwargs, timeout_s=args.reward_timeout) as workers:
-        flat = workers.score([q for q in problems for _ in range(args.n)], [c.text for g in groups for c in g])
+        flat = workers.score([q for q in problems for _ in range(args.n)],
+                             [c.text for g in groups for c in g])
     scores = [flat[i * args.n : (i + 1) * args.n] for i in range(len(problems))]
-    metrics = summarize([[c.text for c in g] for g in groups], scores, [[len(c.token_ids) for c in g] for g in groups],
-                        getattr(env, "extract_answer", None))
-    print(json.dumps({"checkpoint": args.checkpoint, "env": args.env, "split": args.split, "problems": len(problems),
-                      "n": args.n} | metrics, indent=2))
+    texts = [[c.text for c in g] for g in groups]
+    lengths = [[len(c.token_ids) for c in g] for g in groups]
+    metrics = summarize(texts, scores, lengths, getattr(env, "extract_answer", None))
+    print(json.dumps({"checkpoint": args.checkpoint, "env": args.env, "split": args.split,
+                      "problems": len(problems), "n": args.n} | metrics, indent=2))
     return 0

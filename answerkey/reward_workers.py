@@ -64,9 +64,10 @@ class RewardWorkers:
             raise ValueError(f"RewardWorkers needs processes >= 1, timeout_s > 0 and memory_gb >= 0, "
                              f"got {processes}, {timeout_s}, {memory_gb}")
         self.env_path, self.timeout_s = env_path, timeout_s
-        self.pool = DeadlinePool("answerkey.reward_workers:_score", workers=processes, init="answerkey.reward_workers:_build",
-                             init_args=(env_path, dict(env_kwargs or {})),
-                             memory_limit_bytes=int(memory_gb * 1024**3) or None)
+        self.pool = DeadlinePool("answerkey.reward_workers:_score", workers=processes,
+                                 init="answerkey.reward_workers:_build",
+                                 init_args=(env_path, dict(env_kwargs or {})),
+                                 memory_limit_bytes=int(memory_gb * 1024**3) or None)
         try:
             self.batched = bool(self.pool.start())  # the env has its own score_batch
         except RuntimeError as exc:
@@ -88,7 +89,8 @@ class RewardWorkers:
         that overran or crashed is scored again item by item, so only the guilty item scores 0.
         """
         if len(problems) != len(completions):
-            raise ValueError(f"RewardWorkers.score: {len(problems)} problems but {len(completions)} completions")
+            raise ValueError(f"RewardWorkers.score: {len(problems)} problems but "
+                             f"{len(completions)} completions")
         results: list[Score | None] = [None] * len(problems)
         single = [[i] for i in range(len(problems))]
         if self.batched and len(problems) > 1:
@@ -99,7 +101,8 @@ class RewardWorkers:
         return results  # type: ignore[return-value]  (every slot is filled)
 
     def _run(self, jobs: list[list[int]], problems, completions, results: list) -> list[int]:
-        """Score `jobs` (lists of item indices) on the pool; returns the items of multi-item jobs that failed."""
+        """Score `jobs` (lists of item indices) on the pool; returns the items of multi-item jobs that
+        failed."""
         items = [([problems[i] for i in idx], [completions[i] for i in idx]) for idx in jobs]
         outcomes = self.pool.map(items, timeout_s=[self.timeout_s * len(idx) for idx in jobs])
         retry = []
@@ -110,9 +113,11 @@ class RewardWorkers:
             elif len(idx) > 1:
                 retry += idx
             elif kind == "timeout":
-                results[idx[0]] = Score.failed(Status.timeout, f"scoring {problems[idx[0]].id} took > {self.timeout_s:g} s")
+                results[idx[0]] = Score.failed(Status.timeout,
+                                               f"scoring {problems[idx[0]].id} took > {self.timeout_s:g} s")
             else:
-                results[idx[0]] = Score.failed(Status.error, f"reward process: {value}, scoring {problems[idx[0]].id}")
+                results[idx[0]] = Score.failed(Status.error,
+                                               f"reward process: {value}, scoring {problems[idx[0]].id}")
         return retry
 
     def close(self) -> None:
