@@ -1,6 +1,6 @@
-"""The shared reward process pool (`rewards/deadline_pool.py`): hard kill of a hung item, replacement of a dead
-worker, the memory limit, start-up failures named, and a close that leaves no process — the properties
-the math checker and the driver's RewardWorkers both rely on."""
+"""DeadlinePool (`rewards/deadline_pool.py`): hard kill of a hung item, replacement of a dead worker,
+the memory limit, start-up failures named, and a close that leaves no process — the properties the
+math checker and the driver's RewardWorkers both rely on."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def children() -> set[int]:
 
 
 def test_an_overrunning_item_is_killed_and_the_pool_recovers():
-    pool = DeadlinePool("time:sleep", workers=1)  # target time.sleep(seconds): a stand-in for a hung sympy call
+    pool = DeadlinePool("time:sleep", workers=1)  # time.sleep(seconds): a stand-in for a hung sympy call
     try:
         assert pool.map([(60,), (0,), (0,)], timeout_s=0.5) == [("timeout", ""), ("ok", None), ("ok", None)]
         assert pool.kills == 1 and pool.restarts == 1
@@ -57,7 +57,8 @@ def test_a_crashing_worker_is_an_error_and_is_replaced():
 def test_an_exception_in_the_target_is_that_items_error():
     pool = DeadlinePool("math:sqrt", workers=1)
     try:
-        assert pool.map([(4.0,), (-1.0,)], timeout_s=5) == [("ok", 2.0), ("error", "ValueError: math domain error")]
+        assert pool.map([(4.0,), (-1.0,)], timeout_s=5) == [("ok", 2.0),
+                                                            ("error", "ValueError: math domain error")]
     finally:
         pool.close()
 
@@ -78,7 +79,8 @@ def test_workers_run_under_the_memory_limit_and_an_allocation_past_it_raises_mem
         assert outcomes[0] == ("error", "MemoryError: ") and outcomes[1] == ("ok", bytearray(16))
         assert pool.restarts == 0
     with DeadlinePool("resource:getrlimit", workers=1, memory_limit_bytes=None) as pool:
-        assert pool.map([(resource.RLIMIT_AS,)], timeout_s=30)[0] == ("ok", resource.getrlimit(resource.RLIMIT_AS))
+        got = pool.map([(resource.RLIMIT_AS,)], timeout_s=30)[0]
+        assert got == ("ok", resource.getrlimit(resource.RLIMIT_AS))
 
 
 def test_start_returns_what_init_returned_and_a_failing_init_is_named():
@@ -86,7 +88,8 @@ def test_start_returns_what_init_returned_and_a_failing_init_is_named():
         pid = pool.start()  # init's return value, from a worker (not this process)
         assert pid in pool.pids() and pid != os.getpid() and len(pool.pids()) == 2
     before = children()
-    with pytest.raises(RuntimeError, match=r"worker for math:sqrt could not start: ValueError: math domain error"):
+    with pytest.raises(RuntimeError,
+                       match=r"worker for math:sqrt could not start: ValueError: math domain error"):
         DeadlinePool("math:sqrt", workers=2, init="math:sqrt", init_args=(-1.0,)).start()
     assert children() <= before
 

@@ -38,7 +38,8 @@ def test_the_table_is_large_and_covers_both_verdicts():
 def test_table_row(table_verdicts, row):
     response, gold, expected = TABLE[row]
     result = table_verdicts[row]
-    assert result.status == expected, f"{response[-80:]!r} vs gold {gold!r}: {result.status.value} ({result.detail})"
+    assert result.status == expected, (f"{response[-80:]!r} vs gold {gold!r}: "
+                                       f"{result.status.value} ({result.detail})")
     assert float(result) == (1.0 if expected == Status.correct else 0.0)
 
 
@@ -89,7 +90,8 @@ def test_asyncio_executor_calls_get_the_same_verdicts(table_verdicts):
 def test_a_checker_with_its_own_pool_scores_and_closes():
     checker = math_reward.MathChecker(workers=1, timeout_s=5.0)
     try:
-        scores = checker.score_batch([("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"), ("#### 7", "7"), ("\\boxed{x+1}", "x")])
+        scores = checker.score_batch([("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"), ("#### 7", "7"),
+                                      ("\\boxed{x+1}", "x")])
         assert [s.status for s in scores] == [Status.correct, Status.correct, Status.wrong]
     finally:
         checker.close()

@@ -18,7 +18,8 @@ def problems():
     return list(SyntheticEnv(difficulty=1, train_size=6, test_size=2).problems("train"))
 
 
-@pytest.mark.parametrize("env", [ENV, "tests.faulty_env:BatchedFaultyEnv"])  # item by item; in chunks, then item by item
+# ENV scores item by item; BatchedFaultyEnv in chunks, then item by item
+@pytest.mark.parametrize("env", [ENV, "tests.faulty_env:BatchedFaultyEnv"])
 def test_raise_hang_and_crash_are_scored_zero_by_status_and_the_rest_by_index(problems, env):
     bad = {"raise_on": [problems[1].id], "hang_on": [problems[3].id], "crash_on": [problems[4].id]}
     kwargs = {"difficulty": 1, "train_size": 6, "test_size": 2} | bad
@@ -27,12 +28,14 @@ def test_raise_hang_and_crash_are_scored_zero_by_status_and_the_rest_by_index(pr
         assert pool.batched is (env != ENV)
         scores = pool.score(problems, completions)
         statuses = [s.status for s in scores]
-        assert statuses == [Status.correct, Status.error, Status.correct, Status.timeout, Status.error, Status.correct]
+        assert statuses == [Status.correct, Status.error, Status.correct, Status.timeout, Status.error,
+                            Status.correct]
         assert all(float(s) == 0.0 for s in scores if s.status != Status.correct)
         assert "ZeroDivisionError" in scores[1].detail and problems[1].id in scores[1].detail
         assert problems[3].id in scores[3].detail and "died" in scores[4].detail
         assert pool.restarts == (2 if env == ENV else 3)  # hung and crashed processes replaced (+1 chunk)...
-        again = pool.score(problems[:1] * 3, ["#### 0", completions[0], "no answer"])  # ...and the pool still works
+        # ...and the pool still works
+        again = pool.score(problems[:1] * 3, ["#### 0", completions[0], "no answer"])
         assert [s.status for s in again] == [Status.wrong, Status.correct, Status.no_answer]
         pids = pool.pids()
         assert len(pids) == 2
