@@ -4,6 +4,7 @@
     result = math_reward.score("... so the area is $\\\\boxed{12\\\\pi}$.", "12\\\\pi")
     float(result), result.status          # (1.0, Status.correct)
     math_reward.score_batch([(response, gold), ...], timeout_s=5.0)   # list[Score], same order
+    math_reward.final_answer("... #### 0.5"), math_reward.exact_value("1,234")   # ('1/2', Fraction(1234, 1))
 
 Pipeline (each stage in its own module of this package; imports go down the list, never up):
   `extract`  the last complete `\\boxed{}` / `\\fbox{}` / `\\boxed x`, else the last `#### x`,
