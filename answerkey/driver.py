@@ -32,10 +32,10 @@ from answerkey.config import Config, ConfigError
 from answerkey.envs.base import load_env
 from answerkey.learner import group as learner_group
 from answerkey.loop import Loop, Rollouts, resume_point
+from answerkey.reward_workers import RewardWorkers
 from answerkey.rollout.transfer import make_transport
 from answerkey.rollout.worker import RolloutWorker
 from answerkey.rundir import RunDir
-from answerkey.scoring import ScorerPool
 
 RESOURCE_WAIT_S = 60.0  # how long start-up waits for CPUs still held by a previous run's exiting actors
 
@@ -78,8 +78,7 @@ def start(cfg: Config, run: RunDir, resume: bool = False, console: Console | Non
         if pg is not None:
             ray.util.remove_placement_group(pg)
 
-    scorer = ScorerPool(cfg.env.path, cfg.env.kwargs, cfg.env.reward_processes, cfg.env.reward_timeout_s,
-                        cfg.env.reward_memory_gb)
+    scorer = RewardWorkers.for_env(cfg.env)
     rollouts = Rollouts(env, cfg.env, tokenizer, workers, scorer)
     try:
         return Loop(cfg, rollouts, learner, make_transport(cfg.rollout.transport, learner), run,

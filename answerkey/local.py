@@ -29,12 +29,12 @@ from answerkey.config import Config, ConfigError, EnvConfig
 from answerkey.envs.base import Problem, load_env
 from answerkey.learner.learner import Learner
 from answerkey.loop import Loop, Rollouts
+from answerkey.reward_workers import RewardWorkers
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
 from answerkey.rollout.transfer import make_transport
 from answerkey.rollout.worker import RolloutWorker
 from answerkey.rundir import RunDir
-from answerkey.scoring import ScorerPool
 
 
 def start(cfg: Config, model: torch.nn.Module, tokenizer, run: RunDir | None = None) -> Loop:
@@ -47,7 +47,7 @@ def start(cfg: Config, model: torch.nn.Module, tokenizer, run: RunDir | None = N
                                          precision=cfg.rollout.precision))
                for i in range(cfg.rollout.workers)]
     learner = Learner(model, cfg.learner, cfg.rollout.sampling(), total_steps=cfg.run.steps)
-    rollouts = Rollouts(env, cfg.env, tokenizer, workers, reward_workers(cfg.env))
+    rollouts = Rollouts(env, cfg.env, tokenizer, workers, RewardWorkers.for_env(cfg.env))
     try:
         return Loop(cfg, rollouts, learner, make_transport(cfg.rollout.transport, learner), run)
     except BaseException:
@@ -60,13 +60,9 @@ def evaluate_checkpoint(path: str, env_cfg: EnvConfig, problems: Sequence[Proble
     """`Loop.evaluate`'s metrics of the Hugging Face checkpoint at `path`, from one worker seeded `seed`."""
     worker = RolloutWorker(path, seed=seed)
     rollouts = Rollouts(load_env(env_cfg.path, env_cfg.kwargs), env_cfg, worker.engine.tokenizer, [worker],
-                        reward_workers(env_cfg))
+                        RewardWorkers.for_env(env_cfg))
     try:
         return rollouts.evaluate(problems, samples, sampling)
     finally:
         rollouts.scorer.close()
 
-
-def reward_workers(env_cfg: EnvConfig) -> ScorerPool:
-    return ScorerPool(env_cfg.path, env_cfg.kwargs, env_cfg.reward_processes, env_cfg.reward_timeout_s,
-                      env_cfg.reward_memory_gb)

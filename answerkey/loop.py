@@ -83,7 +83,7 @@ class Rollouts:
     """The rollout side: rollout workers sample completions, the reward workers score them.
 
     `workers` are RolloutWorkers (Ray actors or plain objects); `scorer` runs the env's reward code in
-    killable processes (answerkey/scoring.py). `restart(i)`, when set, replaces worker i after it died
+    killable processes (answerkey/reward_workers.py). `restart(i)`, when set, replaces worker i after it died
     (the Loop sets it: a fresh actor loaded with the current weights); without it a dead worker ends the run.
     """
 

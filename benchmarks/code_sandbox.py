@@ -52,8 +52,8 @@ def bwrap_command(path: Path, fast: bool) -> list[str]:
     parents = [str(p) for p in reversed(Path(prefix).parents) if str(p) != "/"]
     cmd = ["bwrap", *[a for d in parents for a in ("--perms", "0755", "--dir", d)],
            "--ro-bind", "/usr", "/usr", "--ro-bind", prefix, prefix, "--ro-bind", str(path), "/prog.py",
-           "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-           "--unshare-uts", "--die-with-parent",
+           "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp",
+           "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
            "--new-session", "--clearenv"]
     for link in ("bin", "lib", "lib64", "sbin"):
         if os.path.islink(f"/{link}"):
@@ -83,7 +83,8 @@ def run_ours(box: Sandbox, jobs: list[Job]) -> tuple[float, list[float]]:
     started = time.perf_counter()
     outcomes = box.run(jobs)
     wall = time.perf_counter() - started
-    bad = [(j.entry_point, o) for j, o in zip(jobs, outcomes, strict=True) if o.load != "ok" or not all(o.units)]
+    bad = [(j.entry_point, o) for j, o in zip(jobs, outcomes, strict=True)
+           if o.load != "ok" or not all(o.units)]
     if bad:
         raise RuntimeError(f"ours: {len(bad)} canonical solutions did not pass, e.g. {bad[0]}")
     return wall, [o.wall_s for o in outcomes]
@@ -96,15 +97,16 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--concurrency", type=int, default=2, help="programs in flight, the same for every method")
+    parser.add_argument("--concurrency", type=int, default=2,
+                        help="programs in flight, the same for every method")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per method")
     parser.add_argument("--limit", type=int, default=164, help="programs per round (HumanEval has 164)")
     args = parser.parse_args()
     if shutil.which("bwrap") is None:
         sys.exit("bubblewrap is not installed (apt-get install bubblewrap)")
     rows = load_rows()[: args.limit]
-    jobs = [Job(r["prompt"] + r["canonical_solution"], r["test"], r["entry_point"], TIMEOUT_S, prelude=r["prompt"])
-            for r in rows]
+    jobs = [Job(r["prompt"] + r["canonical_solution"], r["test"], r["entry_point"], TIMEOUT_S,
+                prelude=r["prompt"]) for r in rows]
     folder = Path(tempfile.mkdtemp(prefix="answerkey-bench-"))
     folder.chmod(0o755)
     paths = programs(rows, folder)
@@ -122,7 +124,10 @@ def main() -> None:
         box.run(jobs[: args.concurrency * 4])  # warm-up, as the RL loop's first step would
         for _ in range(args.rounds):
             for name, commands in methods.items():
-                wall, lat = run_ours(box, jobs) if commands is None else run_commands(commands, args.concurrency)
+                if commands is None:
+                    wall, lat = run_ours(box, jobs)
+                else:
+                    wall, lat = run_commands(commands, args.concurrency)
                 rates[name].append(len(rows) / wall)
                 latencies[name] += lat
     shutil.rmtree(folder)
@@ -131,14 +136,15 @@ def main() -> None:
 
 def report(args, n: int, rates: dict[str, list[float]], latencies: dict[str, list[float]]) -> None:
     ours = statistics.median(rates["ours"])
-    print(f"HumanEval canonical solutions, {n} programs x {args.rounds} rounds, concurrency {args.concurrency}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"HumanEval canonical solutions, {n} programs x {args.rounds} rounds, "
+          f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"{'method':<14}{'programs/s':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'ours is':>10}")
     for name in rates:
         rate, lat = statistics.median(rates[name]), latencies[name]
         print(f"{name:<14}{rate:>11.1f}{1000 * percentile(lat, 0.5):>9.1f}{1000 * percentile(lat, 0.9):>9.1f}"
               f"{1000 * percentile(lat, 0.99):>9.1f}{ours / rate:>9.2f}x")
-    print("rounds (programs/s): " + "; ".join(f"{m} " + ", ".join(f"{r:.1f}" for r in v) for m, v in rates.items()))
+    per_round = "; ".join(f"{m} " + ", ".join(f"{r:.1f}" for r in v) for m, v in rates.items())
+    print("rounds (programs/s): " + per_round)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def score_one(env: Env, problem: Problem, completion: str) -> Score:
     except Exception as exc:  # noqa: BLE001 - user env code: any failure is this item's error
         return Score.failed(Status.error, f"{type(env).__name__}.score raised on {problem.id}: {exc!r}"[:500])
     if not isinstance(result, Score):
-        return Score.failed(Status.error, f"{type(env).__name__}.score returned {type(result).__name__}, not Score")
+        return Score.failed(Status.error,
+                            f"{type(env).__name__}.score returned {type(result).__name__}, not Score")
     return result
 
 
@@ -84,7 +85,8 @@ def score_batch(env: Env, problems: Sequence[Problem], completions: Sequence[str
     method = getattr(env, "score_batch", None)
     scores = method(problems, completions) if method else Env.score_batch(env, problems, completions)
     if len(scores) != len(problems) or not all(isinstance(s, Score) for s in scores):
-        raise TypeError(f"{type(env).__name__}.score_batch must return one Score per completion ({len(problems)})")
+        raise TypeError(f"{type(env).__name__}.score_batch must return one Score per completion "
+                        f"({len(problems)})")
     return scores
 
 
@@ -148,7 +150,8 @@ class TurnBuilder:
 
     def generate(self, generate: GenerateFn) -> Completion:
         if self.finish_reason == "length":
-            raise RuntimeError("the last model turn hit max_new_tokens; end the episode instead of continuing")
+            raise RuntimeError("the last model turn hit max_new_tokens; "
+                               "end the episode instead of continuing")
         completion = generate(self.prompt_ids + self.ids)
         self.ids += completion.token_ids
         self.mask += [1] * len(completion.token_ids)
@@ -171,7 +174,8 @@ class TurnBuilder:
         if not any(self.mask):
             raise RuntimeError("a trajectory needs at least one model turn")
         text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        return Trajectory(self.prompt_ids, self.ids, self.mask, self.logprobs, score, self.finish_reason, text)
+        return Trajectory(self.prompt_ids, self.ids, self.mask, self.logprobs, score, self.finish_reason,
+                          text)
 
 
 @runtime_checkable
@@ -211,7 +215,8 @@ def load_env(path: str, kwargs: Mapping[str, Any] | None = None) -> Env | MultiT
     try:
         env = factory(**dict(kwargs or {}))
     except TypeError as exc:
-        raise TypeError(f"env {path!r} could not be constructed with kwargs {dict(kwargs or {})}: {exc}") from exc
+        raise TypeError(f"env {path!r} could not be constructed with kwargs {dict(kwargs or {})}: "
+                        f"{exc}") from exc
     needed = ("problems", "rollout") if hasattr(env, "rollout") else ("problems", "score")
     missing = [m for m in needed if not callable(getattr(env, m, None))]
     if missing:

@@ -29,7 +29,8 @@ INSTRUCTION = "Write the Python function. Reply with the complete code in one ``
 
 
 def build_program(setup: str, entry_point: str, completion: str) -> str:
-    """The program to run: `setup`, then the completion's code (a whole function, or a body continuing `setup`)."""
+    """The program to run: `setup`, then the completion's code (a whole function, or a body continuing
+    `setup`)."""
     code = extract_code(completion)
     if f"def {entry_point}" in code or not setup:
         return f"{setup}\n\n{code}" if setup else code
@@ -55,8 +56,8 @@ class CodeEnv(Env):
 
 
 class CodeJSONLEnv(CodeEnv):
-    def __init__(self, train_path: str | None = None, test_path: str | None = None, instruction: str = INSTRUCTION,
-                 timeout_s: float = 5.0, limit: int | None = None):
+    def __init__(self, train_path: str | None = None, test_path: str | None = None,
+                 instruction: str = INSTRUCTION, timeout_s: float = 5.0, limit: int | None = None):
         if not timeout_s > 0:
             raise ValueError(f"CodeJSONLEnv: timeout_s must be > 0, got {timeout_s}")
         self.paths = {"train": train_path, "test": test_path}
@@ -68,20 +69,22 @@ class CodeJSONLEnv(CodeEnv):
             path = self.paths.get(split)
             if path is None:
                 raise ValueError(f"CodeJSONLEnv: no {split}_path was given (env.kwargs.{split}_path)")
-            self._cache[split] = [self._problem(path, i, row)
-                                  for i, row in enumerate(read_rows(path, ("prompt", "tests", "entry_point"))[: self.limit])]
+            rows = read_rows(path, ("prompt", "tests", "entry_point"))[: self.limit]
+            self._cache[split] = [self._problem(path, i, row) for i, row in enumerate(rows)]
         return self._cache[split]
 
     def _problem(self, path: str, i: int, row: dict) -> Problem:
         entry_point, setup = row["entry_point"].strip(), row.get("setup", "")
         if not entry_point.isidentifier():
-            raise DatasetError(f"{path}:{i + 1}: field 'entry_point' must be a Python name, got {entry_point!r}")
+            raise DatasetError(f"{path}:{i + 1}: field 'entry_point' must be a Python name, "
+                               f"got {entry_point!r}")
         if not isinstance(setup, str):
             raise DatasetError(f"{path}:{i + 1}: field 'setup' must be a string")
         try:
             compile(row["tests"], f"{path}:{i + 1}:tests", "exec")
         except SyntaxError as exc:
-            raise DatasetError(f"{path}:{i + 1}: field 'tests' is not valid Python: {exc.msg} (line {exc.lineno})") from None
+            raise DatasetError(f"{path}:{i + 1}: field 'tests' is not valid Python: {exc.msg} "
+                               f"(line {exc.lineno})") from None
         prompt = f"{row['prompt'].strip()}\n\n{self.instruction}" if self.instruction else row["prompt"]
         meta = {"entry_point": entry_point, "tests": row["tests"], "setup": setup}
         if row.get("solution"):

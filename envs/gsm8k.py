@@ -2,13 +2,14 @@
 
     [env]
     path = "answerkey.envs.gsm8k:GSM8KEnv"
-    kwargs = { train_path = "../shared/data/gsm8k/train.jsonl", test_path = "../shared/data/gsm8k/test.jsonl" }
+    kwargs = { train_path = "data/gsm8k/train.jsonl", test_path = "data/gsm8k/test.jsonl" }
 
 The gold answer is the number after `####` (thousands separators removed). A completion is scored by
 the math reward (`rewards.math`): its final answer (last `\\boxed{}`, else `#### x`, else "the answer
 is …") must equal the gold exactly, as a rational or symbolically; `score_batch` goes through the
-math reward's process pool with its per-item kill. The prompt asks for `#### <answer>` on the last line. The worked solution is kept in
-`meta["solution"]` for SFT. A row whose answer has no `####` number raises naming file and line.
+math reward's process pool with its per-item kill. The prompt asks for `#### <answer>` on the last
+line. The worked solution is kept in `meta["solution"]` for SFT. A row whose answer has no `####`
+number raises naming file and line.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from answerkey.envs.base import Env, Problem, Split
 from answerkey.envs.jsonl import DatasetError, read_rows
 from answerkey.rewards import Score
 from answerkey.rewards import math as math_reward
-from answerkey.rewards.math_parse import normalize, rational
 
 INSTRUCTION = "Solve the problem. End your reply with a line of the form '#### <answer>'."
 
 
 class GSM8KEnv(Env):
-    def __init__(self, train_path: str | None = None, test_path: str | None = None, instruction: str = INSTRUCTION,
-                 limit: int | None = None):
+    def __init__(self, train_path: str | None = None, test_path: str | None = None,
+                 instruction: str = INSTRUCTION, limit: int | None = None):
         self.paths = {"train": train_path, "test": test_path}
         self.instruction = instruction
         self.limit = limit  # keep only the first `limit` rows of each split (quick runs)
@@ -46,9 +46,11 @@ class GSM8KEnv(Env):
         for i, row in enumerate(read_rows(path, ("question", "answer"))[: self.limit]):
             solution, sep, final = row["answer"].rpartition("####")
             gold = final.strip().replace(",", "")
-            if not sep or rational(normalize(gold)) is None:
-                raise DatasetError(f"{path}:{i + 1}: field 'answer' must end with '#### <number>', got ...{row['answer'][-40:]!r}")
-            prompt = f"{row['question'].strip()}\n\n{self.instruction}" if self.instruction else row["question"].strip()
+            if not sep or math_reward.exact_value(gold) is None:
+                raise DatasetError(f"{path}:{i + 1}: field 'answer' must end with '#### <number>', "
+                                   f"got ...{row['answer'][-40:]!r}")
+            question = row["question"].strip()
+            prompt = f"{question}\n\n{self.instruction}" if self.instruction else question
             problems.append(Problem(id=f"gsm8k/{Path(path).stem}/{i}", prompt=prompt, answer=gold,
                                     meta={"solution": f"{solution.strip()}\n#### {gold}"}))
         return problems

@@ -53,12 +53,14 @@ class HumanEvalEnv(CodeEnv):
         code_prompt = row["prompt"]
         solution = f"```python\n{code_prompt}{row['canonical_solution']}```"
         prompt = f"{self.instruction}\n\n```python\n{code_prompt.strip()}\n```"
-        meta = {"entry_point": row["entry_point"], "tests": row["test"], "setup": code_prompt, "solution": solution}
+        meta = {"entry_point": row["entry_point"], "tests": row["test"], "setup": code_prompt,
+                "solution": solution}
         return Problem(id=row["task_id"], prompt=prompt, answer=row["canonical_solution"], meta=meta)
 
     def problems(self, split: Split) -> Sequence[Problem]:
         if split not in self.splits:
             raise ValueError(f"HumanEvalEnv: unknown split {split!r}")
         if not self.splits[split]:
-            raise ValueError(f"HumanEvalEnv: the {split!r} split is empty (train_size puts the first N problems in 'train')")
+            raise ValueError(f"HumanEvalEnv: the {split!r} split is empty "
+                             f"(train_size puts the first N problems in 'train')")
         return self.splits[split]

@@ -29,7 +29,8 @@ def jsonl_lines(path: str | Path, error: type[ValueError] = DatasetError) -> Ite
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise error(f"{path}:{number}: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
+                raise error(f"{path}:{number}: not valid UTF-8 "
+                            f"(byte {raw[exc.start]:#04x} at offset {exc.start})") from None
             if not line.strip():
                 continue
             try:
@@ -52,7 +53,8 @@ def read_rows(path: str | Path, fields: Sequence[str]) -> list[dict]:
             if name not in row:
                 raise DatasetError(f"{path}:{line_no}: field {name!r} is missing (expected a string)")
             if not isinstance(row[name], str) or not row[name].strip():
-                raise DatasetError(f"{path}:{line_no}: field {name!r} must be a non-empty string, got {row[name]!r:.80}")
+                raise DatasetError(f"{path}:{line_no}: field {name!r} must be a non-empty string, "
+                                   f"got {row[name]!r:.80}")
         rows.append(row)
     if not rows:
         raise DatasetError(f"{path}: contains no rows")

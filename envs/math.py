@@ -2,7 +2,7 @@
 
     [env]
     path = "answerkey.envs.math:MathEnv"
-    kwargs = { test_path = "../shared/data/math500/test.jsonl" }
+    kwargs = { test_path = "data/math500/test.jsonl" }
 
 Completions are scored by the math reward (`rewards.math`): the last `\\boxed{}` (else "the answer
 is …") is compared with the gold exactly or symbolically, sets/tuples/intervals/matrices included;
@@ -24,8 +24,8 @@ INSTRUCTION = "Put your final answer within \\boxed{}."
 
 
 class MathEnv(Env):
-    def __init__(self, train_path: str | None = None, test_path: str | None = None, instruction: str = INSTRUCTION,
-                 limit: int | None = None):
+    def __init__(self, train_path: str | None = None, test_path: str | None = None,
+                 instruction: str = INSTRUCTION, limit: int | None = None):
         self.paths = {"train": train_path, "test": test_path}
         self.instruction = instruction
         self.limit = limit
@@ -37,13 +37,14 @@ class MathEnv(Env):
             if path is None:
                 raise ValueError(f"MathEnv: no {split}_path was given (env.kwargs.{split}_path)")
             rows = read_rows(path, ("problem", "answer"))[: self.limit]
-            self._cache[split] = [
-                Problem(id=row.get("unique_id") or f"math/{Path(path).stem}/{i}",
-                        prompt=f"{row['problem'].strip()}\n\n{self.instruction}" if self.instruction else row["problem"],
-                        answer=row["answer"].strip(), meta={"solution": row.get("solution", ""), "level": row.get("level")})
-                for i, row in enumerate(rows)
-            ]
+            self._cache[split] = [self._problem(path, i, row) for i, row in enumerate(rows)]
         return self._cache[split]
+
+    def _problem(self, path: str, i: int, row: dict) -> Problem:
+        prompt = f"{row['problem'].strip()}\n\n{self.instruction}" if self.instruction else row["problem"]
+        meta = {"solution": row.get("solution", ""), "level": row.get("level")}
+        return Problem(id=row.get("unique_id") or f"math/{Path(path).stem}/{i}", prompt=prompt,
+                       answer=row["answer"].strip(), meta=meta)
 
     def score(self, problem: Problem, completion: str) -> Score:
         return math_reward.score(completion, problem.answer)

@@ -23,9 +23,9 @@ learns, from the reward alone, to show its work).
 
 The train/test split is a pure function of a problem's arithmetic (`3+6`, `(13-2*2)/3`), not its
 wording, names or items, by hash: a held-out computation never appears in training under any seed,
-size or surface form. Every problem carries a worked solution ending in `#### <answer>` for SFT and the corpus.
-`checker="math"` scores with the sympy math reward (`rewards/math.py`, the checker `make demo` uses)
-instead of the plain exact-number check; on these integer answers the two agree.
+size or surface form. Every problem carries a worked solution ending in `#### <answer>` for SFT and
+the corpus. `checker="math"` scores with the sympy math reward (`rewards/math/`, the checker `make
+demo` uses) instead of the plain exact-number check; on these integer answers the two agree.
 `SyntheticRetryEnv` is the multi-turn form: a wrong first answer gets "Not quite. Try again.".
 """
 
@@ -41,7 +41,8 @@ from answerkey.rewards import Score, Status, exact
 from answerkey.rewards import math as math_reward
 
 NAMES = ("Emily", "Liam", "Ava", "Noah", "Mia", "Omar", "Zoe", "Ken", "Sara", "Leo")
-ITEMS = ("apple", "orange", "pear", "banana", "lemon", "plum", "kiwi", "melon", "pencil", "marble", "sticker", "cookie")
+ITEMS = ("apple", "orange", "pear", "banana", "lemon", "plum", "kiwi", "melon", "pencil", "marble", "sticker",
+         "cookie")
 MAX_NUMBER = {1: 9, 2: 20, 3: 50, 4: 200}  # largest operand of + and - at each difficulty
 
 # A template draws numbers and words; it returns (arithmetic, prompt, answer, solution). The
@@ -84,16 +85,18 @@ def _shopping_total(rng: random.Random, d: int) -> Draw:
     name, (item1, item2) = rng.choice(NAMES), rng.sample(ITEMS, 2)
     n1, n2, p1, p2 = (rng.randint(1, 2 * d) for _ in range(4))
     x, y = n1 * p1, n2 * p2
-    prompt = f"{name} buys {n1} {item1}s at ${p1} each and {n2} {item2}s at ${p2} each. How much does {name} spend?"
-    return f"{n1}*{p1}+{n2}*{p2}", prompt, x + y, f"{n1} * {p1} = {x}. {n2} * {p2} = {y}. {x} + {y} = {x + y}."
+    prompt = (f"{name} buys {n1} {item1}s at ${p1} each and {n2} {item2}s at ${p2} each. "
+              f"How much does {name} spend?")
+    solution = f"{n1} * {p1} = {x}. {n2} * {p2} = {y}. {x} + {y} = {x + y}."
+    return f"{n1}*{p1}+{n2}*{p2}", prompt, x + y, solution
 
 
 def _unit_price(rng: random.Random, d: int) -> Draw:
     name, (item1, item2) = rng.choice(NAMES), rng.sample(ITEMS, 2)
     n1, n2, p1, p2 = (rng.randint(1, 2 * d) for _ in range(4))
     x, y = n1 * p1, n2 * p2
-    prompt = (f"{name} buys {n1} {item1}s and {n2} {item2}s. Each {item2} costs ${p2} and the total is ${x + y}. "
-              f"How much does each {item1} cost?")
+    prompt = (f"{name} buys {n1} {item1}s and {n2} {item2}s. "
+              f"Each {item2} costs ${p2} and the total is ${x + y}. How much does each {item1} cost?")
     solution = (f"The {item2}s cost {n2} * {p2} = {y}. The {item1}s cost {x + y} - {y} = {x}. "
                 f"Each {item1} costs {x} / {n1} = {p1}.")
     return f"({x + y}-{n2}*{p2})/{n1}", prompt, p1, solution
@@ -102,7 +105,8 @@ def _unit_price(rng: random.Random, d: int) -> Draw:
 def _share(rng: random.Random, d: int) -> Draw:
     name = rng.choice(NAMES)
     k, q = rng.randint(2, 9), rng.randint(1, MAX_NUMBER[d] // 4)
-    prompt = f"{name} bakes {k * q} cookies and shares them equally among {k} friends. How many cookies does each friend get?"
+    prompt = (f"{name} bakes {k * q} cookies and shares them equally among {k} friends. "
+              f"How many cookies does each friend get?")
     return f"{k * q}/{k}", prompt, q, f"{k * q} / {k} = {q}."
 
 
@@ -115,7 +119,8 @@ def _chain(rng: random.Random, d: int, steps: int) -> Draw:
 def _story(rng: random.Random, d: int, steps: int) -> Draw:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     nums, ops, answer = _steps(rng, d, steps)
-    events = [f"{name} buys {b} more." if o == "+" else f"{name} gives {b} away." for o, b in zip(ops, nums[1:], strict=True)]
+    events = [f"{name} buys {b} more." if o == "+" else f"{name} gives {b} away."
+              for o, b in zip(ops, nums[1:], strict=True)]
     prompt = " ".join([f"{name} has {nums[0]} {item}s.", *events, f"How many {item}s does {name} have now?"])
     return _arithmetic(nums, ops), prompt, answer, _worked(nums, ops)
 
@@ -149,7 +154,8 @@ def _worked(nums: list[int], ops: list[str]) -> str:
 
 # (template, the lowest difficulty that uses it)
 TEMPLATES: tuple[tuple[Callable[[random.Random, int], Draw], int], ...] = (
-    (_add, 1), (_sub, 1), (_buys_more, 1), (_gives_away, 1), (_mul, 3), (_shopping_total, 3), (_unit_price, 3), (_share, 4),
+    (_add, 1), (_sub, 1), (_buys_more, 1), (_gives_away, 1),
+    (_mul, 3), (_shopping_total, 3), (_unit_price, 3), (_share, 4),
 )
 MULTI_STEP = {"chain": _chain, "story": _story}  # opt-in kinds (`kinds=[...]`), `steps` operands long
 
@@ -164,25 +170,30 @@ class SyntheticEnv(Env):
     """Arithmetic and word problems; reward 1 when the last `#### x` (or `\\boxed{x}`) equals the answer."""
 
     def __init__(self, difficulty: int = 2, train_size: int = 5000, test_size: int = 200, seed: int = 0,
-                 test_percent: int = 20, instruction: str = "", kinds: Sequence[str] | None = None, steps: int = 3,
-                 checker: str = "exact"):
+                 test_percent: int = 20, instruction: str = "", kinds: Sequence[str] | None = None,
+                 steps: int = 3, checker: str = "exact"):
         if difficulty not in MAX_NUMBER:
-            raise ValueError(f"SyntheticEnv.difficulty must be one of {sorted(MAX_NUMBER)}, got {difficulty!r}")
+            raise ValueError(f"SyntheticEnv.difficulty must be one of {sorted(MAX_NUMBER)}, "
+                             f"got {difficulty!r}")
         if checker not in ("exact", "math"):
-            raise ValueError(f"SyntheticEnv.checker must be 'exact' or 'math' (the sympy math reward), got {checker!r}")
+            raise ValueError(f"SyntheticEnv.checker must be 'exact' or 'math' (the sympy math reward), "
+                             f"got {checker!r}")
         self.checker = checker
         if not 2 <= steps <= 8:
-            raise ValueError(f"SyntheticEnv.steps (operands of the chain/story kinds) must be in 2..8, got {steps!r}")
+            raise ValueError(f"SyntheticEnv.steps (operands of the chain/story kinds) must be in 2..8, "
+                             f"got {steps!r}")
         default: dict[str, Callable[[random.Random], Draw]] = {
             t.__name__.strip("_"): partial(t, d=difficulty) for t, level in TEMPLATES if level <= difficulty}
         available = default | {name: partial(t, d=difficulty, steps=steps) for name, t in MULTI_STEP.items()}
         unknown = sorted(set(kinds or ()) - set(available))
         if unknown:
-            raise ValueError(f"SyntheticEnv.kinds: {unknown} not available at difficulty {difficulty}; choose from {sorted(available)}")
+            raise ValueError(f"SyntheticEnv.kinds: {unknown} not available at difficulty {difficulty}; "
+                             f"choose from {sorted(available)}")
         self.templates = {k: available[k] for k in kinds} if kinds else default
         if not 0 < test_percent < 100:
             raise ValueError(f"SyntheticEnv.test_percent must be in 1..99, got {test_percent!r}")
-        self.difficulty, self.seed, self.test_percent, self.instruction = difficulty, seed, test_percent, instruction
+        self.difficulty, self.seed = difficulty, seed
+        self.test_percent, self.instruction = test_percent, instruction
         self.sizes = {"train": train_size, "test": test_size}
         self._problems: dict[str, list[Problem]] | None = None
 
@@ -211,8 +222,8 @@ class SyntheticEnv(Env):
             misses = 0
             if self.instruction:
                 prompt = f"{prompt}\n\n{self.instruction}"
-            out[split].append(Problem(id=f"synthetic/{key}", prompt=prompt, answer=str(answer),
-                                      meta={"solution": f"{solution}\n#### {answer}", "difficulty": self.difficulty}))
+            meta = {"solution": f"{solution}\n#### {answer}", "difficulty": self.difficulty}
+            out[split].append(Problem(id=f"synthetic/{key}", prompt=prompt, answer=str(answer), meta=meta))
             if all(len(out[s]) >= self.sizes[s] for s in SPLITS):
                 break
         for split in SPLITS:

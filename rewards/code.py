@@ -7,7 +7,7 @@
 
 `program` defines `entry_point`; `tests` defines `check(candidate)` (HumanEval) or has top-level
 asserts that call the entry point by name (MBPP). The value is the fraction of asserts passed, each
-top-level assert statement of `check` counted once (see `sandbox_judge`). Status: `correct` (every
+top-level assert statement of `check` counted once (see `sandbox/judge.py`). Status: `correct` (every
 assert), `partial`, `wrong` (none, or the program raised / exited / lacked the entry point before
 its tests: 0), `unparseable` (a SyntaxError), `timeout` (past `timeout_s`, killed: 0), `error` (the
 sandbox or the tests themselves failed: 0, and not the model's fault).
@@ -67,9 +67,11 @@ def run_tests_batch(jobs: Sequence[Job], box: Sandbox | None = None) -> list[Sco
     """One `Score` per job, executed in parallel over the pool (`box`, or the process-wide one)."""
     for i, job in enumerate(jobs):
         if not isinstance(job, Job):
-            raise TypeError(f"run_tests_batch: item {i} is a {type(job).__name__}, expected answerkey.rewards.code.Job")
+            raise TypeError(f"run_tests_batch: item {i} is a {type(job).__name__}, "
+                            f"expected answerkey.rewards.code.Job")
         if not job.timeout_s > 0:
-            raise ValueError(f"run_tests_batch: item {i} ({job.entry_point}) has timeout_s={job.timeout_s}, must be > 0")
+            raise ValueError(f"run_tests_batch: item {i} ({job.entry_point}) has timeout_s={job.timeout_s}, "
+                             f"must be > 0")
     return [to_score(o) for o in (box or sandbox()).run(jobs)]
 
 
@@ -81,7 +83,8 @@ def to_score(outcome: Outcome) -> Score:
             return Score.failed(Status.error, "the tests contain no assert that involves the candidate")
         passed, total = sum(outcome.units), len(outcome.units)
         status = Status.correct if passed == total else Status.partial if passed else Status.wrong
-        return Score(passed / total, status, f"{passed}/{total} asserts passed" + (f"; {detail}" if detail else ""))
+        summary = f"{passed}/{total} asserts passed" + (f"; {detail}" if detail else "")
+        return Score(passed / total, status, summary)
     if load == "syntax":
         return Score.failed(Status.unparseable, detail)
     if load == "timeout":

@@ -10,8 +10,8 @@
 The final answer is the content of the last brace-matched `\\boxed{...}`, else the text after the
 last `####` on its line. Numbers compare as exact rationals (`0.5 == 1/2`, `0.333 != 1/3`);
 thousands separators are accepted only in groups of three. Anything that is not a plain number
-(expressions, sets, intervals) is `unparseable` here: the sympy checker (`rewards/math.py`, a
-later issue) handles those. This module never runs untrusted code and needs no timeout.
+(expressions, sets, intervals) is `unparseable` here: the sympy checker (`rewards/math/`) handles
+those. This module never runs untrusted code and needs no timeout.
 """
 
 from __future__ import annotations

@@ -59,6 +59,6 @@ class Score:
 
 
 def status_counts(scores: Iterable[Score]) -> dict[str, int]:
-    """`{"reward/status/<status>": count}` for every status, zeros included, so dashboards have stable keys."""
+    """`{"reward/status/<status>": count}` for every status, zeros included (stable dashboard keys)."""
     counts = Counter(score.status for score in scores)
     return {f"reward/status/{status.value}": counts.get(status, 0) for status in Status}

@@ -1,4 +1,4 @@
-"""Envs with broken reward code, for the driver's and the scorer's fault tests (loaded by dotted path)."""
+"""Envs with broken reward code, for the driver's and RewardWorkers' fault tests (loaded by dotted path)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ class FaultyEnv(SyntheticEnv):
     """The synthetic world, except that scoring the listed problems raises, hangs, kills the process, or
     allocates 2 GiB at once (past a reward process's memory limit: MemoryError)."""
 
-    def __init__(self, raise_on: tuple[str, ...] = (), hang_on: tuple[str, ...] = (), crash_on: tuple[str, ...] = (),
-                 hog_on: tuple[str, ...] = (), **kwargs):
+    def __init__(self, raise_on: tuple[str, ...] = (), hang_on: tuple[str, ...] = (),
+                 crash_on: tuple[str, ...] = (), hog_on: tuple[str, ...] = (), **kwargs):
         super().__init__(**kwargs)
         self.raise_on, self.hang_on, self.crash_on = set(raise_on), set(hang_on), set(crash_on)
         self.hog_on = set(hog_on)
@@ -32,7 +32,8 @@ class FaultyEnv(SyntheticEnv):
 
 
 class BatchedFaultyEnv(FaultyEnv):
-    """The same faults behind an env-level `score_batch` (as the math and code envs have): scored in chunks."""
+    """The same faults behind an env-level `score_batch` (as the math and code envs have): scored in
+    chunks."""
 
     def score_batch(self, problems, completions):
         return [self.score(p, c) for p, c in zip(problems, completions, strict=True)]

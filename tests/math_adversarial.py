@@ -30,7 +30,8 @@ ADVERSARIAL = [
     ("\\boxed{" + "1+" * 50_000 + "1}", "1", {U, W, N, Status.timeout}),
     ("9" * 100_000, "1", {N}),
     ("\\boxed{" + "9" * 5000 + "}", "1", {U, W, N}),  # the box opens before the scanned tail
-    ("\\boxed{\\log_{2^5}(\\log_{2^4}(\\log_{2^3}(\\log_{2^2}(2^{2^{2^{2^{16}}}}))))}", "1", {U, W, Status.timeout}),  # #63
+    ("\\boxed{\\log_{2^5}(\\log_{2^4}(\\log_{2^3}(\\log_{2^2}(2^{2^{2^{2^{16}}}}))))}", "1",
+     {U, W, Status.timeout}),  # #63
     ("\\boxed{\\frac{1}{2}", "1", {N}),
     ("\\boxed{\\frac{1}{2}}}}}}", "\\frac12", {C, N, U, W}),  # stray closers after a complete box
     ("\\boxed{\\frac{}{}}", "1", {U, W}),

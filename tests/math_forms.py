@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from answerkey.rewards.math_check import bracketed, top_level_items
-from answerkey.rewards.math_parse import normalize, rational
+from answerkey.rewards.math.check import bracketed, top_level_items
+from answerkey.rewards.math.parse import normalize, rational
 
 
 def _tex(value: Fraction) -> str:
@@ -43,7 +43,8 @@ def _decimal(value: Fraction) -> str | None:
 
 
 def _truncated(value: Fraction, places: int) -> str:
-    """`value` cut (not rounded) to `places` decimals: 1/7 -> 0.142857; never equal to a non-terminating value."""
+    """`value` cut (not rounded) to `places` decimals: 1/7 -> 0.142857; never equal to a non-terminating
+    value."""
     scaled = abs(value.numerator) * 10**places // value.denominator
     digits = str(scaled).rjust(places + 1, "0")
     return ("-" if value < 0 else "") + f"{digits[:-places]}.{digits[-places:]}"
@@ -55,7 +56,8 @@ def _thousands(n: int) -> str:
 
 def equivalent_forms(gold: str) -> list[str]:
     """Responses whose final answer equals `gold`."""
-    forms = [f"\\boxed{{{gold}}}", f"The final answer is ${gold}$.", f"\\boxed{{{gold.replace(chr(92) + 'frac', chr(92) + 'dfrac')}}}"]
+    dfrac = gold.replace(chr(92) + "frac", chr(92) + "dfrac")
+    forms = [f"\\boxed{{{gold}}}", f"The final answer is ${gold}$.", f"\\boxed{{{dfrac}}}"]
     norm = normalize(gold)
     value = rational(norm)
     if value is not None:

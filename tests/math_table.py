@@ -348,7 +348,8 @@ STRUCTURES = [
     (b("\\left(\\frac{3}{5},\\frac{8}{3}\\right]"), "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", C),
     (b("(0.6, \\frac{8}{3}]"), "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", C),
     (b("[0.6, \\frac{8}{3}]"), "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", W),
-    (b("\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]"), "\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", C),
+    (b("\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]"),
+      "\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", C),
     # sets and lists: order-free
     (b("1, -2"), "1,-2", C),
     (b("-2, 1"), "1,-2", C),
@@ -371,15 +372,23 @@ STRUCTURES = [
     (b("-2, 1+\\sqrt{5}"), "\\{1\\pm\\sqrt{5},-2\\}", W),
     (b("\\{5\\}"), "5", C),
     # matrices and vectors: shape and entries exact
-    (b("\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"), "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", C),
-    (b("\\begin{bmatrix} -1 & 0 \\\\ 0 & -1 \\end{bmatrix}"), "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", C),
-    (b("\\begin{pmatrix} 1 & 0 \\\\ 0 & -1 \\end{pmatrix}"), "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", W),
-    (b("\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}"), "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", C),
-    (b("\\begin{pmatrix} -\\frac13 \\\\ \\frac23 \\\\ \\frac53 \\end{pmatrix}"), "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", C),
-    (b("\\begin{pmatrix} 2/3 \\\\ -1/3 \\\\ 5/3 \\end{pmatrix}"), "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", W),
-    (b("\\begin{pmatrix} -1/3 & 2/3 & 5/3 \\end{pmatrix}"), "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", W),
+    (b("\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"),
+      "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", C),
+    (b("\\begin{bmatrix} -1 & 0 \\\\ 0 & -1 \\end{bmatrix}"),
+      "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", C),
+    (b("\\begin{pmatrix} 1 & 0 \\\\ 0 & -1 \\end{pmatrix}"),
+      "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", W),
+    (b("\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}"),
+      "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", C),
+    (b("\\begin{pmatrix} -\\frac13 \\\\ \\frac23 \\\\ \\frac53 \\end{pmatrix}"),
+      "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", C),
+    (b("\\begin{pmatrix} 2/3 \\\\ -1/3 \\\\ 5/3 \\end{pmatrix}"),
+      "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", W),
+    (b("\\begin{pmatrix} -1/3 & 2/3 & 5/3 \\end{pmatrix}"),
+      "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", W),
     (b("(-18, -49, 96)"), "\\begin{pmatrix} -18 \\\\ -49 \\\\ 96 \\end{pmatrix}", C),
-    (b("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}"), "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", C),
+    (b("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}"),
+      "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", C),
     (b("\\begin{pmatrix} 0.2 \\\\ -3.6 \\end{pmatrix}"), "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", C),
     (b("\\begin{pmatrix} 0.2 \\\\ -3.5 \\end{pmatrix}"), "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", W),
 ]
@@ -470,4 +479,5 @@ NEAR_MISSES = [
     (b("2^{98}"), "2^{99}", W),
 ]
 
-TABLE = NEAR_MISSES + EXTRACTION + NORMALIZATION + NUMBERS + SYMBOLIC + STRUCTURES + RELATIONS + MATH_VERIFY_ROWS
+TABLE = (NEAR_MISSES + EXTRACTION + NORMALIZATION + NUMBERS + SYMBOLIC + STRUCTURES + RELATIONS
+         + MATH_VERIFY_ROWS)

@@ -35,7 +35,8 @@ def rows():
 
 
 def test_every_humaneval_canonical_solution_scores_one(rows):
-    jobs = [Job(r["prompt"] + r["canonical_solution"], r["test"], r["entry_point"], 10.0, prelude=r["prompt"]) for r in rows]
+    jobs = [Job(r["prompt"] + r["canonical_solution"], r["test"], r["entry_point"], 10.0, prelude=r["prompt"])
+            for r in rows]
     scores = run_tests_batch(jobs)
     assert len(rows) == 164
     failed = {r["task_id"]: s for r, s in zip(rows, scores, strict=True) if s.value != 1.0}
@@ -45,9 +46,10 @@ def test_every_humaneval_canonical_solution_scores_one(rows):
 
 def test_humaneval_wrong_solutions_score_below_one(rows):
     """Each prompt with the next problem's solution, and with `return None`: never full credit."""
-    swapped = [Job(r["prompt"] + rows[(i + 1) % len(rows)]["canonical_solution"], r["test"], r["entry_point"], 10.0,
-                   prelude=r["prompt"]) for i, r in enumerate(rows)]
-    nones = [Job(r["prompt"] + "    return None\n", r["test"], r["entry_point"], 10.0, prelude=r["prompt"]) for r in rows]
+    swapped = [Job(r["prompt"] + rows[(i + 1) % len(rows)]["canonical_solution"], r["test"], r["entry_point"],
+                   10.0, prelude=r["prompt"]) for i, r in enumerate(rows)]
+    nones = [Job(r["prompt"] + "    return None\n", r["test"], r["entry_point"], 10.0, prelude=r["prompt"])
+             for r in rows]
     scores = run_tests_batch(swapped + nones)
     full = [job.entry_point for job, s in zip(swapped + nones, scores, strict=True) if s.value >= 1.0]
     assert not full
@@ -95,7 +97,8 @@ def test_mbpp_style_top_level_asserts_and_tests_without_asserts():
 
 def test_program_and_tests_may_import_any_stdlib_module():
     program = "import zipfile, xml.dom.minidom\ndef f():\n    return zipfile.ZIP_STORED\n"
-    tests = "import tarfile, email.utils\ndef check(candidate):\n    assert candidate() == 0 and tarfile.BLOCKSIZE == 512\n"
+    tests = ("import tarfile, email.utils\n"
+             "def check(candidate):\n    assert candidate() == 0 and tarfile.BLOCKSIZE == 512\n")
     assert run_tests(program, tests, "f", 5.0).status == Status.correct
 
 
@@ -121,11 +124,14 @@ def test_values_cross_with_their_exact_types():
 
 
 def test_extract_code_and_build_program():
-    completion = "Here you go:\n```python\nimport math\n```\ntext\n```python\ndef f(x):\n    return math.sqrt(x)\n```\n"
+    completion = ("Here you go:\n```python\nimport math\n```\ntext\n"
+                  "```python\ndef f(x):\n    return math.sqrt(x)\n```\n")
     assert extract_code(completion) == "import math\n\n\ndef f(x):\n    return math.sqrt(x)\n"
     assert extract_code("def f(x):\n    return x") == "def f(x):\n    return x"
-    assert build_program("def f(x):\n", "f", "    return x\n") == "def f(x):\n    return x\n"  # a continuation
-    assert build_program("import os\n", "f", "```python\ndef f(x):\n    return x\n```").startswith("import os\n\n\ndef f")
+    # a continuation of the prompt's signature
+    assert build_program("def f(x):\n", "f", "    return x\n") == "def f(x):\n    return x\n"
+    program = build_program("import os\n", "f", "```python\ndef f(x):\n    return x\n```")
+    assert program.startswith("import os\n\n\ndef f")
 
 
 def test_humaneval_env_is_usable_by_the_rl_loop(rows):
@@ -152,7 +158,8 @@ def test_code_jsonl_env(tmp_path):
     env = load_env("answerkey.envs.code_jsonl:CodeJSONLEnv", {"train_path": str(path), "timeout_s": 3.0})
     problems = env.problems("train")
     assert [p.id for p in problems] == ["sq", "code/code/1"]
-    scores = score_batch(env, list(problems), [problems[0].meta["solution"], "def twice(s):\n    return s + s[:1]\n"])
+    completions = [problems[0].meta["solution"], "def twice(s):\n    return s + s[:1]\n"]
+    scores = score_batch(env, list(problems), completions)
     assert scores[0].status == Status.correct
     assert (scores[1].value, scores[1].status) == (0.5, Status.partial)
     path.write_text(json.dumps(rows[0] | {"tests": "def check(:"}))
@@ -175,18 +182,21 @@ def test_refuses_to_run_without_isolation_and_names_what_is_missing():
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    for words in ("namespaces (not running as root", "uid_drop", "cgroup_pids", "cgroup_memory", "allow_weaker=True"):
+    for words in ("namespaces (not running as root", "uid_drop", "cgroup_pids", "cgroup_memory",
+                  "allow_weaker=True"):
         assert words in out.stdout
 
 
 def test_weaker_mode_needs_the_opt_in_and_is_logged_on_every_run(caplog):
-    with pytest.raises(SandboxUnavailable, match=r"cgroup_pids \(disabled by the caller\).*allow_weaker=True"):
+    with pytest.raises(SandboxUnavailable,
+                       match=r"cgroup_pids \(disabled by the caller\).*allow_weaker=True"):
         Sandbox(workers=1, disable=["cgroups"])
     with Sandbox(workers=1, disable=["cgroups"], allow_weaker=True) as box, caplog.at_level(logging.WARNING):
         for _ in range(2):
             assert [float(s) for s in run_tests_batch([Job(ADD, CHECK, "add", 5.0)], box)] == [0.8]
         # Without the cgroup, RLIMIT_NPROC (the uid is not root) still stops a fork bomb.
-        bomb = ADD + "import os, time\nfor _ in range(1000):\n    if os.fork() == 0:\n        time.sleep(30)\n        os._exit(0)\n"
+        bomb = ADD + ("import os, time\nfor _ in range(1000):\n"
+                      "    if os.fork() == 0:\n        time.sleep(30)\n        os._exit(0)\n")
         assert run_tests_batch([Job(bomb, CHECK, "add", 5.0)], box)[0].value == 0.0
     warnings = [r.getMessage() for r in caplog.records if "WEAKER sandbox" in r.getMessage()]
     assert len(warnings) == 3 and "cgroup_memory (disabled by the caller)" in warnings[0]

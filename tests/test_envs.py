@@ -56,7 +56,8 @@ def test_multi_step_kinds_solve_by_their_steps_and_split_by_arithmetic(steps):
     train, test = env.problems("train"), env.problems("test")
     problems = [*train, *test]
     assert {p.id.split("/")[1] for p in problems} == {"chain", "story"}
-    assert all(s.status == Status.correct for s in score_batch(env, problems, [p.meta["solution"] for p in problems]))
+    scores = score_batch(env, problems, [p.meta["solution"] for p in problems])
+    assert all(s.status == Status.correct for s in scores)
     for p in problems:  # one sentence per step, never a negative running total
         lines = p.meta["solution"].split("\n")[0].split(". ")
         assert len(lines) == steps - 1 and "= -" not in p.meta["solution"], p
@@ -70,7 +71,8 @@ def test_multi_step_example_and_opt_in():
     nums = [int(w) for w in p.prompt.replace(".", " ").split() if w.isdigit()]
     assert len(nums) == 3 and (" buys " in p.prompt or " gives " in p.prompt), p.prompt
     # the default mix is unchanged by the opt-in kinds
-    assert not any(p.id.split("/")[1] in ("chain", "story") for p in SyntheticEnv(difficulty=2).problems("train"))
+    default = SyntheticEnv(difficulty=2).problems("train")
+    assert not any(p.id.split("/")[1] in ("chain", "story") for p in default)
     with pytest.raises(ValueError, match="steps"):
         SyntheticEnv(kinds=["chain"], steps=1)
 
@@ -91,8 +93,10 @@ def test_gsm8k_and_math_load_the_shared_data():
     [
         ('{"question": "q"}', r"bad.jsonl:2: field 'answer' is missing"),
         ('{"question": "q", "answer": 5}', r"bad.jsonl:2: field 'answer' must be a non-empty string"),
-        ('{"question": "q", "answer": "no marker"}', r"bad.jsonl:2: field 'answer' must end with '#### <number>'"),
-        ('{"question": "q", "answer": "#### x"}', r"bad.jsonl:2: field 'answer' must end with '#### <number>'"),
+        ('{"question": "q", "answer": "no marker"}',
+         r"bad.jsonl:2: field 'answer' must end with '#### <number>'"),
+        ('{"question": "q", "answer": "#### x"}',
+         r"bad.jsonl:2: field 'answer' must end with '#### <number>'"),
         ('{"question": "q", "answer": ', r"bad.jsonl:2: not valid JSON"),
         ('["q", "a"]', r"bad.jsonl:2: expected a JSON object"),
     ],
@@ -150,9 +154,11 @@ def test_load_env_by_dotted_path_with_kwargs():
 
 def test_synthetic_with_the_math_checker_agrees_with_the_exact_one():
     exact_env = SyntheticEnv(difficulty=1, kinds=["chain", "story"], train_size=60, test_size=20)
-    math_env = SyntheticEnv(difficulty=1, kinds=["chain", "story"], train_size=60, test_size=20, checker="math")
+    math_env = SyntheticEnv(difficulty=1, kinds=["chain", "story"], train_size=60, test_size=20,
+                            checker="math")
     problems = list(math_env.problems("test"))
-    completions = [p.meta["solution"] for p in problems] + ["#### 999", "no answer here", "\\boxed{" + problems[0].answer + "}"]
+    completions = [p.meta["solution"] for p in problems]
+    completions += ["#### 999", "no answer here", "\\boxed{" + problems[0].answer + "}"]
     problems += [problems[0]] * 3
     got = [s.status for s in math_env.score_batch(problems, completions)]
     assert got == [s.status for s in score_batch(exact_env, problems, completions)]

@@ -1,6 +1,6 @@
 """The math reward: the hand-written table (every rule, positives and negatives, Math-Verify's reported
 wrong verdicts), adversarial inputs answered within the bound, and the same verdicts from 4 threads
-as from the main thread. The pool's kill, recovery and memory limit: tests/test_pool.py."""
+as from the main thread. The pool's kill, recovery and memory limit: tests/test_deadline_pool.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 
 from answerkey.rewards import Status
 from answerkey.rewards import math as math_reward
-from answerkey.rewards.math_extract import extract
-from answerkey.rewards.math_parse import normalize, rational
+from answerkey.rewards.math.extract import extract
+from answerkey.rewards.math.parse import normalize, rational
 from tests.math_adversarial import ADVERSARIAL
 from tests.math_table import MATH_VERIFY_ROWS, TABLE
 
@@ -38,7 +38,8 @@ def test_the_table_is_large_and_covers_both_verdicts():
 def test_table_row(table_verdicts, row):
     response, gold, expected = TABLE[row]
     result = table_verdicts[row]
-    assert result.status == expected, f"{response[-80:]!r} vs gold {gold!r}: {result.status.value} ({result.detail})"
+    assert result.status == expected, (f"{response[-80:]!r} vs gold {gold!r}: "
+                                       f"{result.status.value} ({result.detail})")
     assert float(result) == (1.0 if expected == Status.correct else 0.0)
 
 
@@ -89,7 +90,8 @@ def test_asyncio_executor_calls_get_the_same_verdicts(table_verdicts):
 def test_a_checker_with_its_own_pool_scores_and_closes():
     checker = math_reward.MathChecker(workers=1, timeout_s=5.0)
     try:
-        scores = checker.score_batch([("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"), ("#### 7", "7"), ("\\boxed{x+1}", "x")])
+        scores = checker.score_batch([("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"), ("#### 7", "7"),
+                                      ("\\boxed{x+1}", "x")])
         assert [s.status for s in scores] == [Status.correct, Status.correct, Status.wrong]
     finally:
         checker.close()

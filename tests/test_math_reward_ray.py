@@ -41,7 +41,8 @@ def test_verdicts_from_a_ray_actor_match_the_main_thread(ray_session):
             from answerkey.rewards import math as reward
 
             with ThreadPoolExecutor(max_workers=4) as executor:
-                return [s.status.value for s in executor.map(lambda p: reward.score(*p, timeout_s=2.0), pairs)]
+                scores = executor.map(lambda p: reward.score(*p, timeout_s=2.0), pairs)
+                return [s.status.value for s in scores]
 
     actor = Scorer.remote()
     main = [s.status.value for s in math_reward.score_batch(rows, timeout_s=2.0)]

@@ -45,14 +45,18 @@ def test_retry_env_trajectory_keeps_sampled_ids_and_masks_env_turns(tokenizer, m
     # every generate call saw exactly the ids so far (never re-tokenized text) and its sample follows them
     full = traj.prompt_ids + traj.completion_ids
     for ids, completion in calls:
-        assert full[: len(ids)] == ids and full[len(ids) : len(ids) + len(completion.token_ids)] == completion.token_ids
+        assert full[: len(ids)] == ids
+        assert full[len(ids) : len(ids) + len(completion.token_ids)] == completion.token_ids
     sampled = [t for _, c in calls for t in c.token_ids]
     assert [t for t, m in zip(traj.completion_ids, traj.loss_mask, strict=True) if m] == sampled
-    assert [lp for lp, m in zip(traj.logprobs, traj.loss_mask, strict=True) if m] == [lp for _, c in calls for lp in c.logprobs]
-    feedback = tokenizer.decode([t for t, m in zip(traj.completion_ids, traj.loss_mask, strict=True) if not m])
+    sampled_logprobs = [lp for _, c in calls for lp in c.logprobs]
+    assert [lp for lp, m in zip(traj.logprobs, traj.loss_mask, strict=True) if m] == sampled_logprobs
+    inserted = [t for t, m in zip(traj.completion_ids, traj.loss_mask, strict=True) if not m]
+    feedback = tokenizer.decode(inserted)
     assert feedback.count("Not quite. Try again.") == len(calls) - 1
     assert feedback.startswith("\n<|im_start|>user\n") and feedback.endswith("<|im_start|>assistant\n")
-    assert traj.completion_ids[traj.loss_mask.index(0) - 1] == stop_id  # env turns follow a sampled <|im_end|>
+    # env turns follow a sampled <|im_end|>
+    assert traj.completion_ids[traj.loss_mask.index(0) - 1] == stop_id
     assert traj.prompt_ids + traj.completion_ids == calls[-1][0] + calls[-1][1].token_ids
 
 
@@ -62,7 +66,11 @@ def test_learner_trains_only_on_the_policys_tokens_of_a_multi_turn_trajectory(to
     engine = TorchEngine(model, tokenizer, seed=1)
     sampling = SamplingParams(max_new_tokens=6)
     problem = env.problems("train")[0]
-    group = [env.rollout(problem, lambda ids: engine.generate([list(ids)], 1, sampling)[0][0], tokenizer) for _ in range(4)]
+
+    def generate(ids):
+        return engine.generate([list(ids)], 1, sampling)[0][0]
+
+    group = [env.rollout(problem, generate, tokenizer) for _ in range(4)]
     rewarded = Trajectory(group[0].prompt_ids, group[0].completion_ids, group[0].loss_mask, group[0].logprobs,
                           group[0].score.__class__(1.0, Status.correct), group[0].finish_reason)
     learner = Learner(model, LearnerConfig(lr=1e-3), sampling, total_steps=1)

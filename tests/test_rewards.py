@@ -12,7 +12,8 @@ def test_score_rejects_non_finite(bad):
 
 
 def test_score_is_a_float_and_counts_every_status():
-    scores = [Score(1.0, Status.correct), Score.failed(Status.timeout), Score.failed(Status.timeout), Score(0.0, Status.wrong)]
+    scores = [Score(1.0, Status.correct), Score.failed(Status.timeout), Score.failed(Status.timeout),
+              Score(0.0, Status.wrong)]
     assert [float(s) for s in scores] == [1.0, 0.0, 0.0, 0.0]
     counts = status_counts(scores)
     assert counts["reward/status/timeout"] == 2 and counts["reward/status/correct"] == 1

@@ -29,11 +29,12 @@ import pytest
 from answerkey.rewards import Status
 from answerkey.rewards import code as code_reward
 from answerkey.rewards.code import Job, run_tests_batch
-from answerkey.rewards.sandbox import FIRST_UID, JUDGE_UID, UID_CYCLE, UID_STRIDE
+from answerkey.rewards.sandbox.pool import FIRST_UID, JUDGE_UID, UID_CYCLE, UID_STRIDE
 
 SOLUTION = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"  # fails every assert of TESTS
-TESTS = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n    assert candidate(2.5, 0.25) == 2.75\n"
+TESTS = ("def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
+         "    assert candidate(2.5, 0.25) == 2.75\n")
 SECRET_VAR = "ANSWERKEY_ATTACK_SECRET"
 SECRET = secrets.token_hex(8)
 
@@ -65,7 +66,8 @@ def no_core_dumps() -> None:
 
 
 def plain(program: str, tests: str = TESTS, timeout: float = 20.0, **kwargs) -> float:
-    """The classic harness: program, tests and `check(add)` in one file, `python file`; 1.0 iff exit status 0."""
+    """The classic harness: program, tests and `check(add)` in one file, `python file`; 1.0 iff exit
+    status 0."""
     path = Path(f"/tmp/answerkey-plain-{os.getpid()}-{secrets.token_hex(4)}.py")
     path.write_text(f"{program}\n{tests}\ncheck(add)\n")
     try:
@@ -98,10 +100,11 @@ def wait_until_gone(timeout_s: float = 30.0) -> list[str]:
     """Candidate processes still alive after `timeout_s`, each described (state, parent, kernel stack).
 
     The kill is immediate, but a killed process finishes dying in the kernel: tearing down its mount
-    namespace waits for an RCU grace period (`namespace_unlock` -> `synchronize_rcu_expedited`), which on
-    this busy 2-core machine has taken minutes. Such a process has already released its memory, cannot run
-    user code again and is no longer listed in its cgroup; it is counted as gone once the kernel marks it
-    exiting (PF_EXITING in /proc/PID/stat), so only a process that could still run is reported.
+    namespace waits for an RCU grace period (`namespace_unlock` -> `synchronize_rcu_expedited`), which
+    on a loaded machine can take far longer than the test. Such a process has already released its
+    memory, cannot run user code again and is no longer listed in its cgroup; it is counted as gone
+    once the kernel marks it exiting (PF_EXITING in /proc/PID/stat), so only a process that could
+    still run is reported.
     """
     give_up = time.monotonic() + timeout_s
     while (left := live()) and time.monotonic() < give_up:
@@ -163,7 +166,8 @@ def cgroup_leftovers(box, timeout_s: float = 30.0) -> list[str]:
     """Live processes in the slots' cgroups after `timeout_s` (a killed multi-threaded program stays listed
     until its last thread has left do_exit, so this waits like `wait_until_gone`)."""
     def left() -> list[int]:
-        return [pid for slot in range(len(box.workers)) for pid in box.cgroups.pids_in(slot) if not exiting(pid)]
+        return [pid for slot in range(len(box.workers)) for pid in box.cgroups.pids_in(slot)
+                if not exiting(pid)]
 
     give_up = time.monotonic() + timeout_s
     while (pids := left()) and time.monotonic() < give_up:
@@ -216,7 +220,8 @@ def test_loop_ignoring_sigterm_and_sigalrm(box, clean):
 
 
 def test_fork_bomb(box, clean):
-    """10 000 sleeping children: the cgroup pids limit (64) makes fork fail, so the program fails before its tests."""
+    """10 000 sleeping children: the cgroup pids limit (64) makes fork fail, so the program fails before
+    its tests."""
     program = SOLUTION + textwrap.dedent("""
         import os, time
         for _ in range(10000):
@@ -237,7 +242,8 @@ def test_memory_bomb(box, clean):
 
 
 def test_one_gigabyte_stdout_flood_leaves_the_caller_flat(box, clean):
-    program = SOLUTION + "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)\nsys.stdout.flush()\n"
+    program = SOLUTION + ("import sys\nchunk = 'x' * (1 << 20)\n"
+                          "for _ in range(1024):\n    sys.stdout.write(chunk)\nsys.stdout.flush()\n")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
     before = _vm("VmRSS")
     score = sandboxed(box, program, timeout_s=20.0)
@@ -276,7 +282,8 @@ def _home_file() -> str:
     "assert SECRET in open('/proc/self/environ').read()",
 ])
 def test_reading_secrets(box, clean, attack):
-    program = SOLUTION + f"import os\nHOME_FILE, SECRET_VAR, SECRET = {_home_file()!r}, {SECRET_VAR!r}, {SECRET!r}\n{attack}\n"
+    program = SOLUTION + (f"import os\nHOME_FILE, SECRET_VAR, SECRET = {_home_file()!r}, {SECRET_VAR!r}, "
+                          f"{SECRET!r}\n{attack}\n")
     assert plain(program) == 1.0
     assert sandboxed(box, program).value == 0.0
 
@@ -296,7 +303,8 @@ def test_connecting_to_a_loopback_listener(box, clean):
     stop = threading.Event()
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    program = SOLUTION + f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')\n"
+    program = SOLUTION + (f"import socket\n"
+                          f"socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')\n")
     try:
         assert plain(program) == 1.0
         time.sleep(0.3)
@@ -362,7 +370,8 @@ def test_double_forked_daemon(box, clean, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("exit_call", ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit"])
+@pytest.mark.parametrize("exit_call",
+                         ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit"])
 def test_exit_before_the_asserts(box, clean, exit_call):
     assert plain(WRONG + exit_call + "\n") == 1.0
     for program in (WRONG, SOLUTION):
@@ -384,7 +393,8 @@ def test_eq_always_true(box, clean, cheat):
 
 @pytest.mark.parametrize(("cheat", "tests"), [
     ("import builtins\nbuiltins.abs = lambda x: 0\n",
-     "def check(candidate):\n    assert abs(candidate(0.1, 0.2) - 0.3) < 1e-6\n    assert abs(candidate(1.5, 1) - 2.5) < 1e-6\n"),
+     "def check(candidate):\n    assert abs(candidate(0.1, 0.2) - 0.3) < 1e-6\n"
+     "    assert abs(candidate(1.5, 1) - 2.5) < 1e-6\n"),
     ("import atexit, os\natexit.register(os._exit, 0)\n", TESTS),
     ("import sys, os\nsys.excepthook = lambda *a: os._exit(0)\n", TESTS),
 ])
@@ -400,7 +410,8 @@ def test_overriding_builtins_or_the_assert_machinery(box, clean, cheat, tests):
     "    source = inspect.getsource(check)",
 ])
 def test_reading_the_tests_or_expected_values(box, clean, lookup):
-    """The cheat looks up `candidate(a, b) == <expected>` in the tests' source and returns the expected value."""
+    """The cheat looks up `candidate(a, b) == <expected>` in the tests' source and returns the expected
+    value."""
     cheat = textwrap.dedent("""
         import gc, inspect, re, sys
         def add(a, b):
@@ -423,11 +434,14 @@ def test_ctypes_segfault(box, clean):
 
 
 def test_deep_recursion(box, clean):
-    """Past the C stack (hashing a 10**6-deep tuple segfaults the interpreter), and endless Python recursion."""
-    program = SOLUTION + "import sys\nsys.setrecursionlimit(10 ** 8)\nx = ()\nfor _ in range(10 ** 6):\n    x = (x,)\nhash(x)\n"
+    """Past the C stack (hashing a 10**6-deep tuple segfaults the interpreter), and endless Python
+    recursion."""
+    program = SOLUTION + ("import sys\nsys.setrecursionlimit(10 ** 8)\nx = ()\n"
+                          "for _ in range(10 ** 6):\n    x = (x,)\nhash(x)\n")
     path = Path(f"/tmp/answerkey-recursion-{os.getpid()}.py")
     path.write_text(program)
-    out = subprocess.run([sys.executable, str(path)], capture_output=True, timeout=60, preexec_fn=no_core_dumps)
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, timeout=60,
+                         preexec_fn=no_core_dumps)
     assert out.returncode == -signal.SIGSEGV
     path.unlink()
     assert sandboxed(box, program, timeout_s=10.0).value == 0.0
@@ -438,11 +452,14 @@ def test_deep_recursion(box, clean):
 
 def test_stray_threads(box, clean):
     """A thread that rewrites the exit status after the failed assert, and threads that never stop."""
-    rewrite = "import threading, time, os\nthreading.Thread(target=lambda: (time.sleep(0.5), os._exit(0))).start()\n"
+    rewrite = ("import threading, time, os\n"
+               "threading.Thread(target=lambda: (time.sleep(0.5), os._exit(0))).start()\n")
     assert plain(WRONG + rewrite) == 1.0
     assert sandboxed(box, WRONG + rewrite).value == 0.0
-    spinners = "import threading\nfor _ in range(8):\n    threading.Thread(target=lambda: [0 for _ in iter(int, 1)]).start()\n"
-    assert sandboxed(box, SOLUTION + spinners, timeout_s=10.0).status == Status.correct  # answered, not timed out
+    spinners = ("import threading\nfor _ in range(8):\n"
+                "    threading.Thread(target=lambda: [0 for _ in iter(int, 1)]).start()\n")
+    # answered, not timed out
+    assert sandboxed(box, SOLUTION + spinners, timeout_s=10.0).status == Status.correct
 
 
 def test_input_on_stdin(box, clean):

@@ -1,12 +1,13 @@
-"""The one reward process pool: fresh worker interpreters that run a function per item under a hard kill.
+"""A pool of fresh worker processes that run a function per item, each item under a SIGKILL deadline.
 
-    pool = KillPool("math:sqrt", workers=2)                      # target "module:function"
+    pool = DeadlinePool("math:sqrt", workers=2)  # target "module:function"
     pool.map([(4.0,), (-1.0,)], timeout_s=5.0)   # [("ok", 2.0), ("error", "ValueError: math domain error")]
     pool.close()                                 # every worker process is gone (also run at interpreter exit)
 
-Two owners, one mechanism. The math checker (`rewards/math.py`) keeps a pool of its own for the sympy
-calls, one item per bound; the driver's `answerkey/scoring.py` (`ScorerPool`) runs the env's reward
-code in one as the whole-batch backstop (its `init` builds the env inside each worker). What they share:
+Two owners, one mechanism. The math checker (`rewards/math/`) keeps a pool of its own for the sympy
+calls, one item per bound; the driver's `RewardWorkers` (`answerkey/reward_workers.py`) runs the
+env's reward code in one as the whole-batch backstop (its `init` builds the env inside each worker).
+What they share:
 
 - spawn: each worker is a fresh interpreter (`python -c`) on a socketpair, never a fork of the caller
   (forking a process that holds threads or a CUDA context is unsafe) and never multiprocessing's
@@ -51,7 +52,7 @@ MEMORY_LIMIT_BYTES = 3 * 1024**3  # default per-worker address space: a runaway 
 STARTUP_S = 120.0  # a worker not ready by then (broken install, slow env build) fails loudly
 CLOSE_GRACE_S = 5.0  # how long close() waits for idle workers to exit on request before killing them
 _EARLY_DEATHS = 3  # workers that may fail to start before a map gives up on its pending items
-_POOLS: weakref.WeakSet[KillPool] = weakref.WeakSet()  # closed at interpreter exit
+_POOLS: weakref.WeakSet[DeadlinePool] = weakref.WeakSet()  # closed at interpreter exit
 
 
 def _resolve(path: str):
@@ -77,7 +78,8 @@ def _limit_memory(limit: int | None) -> None:
 
 
 def _serve(fd: int) -> None:
-    """Worker process: set up (memory limit, import the target, run init), then answer items until told to stop."""
+    """Worker process: set up (memory limit, import the target, run init), then answer items until told
+    to stop."""
     conn = Connection(fd)
     try:
         target, init, init_args, memory_limit = conn.recv()
@@ -114,10 +116,10 @@ class _Worker:
 
     def __init__(self, setup: tuple):
         parent, child = socket.socketpair()
-        code = "import sys; from answerkey.rewards.pool import _serve; _serve(int(sys.argv[1]))"
+        code = "import sys; from answerkey.rewards.deadline_pool import _serve; _serve(int(sys.argv[1]))"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen([sys.executable, "-c", code, str(child.fileno())], pass_fds=[child.fileno()],
-                                        stdin=subprocess.DEVNULL, env=env)
+        self.process = subprocess.Popen([sys.executable, "-c", code, str(child.fileno())],
+                                        pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env)
         child.close()
         self.conn = Connection(parent.detach())
         self.conn.send(setup)
@@ -136,7 +138,7 @@ class _Worker:
         self.conn.close()
 
 
-class KillPool:
+class DeadlinePool:
     """Up to `workers` processes running `target` ("module:function"); see the module docstring.
 
     `init` ("module:function") runs once in each worker with `init_args` before it reports ready;
@@ -147,7 +149,7 @@ class KillPool:
     def __init__(self, target: str, workers: int = 2, init: str | None = None, init_args: Sequence[Any] = (),
                  memory_limit_bytes: int | None = MEMORY_LIMIT_BYTES):
         if workers < 1:
-            raise ValueError(f"KillPool needs at least one worker, got {workers}")
+            raise ValueError(f"DeadlinePool needs at least one worker, got {workers}")
         self.target, self.size = target, workers
         self._setup = (target, init, tuple(init_args), memory_limit_bytes)
         self.info: Any = None
@@ -203,7 +205,7 @@ class KillPool:
         borrowed: list[_Worker] = []
         with self._lock:
             if self._closed:
-                raise RuntimeError("KillPool is closed")
+                raise RuntimeError("DeadlinePool is closed")
             to_start = min(self.size - self._started, wanted)
             self._started += to_start
         borrowed += [self._new_worker() for _ in range(to_start)]
@@ -225,7 +227,8 @@ class KillPool:
         return worker
 
     def _replace(self, worker: _Worker) -> _Worker:
-        """Kill `worker` and start its successor (none once the pool is closed: the dead one stays in its slot)."""
+        """Kill `worker` and start its successor (none once the pool is closed: the dead one stays in its
+        slot)."""
         worker.kill()
         with self._lock:
             self._live.discard(worker)
@@ -240,7 +243,8 @@ class KillPool:
         """
         bounds = [timeout_s] * len(items) if isinstance(timeout_s, int | float) else list(timeout_s)
         if len(bounds) != len(items) or not all(b > 0 for b in bounds):
-            raise ValueError(f"timeout_s must be > 0, one value or one per item ({len(items)}), got {timeout_s}")
+            raise ValueError(f"timeout_s must be > 0, one value or one per item ({len(items)}), "
+                             f"got {timeout_s}")
         if not items:
             return []
         results: list[tuple[str, Any] | None] = [None] * len(items)
@@ -252,23 +256,25 @@ class KillPool:
                 self._idle.put(worker)
         return results  # type: ignore[return-value]
 
-    def _run(self, workers: list[_Worker], items: Sequence[tuple], bounds: list[float], results: list) -> None:
+    def _run(self, workers: list[_Worker], items: Sequence[tuple], bounds: list[float],
+             results: list) -> None:
         pending = list(range(len(items)))[::-1]  # pop() from the end hands out items in order
         busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, deadline)
         while pending or busy:
             if self._closed:  # closed under us (interpreter exit): fail what is left, loudly
                 for index in pending + [index for index, _ in busy.values()]:
-                    results[index] = ("error", "KillPool was closed while the item was pending")
+                    results[index] = ("error", "DeadlinePool was closed while the item was pending")
                 return
             try:
                 self._step(workers, items, bounds, results, pending, busy)
-            except OSError:  # a connection closed by close() in another thread; the loop's next check fails the rest
+            except OSError:  # close() in another thread closed a connection: the next check fails the rest
                 if not self._closed:
                     raise
 
     def _step(self, workers: list[_Worker], items: Sequence[tuple], bounds: list[float], results: list,
               pending: list[int], busy: dict[int, tuple[int, float]]) -> None:
-        """Hand items to ready workers, take in replies, kill overruns; fail everything if no worker can start."""
+        """Hand items to ready workers, take in replies, kill overruns; fail everything if no worker can
+        start."""
         for slot, worker in enumerate(workers):
             if worker.ready and slot not in busy and pending:
                 index = pending.pop()
@@ -281,7 +287,8 @@ class KillPool:
             self._receive(workers, slot, busy, results)
         now = time.monotonic()
         starting = pending and not busy and not any(w.ready for w in workers)
-        if starting and (self._early_deaths > _EARLY_DEATHS or all(now - w.started > STARTUP_S for w in workers)):
+        gave_up = self._early_deaths > _EARLY_DEATHS or all(now - w.started > STARTUP_S for w in workers)
+        if starting and gave_up:
             why = self._start_error or f"none started within {STARTUP_S:.0f} s"
             for index in pending:
                 results[index] = ("error", f"no worker for {self.target} could start: {why}")
@@ -333,7 +340,7 @@ class KillPool:
         for worker in live + idle:
             worker.kill()
 
-    def __enter__(self) -> KillPool:
+    def __enter__(self) -> DeadlinePool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -78,8 +78,10 @@ def probe(processes, memory_bytes):
         "root": sorted(os.listdir("/")), "shadow": os.path.exists("/etc/shadow"),
         "write_root": _try(lambda: _write("/probe")), "write_tmp": _try(lambda: _write("probe")),
         "cwd": os.getcwd(), "env": dict(os.environ), "hostname": socket.gethostname(),
-        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1], "fsize": resource.getrlimit(resource.RLIMIT_FSIZE)[1],
-        "cpu": resource.getrlimit(resource.RLIMIT_CPU)[1], "core": resource.getrlimit(resource.RLIMIT_CORE)[1],
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        "fsize": resource.getrlimit(resource.RLIMIT_FSIZE)[1],
+        "cpu": resource.getrlimit(resource.RLIMIT_CPU)[1],
+        "core": resource.getrlimit(resource.RLIMIT_CORE)[1],
         "forks": _fork_bomb(processes), "memory": _memory_bomb(memory_bytes + (64 << 20)),
     }
 '''
@@ -92,24 +94,30 @@ _COMMON = '''
     assert info["no_new_privs"] == 1, "no_new_privs: not set (%%r)" %% (info["no_new_privs"],)
 '''
 _NAMESPACES = '''
-    assert info["pid"] == 1, "pid namespace: the program is pid %r, not pid 1 of its own namespace" % info["pid"]
+    assert info["pid"] == 1, (
+        "pid namespace: the program is pid %r, not pid 1 of its own namespace" % info["pid"])
     assert info["netifs"] == ["lo"], "network namespace: interfaces %r visible" % info["netifs"]
     assert info["connect"] != "connected", "network namespace: connected to 127.0.0.1"
     assert info["hostname"] == "sandbox", "uts namespace: hostname is %r" % info["hostname"]
-    assert not info["shadow"] and "etc" not in info["root"] and "home" not in info["root"], "mount namespace: / shows %r" % info["root"]
+    assert not info["shadow"] and "etc" not in info["root"] and "home" not in info["root"], (
+        "mount namespace: / shows %r" % info["root"])
     assert not info["write_root"], "mount namespace: / is writable"
-    assert info["write_tmp"] and info["cwd"] == "/tmp", "mount namespace: no private writable /tmp (cwd %r)" % info["cwd"]
+    assert info["write_tmp"] and info["cwd"] == "/tmp", (
+        "mount namespace: no private writable /tmp (cwd %r)" % info["cwd"])
 '''
 _UID = '''
-    assert info["uid"] != 0 and info["euid"] != 0 and info["gid"] != 0, "uid drop: running as uid %r" % info["uid"]
+    assert info["uid"] != 0 and info["euid"] != 0 and info["gid"] != 0, (
+        "uid drop: running as uid %r" % info["uid"])
     assert info["groups"] == [], "uid drop: supplementary groups %r kept" % info["groups"]
     assert not info["setuid0"], "uid drop: setuid(0) succeeded"
 '''
 _PIDS = '''
-    assert info["forks"] < %(processes)d, "cgroup pids: %%d forks succeeded (limit %(processes)d)" %% info["forks"]
+    assert info["forks"] < %(processes)d, (
+        "cgroup pids: %%d forks succeeded (limit %(processes)d)" %% info["forks"])
 '''
 _MEMORY = '''
-    assert info["memory"] == "killed by signal 9", "cgroup memory: a bomb over the limit was %s" % info["memory"]
+    assert info["memory"] == "killed by signal 9", (
+        "cgroup memory: a bomb over the limit was %s" % info["memory"])
 '''
 
 

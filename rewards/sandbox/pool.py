@@ -1,21 +1,22 @@
 """The sandbox pool: run untrusted Python programs against tests, many at a time, isolated and killed.
 
-    with Sandbox(workers=2) as box:                           # raises SandboxUnavailable if isolation is missing
+    with Sandbox(workers=2) as box:            # raises SandboxUnavailable if isolation is missing
         outcomes = box.run([Job(program, tests, "add", timeout_s=5.0), ...])
-        outcomes[0].units                                     # (True, True, False): one flag per assert
+        outcomes[0].units                      # (True, True, False): one flag per assert
 
-Each worker (`sandbox_worker.py`) is a warm `python -I -S` started with an empty environment that
-forks an isolated child per job: fresh pid/net/mount/ipc/uts namespaces, a read-only root with a
-private tmpfs, an unprivileged uid (from its slot's range, a new one each job), rlimits, and a
-per-slot cgroup bounding processes and memory. The tests run in a separate judge process (`sandbox_judge.py`) that the program cannot reach.
-Program and tests go to the worker as memfds, the result comes back tagged with a per-job nonce
-that only the judge saw; the exit status and output of the program are never looked at.
+Each worker (`worker.py`) is a warm `python -I -S` started with an empty environment that forks an
+isolated child per job: fresh pid/net/mount/ipc/uts namespaces, a read-only root with a private
+tmpfs, an unprivileged uid (from its slot's range, a new one each job), rlimits, and a per-slot
+cgroup bounding processes and memory. The tests run in a separate judge process (`judge.py`) that
+the program cannot reach. Program and tests go to the worker as memfds, the result comes back
+tagged with a per-job nonce that only the judge saw; the exit status and output of the program are
+never looked at.
 
 Before running anything, `Sandbox()` checks that the isolation is really there: it creates the
 cgroups and reads the limits back, starts the workers (which build their namespaces), and runs a
 probe program through the real path whose tests assert each property from inside (pid 1, no
-network interface but `lo`, nothing but the read-only root, a non-root uid with no_new_privs, rlimits,
-an empty environment, a fork and a memory bomb stopped by the cgroup). Anything missing raises
+network interface but `lo`, nothing but the read-only root, a non-root uid with no_new_privs,
+rlimits, an empty environment, a fork and a memory bomb stopped by the cgroup). Anything missing raises
 `SandboxUnavailable` naming it; `allow_weaker=True` runs without what the machine cannot provide
 and logs a warning naming it on every `run`. It does not offer seccomp filtering or a VM boundary:
 the kernel is shared with the caller.
@@ -41,17 +42,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from answerkey.rewards.sandbox_cgroup import CgroupError, SlotCgroups
-from answerkey.rewards.sandbox_probe import PROBE_PROGRAM, probe_tests
+from answerkey.rewards.sandbox.cgroup import CgroupError, SlotCgroups
+from answerkey.rewards.sandbox.probe import PROBE_PROGRAM, probe_tests
 
 log = logging.getLogger(__name__)
-WORKER = Path(__file__).with_name("sandbox_worker.py")
+WORKER = Path(__file__).with_name("worker.py")  # run as a script, not imported
 FEATURES = ("namespaces", "uid_drop", "cgroup_pids", "cgroup_memory")
 JUDGE_UID, FIRST_UID = 60999, 61000  # the judge's uid; slot i's jobs run as FIRST_UID + i + UID_STRIDE * k
 UID_STRIDE, UID_CYCLE = 64, 1024  # so candidate uids are FIRST_UID .. FIRST_UID + 64 * 1024 (slots <= 64)
-BACKSTOP_S = 15.0
+BACKSTOP_S = 15.0  # beyond a job's own timeout, how long the caller waits before killing its worker
 MAX_RESULT = 4 << 20  # bytes of one judge result
-QUEUE = 2  # jobs handed to one worker at a time: it starts the next as soon as one ends  # beyond a job's own timeout, how long the caller waits before killing its worker
+QUEUE = 2  # jobs handed to one worker at a time: it starts the next as soon as one ends
 
 
 class SandboxUnavailable(RuntimeError):
@@ -80,7 +81,9 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one execution showed. `load`: ok | syntax | raised | missing | exited | timeout | infra | judge_error."""
+    """What one execution showed.
+
+    `load`: ok | syntax | raised | missing | exited | timeout | infra | judge_error."""
 
     load: str
     units: tuple[bool, ...] = ()  # one flag per counted assert, in order (empty unless load == "ok")
@@ -89,7 +92,7 @@ class Outcome:
 
 
 class _Worker:
-    """One `sandbox_worker.py` process and its socket."""
+    """One `worker.py` process and its socket."""
 
     def __init__(self, slot: int, config: dict, log_dir: str):
         self.slot, self.config = slot, config
@@ -115,14 +118,14 @@ class _Worker:
         ours.settimeout(None)
         if "ready" not in hello:
             self.stop()
-            raise SandboxUnavailable(f"sandbox worker {self.slot} failed to start: {hello.get('fatal', 'exited')} "
-                                     f"(log: {self.log_path})")
+            raise SandboxUnavailable(f"sandbox worker {self.slot} failed to start: "
+                                     f"{hello.get('fatal', 'exited')} (log: {self.log_path})")
 
     def submit(self, job: Job, job_id: int, nonce: str) -> int:
         """Send the job; returns the memfd the judge will write the result into (the caller closes it)."""
         program = _memfd("program", job.program.encode("utf-8", "surrogatepass"))
-        tests = _memfd("tests", json.dumps({"tests": job.tests, "prelude": job.prelude, "entry_point": job.entry_point,
-                                            "nonce": nonce}).encode())
+        tests = _memfd("tests", json.dumps({"tests": job.tests, "prelude": job.prelude,
+                                            "entry_point": job.entry_point, "nonce": nonce}).encode())
         result = _memfd("result", b"")
         header = {"job": job_id, "entry_point": job.entry_point, "timeout_s": job.timeout_s}
         try:
@@ -157,7 +160,8 @@ def detect_features() -> dict[str, str]:
     """feature -> why it is missing here ("" when it looks available; the probe has the last word)."""
     missing = {}
     if os.geteuid() != 0:
-        reason = f"not running as root (euid {os.geteuid()}): unshare(CLONE_NEWPID|NEWNET|NEWNS) and setuid need it"
+        reason = (f"not running as root (euid {os.geteuid()}): unshare(CLONE_NEWPID|NEWNET|NEWNS) "
+                  f"and setuid need it")
         missing |= {"namespaces": reason, "uid_drop": reason}
     if not hasattr(os, "memfd_create") or sys.platform != "linux":
         raise SandboxUnavailable("the sandbox needs Linux (memfd_create, namespaces, cgroups)")
@@ -175,7 +179,8 @@ class Sandbox:
             raise ValueError(f"Sandbox: workers must be in [1, {UID_STRIDE}], got {workers}")
         unknown = set(disable) - {"namespaces", "uid_drop", "cgroups"}
         if unknown:
-            raise ValueError(f"Sandbox: disable has unknown feature(s) {sorted(unknown)}; known: namespaces, uid_drop, cgroups")
+            raise ValueError(f"Sandbox: disable has unknown feature(s) {sorted(unknown)}; "
+                             f"known: namespaces, uid_drop, cgroups")
         limits = limits or Limits()
         self.limits, self.allow_weaker = limits, allow_weaker
         self._tmp = tempfile.mkdtemp(prefix="answerkey-sandbox-")
@@ -197,7 +202,8 @@ class Sandbox:
         self.missing = missing
         if missing and not allow_weaker:
             self.close()
-            raise SandboxUnavailable(self._missing_text() + "; pass allow_weaker=True to run without it (logged every run)")
+            raise SandboxUnavailable(self._missing_text()
+                                     + "; pass allow_weaker=True to run without it (logged every run)")
         self.features = [f for f in FEATURES if f not in missing]
         try:
             for slot in range(workers):
@@ -213,7 +219,8 @@ class Sandbox:
         return "sandbox isolation missing: " + "; ".join(f"{f} ({why})" for f, why in self.missing.items())
 
     def _worker_config(self, slot: int) -> dict:
-        stdlib = sorted({os.path.dirname(os.__file__), os.path.dirname(getattr(math, "__file__", os.__file__))})
+        stdlib = sorted({os.path.dirname(os.__file__),
+                         os.path.dirname(getattr(math, "__file__", os.__file__))})
         return {"slot": slot, "uid": FIRST_UID + slot, "uid_stride": UID_STRIDE, "uid_cycle": UID_CYCLE,
                 "judge_uid": JUDGE_UID,
                 "root": self._tmp, "stdlib": [p for p in stdlib if not p.startswith("/usr/")],
@@ -224,12 +231,15 @@ class Sandbox:
                            "open_files": self.limits.open_files}}
 
     def _preflight(self) -> None:
-        """Run the probe through every worker; a failed assert names an isolation property that is not there."""
+        """Run the probe through every worker; a failed assert names an isolation property that is
+        missing."""
         tests = probe_tests(self.features, self.limits)
-        outcomes = self.run([Job(PROBE_PROGRAM, tests, "probe", timeout_s=30.0)] * len(self.workers), _probe=True)
+        outcomes = self.run([Job(PROBE_PROGRAM, tests, "probe", timeout_s=30.0)] * len(self.workers),
+                            _probe=True)
         for slot, outcome in enumerate(outcomes):
             if outcome.load != "ok" or not all(outcome.units):
-                raise SandboxUnavailable(f"sandbox self-check failed on worker {slot}: {outcome.load}: {outcome.detail}")
+                raise SandboxUnavailable(f"sandbox self-check failed on worker {slot}: "
+                                         f"{outcome.load}: {outcome.detail}")
 
     def run(self, jobs: Sequence[Job], _probe: bool = False) -> list[Outcome]:
         """Execute every job (in parallel over the workers); one `Outcome` per job, in order.
@@ -256,7 +266,8 @@ class Sandbox:
                 for slot in list(queues):
                     queue = queues[slot]
                     if queue and (slot in ready or time.monotonic() >= queue[0][2]):
-                        self._finish_head(slot, queue, slot in ready, jobs, pending, queues, by_slot, results, selector)
+                        self._finish_head(slot, queue, slot in ready, jobs, pending, queues, by_slot, results,
+                                          selector)
         for i, r in enumerate(results):
             if r is None:
                 results[i] = Outcome("infra", detail="no sandbox worker could run this job")
@@ -302,7 +313,8 @@ class Sandbox:
         else:
             del queues[slot]
 
-    def _collect(self, worker: _Worker, index: int, nonce: str, readable: bool, result_fd: int) -> tuple[Outcome, bool]:
+    def _collect(self, worker: _Worker, index: int, nonce: str, readable: bool,
+                 result_fd: int) -> tuple[Outcome, bool]:
         """The outcome of the job on `worker`, and whether the worker can take another job."""
         if not readable:
             return Outcome("infra", detail=f"worker {worker.slot} did not answer within the backstop"), False
@@ -316,13 +328,15 @@ class Sandbox:
         if reply["start_error"]:
             return Outcome("infra", detail=f"sandbox start failed: {reply['start_error']}", wall_s=wall), True
         if reply["timed_out"]:
-            return Outcome("timeout", detail="ran past its wall-clock limit and was killed", wall_s=wall), True
+            return Outcome("timeout", detail="ran past its wall-clock limit and was killed",
+                           wall_s=wall), True
         try:
             result = json.loads(os.pread(result_fd, MAX_RESULT, 0))
         except ValueError:
             return Outcome("infra", detail="the judge wrote no result", wall_s=wall), True
         if result.get("nonce") != nonce:
-            return Outcome("infra", detail="result channel nonce mismatch: not this job's result", wall_s=wall), True
+            return Outcome("infra", detail="result channel nonce mismatch: not this job's result",
+                           wall_s=wall), True
         units = tuple(bool(ok) for ok, _ in result.get("units", []))
         errors = [msg for ok, msg in result.get("units", []) if not ok][:3]
         detail = result.get("error", "") or "; ".join(errors)

@@ -27,13 +27,16 @@ MAX_ANSWER_CHARS = 600  # a final answer longer than this is not one; also bound
 MAX_DEPTH = 40  # brace/paren nesting; deeper input is adversarial and would recurse in the parser
 MAX_DIGITS = 20_000  # largest integer power / factorial result we let sympy compute (in digits)
 
-_SPACING = re.compile(r"(?<!\\)\\(?:[,;:! ]|quad|qquad|displaystyle|textstyle|left|right|big|Big|bigg|Bigg)(?![A-Za-z])")
-_WRAPPERS = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|textnormal|operatorname|bf|rm)\s*\{")
+_SPACING = re.compile(
+    r"(?<!\\)\\(?:[,;:! ]|quad|qquad|displaystyle|textstyle|left|right|big|Big|bigg|Bigg)(?![A-Za-z])")
+_WRAPPERS = re.compile(
+    r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|mathit|textnormal|operatorname|bf|rm)\s*\{")
 _UNICODE = {"−": "-", "–": "-", "—": "-", "×": "\\times ", "·": "\\cdot ", "π": "\\pi ", "√": "\\sqrt",
             "∞": "\\infty ", "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ", "°": "", "∪": "\\cup ", "\u00a0": " "}
 _UNIT_WORDS = re.compile(
-    r"(?i)(?<=[\d}).\s])\s*(?:(?:square|cubic|sq\.?)\s+)?(?:dollars?|cents?|units?|degrees?|percent|inches|inch|feet|foot|"
-    r"ft|yards?|miles?|meters?|metres?|cm|mm|km|m|kg|g|grams?|pounds?|lbs?|ounces?|oz|hours?|hrs?|minutes?|mins?|"
+    r"(?i)(?<=[\d}).\s])\s*(?:(?:square|cubic|sq\.?)\s+)?"
+    r"(?:dollars?|cents?|units?|degrees?|percent|inches|inch|feet|foot|ft|yards?|miles?|meters?|metres?|"
+    r"cm|mm|km|m|kg|g|grams?|pounds?|lbs?|ounces?|oz|hours?|hrs?|minutes?|mins?|"
     r"seconds?|secs?|days?|weeks?|months?|years?|mph|liters?|litres?|ml|gallons?|cups?|people|students?|points?|"
     r"ways?|times|marbles?|apples?|coins?|tickets?|books?|pages?|eggs?|cookies?|boxes|bags?|sq\s*units?)"
     r"(?:\^\{?[23]\}?|²|³)?\s*$"
@@ -152,11 +155,12 @@ def choice(s: str) -> str | None:
 
 
 def text_word(s: str) -> str | None:
-    """A word answer (`Evelyn`, `\\text{east}`, `even`) lowercased, else None. Single letters are variables."""
+    """A word answer (`Evelyn`, `\\text{east}`, `even`) lowercased, else None (one letter is a variable)."""
     s = s.strip().strip(".")
     if not re.fullmatch(r"[A-Za-z][A-Za-z' ]*[A-Za-z]", s) or not re.search(r"[A-Za-z]{3}", s):
         return None  # "p-q", "xy", "pi": expressions, not words
-    return None if s.lower().startswith(("sin", "cos", "tan", "cot", "sec", "csc", "log", "exp", "sqrt")) else s.lower()
+    functions = ("sin", "cos", "tan", "cot", "sec", "csc", "log", "exp", "sqrt")
+    return None if s.lower().startswith(functions) else s.lower()
 
 
 def based_number(s: str) -> tuple[str, str] | None:

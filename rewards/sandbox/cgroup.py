@@ -1,15 +1,15 @@
 """Per-slot cgroups for the sandbox: a pids limit and a memory limit that bound a whole process tree.
 
-    groups = SlotCgroups.create(slots=4, pids=64, memory_bytes=512 << 20)   # raises CgroupError naming what failed
+    groups = SlotCgroups.create(slots=4, pids=64, memory_bytes=512 << 20)  # CgroupError names what failed
     groups.procs_files(0)      # per half: the cgroup.procs files a slot-0 child writes itself into
     groups.kill_all(0); groups.remove()
 
 RLIMIT_NPROC does not bind root and RLIMIT_AS bounds one process, not the sum over a fork tree; a
-cgroup bounds both. Works with cgroup v1 (separate `pids` and `memory` hierarchies, as on our
-machines) and v2 (one unified hierarchy, when the `pids` and `memory` controllers can be enabled
-below our own cgroup). Each sandbox owns `answerkey-sandbox-<pid>` below the caller's own cgroup;
-leftovers of dead callers are removed when found empty. v1 has no `cgroup.kill`: `kill_all` loops
-over `cgroup.procs` with SIGKILL until it is empty.
+cgroup bounds both. Works with cgroup v1 (separate `pids` and `memory` hierarchies) and v2 (one
+unified hierarchy, when the `pids` and `memory` controllers can be enabled below our own cgroup).
+Each sandbox owns `answerkey-sandbox-<pid>` below the caller's own cgroup; leftovers of dead
+callers are removed when found empty. v1 has no `cgroup.kill`: `kill_all` loops over
+`cgroup.procs` with SIGKILL until it is empty.
 
 Each slot has two halves (`slot0a`, `slot0b`) with the same limits, used by alternate jobs: a
 killed namespace takes milliseconds to finish dying (the kernel waits for an RCU grace period when
@@ -76,8 +76,8 @@ def locate() -> dict[str, Path]:
                 found[name] = v2
     missing = [n for n in CONTROLLERS if n not in found]
     if missing:
-        raise CgroupError(f"no cgroup hierarchy with the {'/'.join(missing)} controller is mounted for this process "
-                          f"(looked at /proc/self/mountinfo and /proc/self/cgroup)")
+        raise CgroupError(f"no cgroup hierarchy with the {'/'.join(missing)} controller is mounted for this "
+                          f"process (looked at /proc/self/mountinfo and /proc/self/cgroup)")
     return found
 
 
@@ -132,7 +132,8 @@ class SlotCgroups:
         if name == "pids":
             _write(d / "pids.max", str(pids))
             if (d / "pids.max").read_text().strip() != str(pids):
-                raise CgroupError(f"{d}/pids.max reads back {(d / 'pids.max').read_text().strip()}, wrote {pids}")
+                got = (d / "pids.max").read_text().strip()
+                raise CgroupError(f"{d}/pids.max reads back {got}, wrote {pids}")
         elif (d / "memory.limit_in_bytes").exists():  # v1
             _write(d / "memory.limit_in_bytes", str(memory_bytes))
             if (d / "memory.memsw.limit_in_bytes").exists():  # no escape into swap
@@ -145,7 +146,7 @@ class SlotCgroups:
                 _write(d / "memory.swap.max", "0")
 
     def procs_files(self, slot: int) -> list[list[str]]:
-        """For each half of the slot, its distinct cgroup.procs files, pids first (the one the worker polls)."""
+        """For each half of the slot, its distinct cgroup.procs files, pids first (the worker polls it)."""
         halves = []
         for half in range(2):
             files = []

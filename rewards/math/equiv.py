@@ -7,11 +7,10 @@
     >>> equal_latex("(2,\\\\infty)", "x>2"), equal_latex("2x+4y=6", "x+2y=3")
     (True, True)
 
-Parsing is latex2sympy2_extended (the parser Math-Verify uses; measured on the 500 MATH-500 golds:
-it parses 492 raw and all after `math_parse.normalize`, at ~6 ms each, where sympy 1.14's own
-`parse_latex` parses 439 with the lark backend at ~47 ms each and cannot load its ANTLR backend next
-to the ANTLR 4.13 runtime latex2sympy2_extended needs). We call it with its own normalization off
-(ours ran already) and symbols kept case-sensitive.
+Parsing is latex2sympy2_extended (the parser Math-Verify uses): after `parse.normalize` it reads
+every MATH-500 gold, more of them and faster than sympy's own `parse_latex` (lark backend), and
+sympy's ANTLR backend cannot load next to the ANTLR 4.13 runtime latex2sympy2_extended needs. We
+call it with its own normalization off (ours ran already) and symbols kept case-sensitive.
 
 Comparison is exact first: values that evaluate to rationals compare as rationals, with the free
 symbols set to `len(POINTS)` fixed rational points (polynomial identity testing, Schwartz–Zippel
@@ -19,11 +18,13 @@ style), so polynomials and rational functions are compared with no tolerance at 
 stay irrational (radicals, π, trig/log, complex numbers with `i` as the imaginary unit on both sides)
 are equal when they agree to `TOL` (1e-60) relative error at `PREC` (80) significant digits. There is
 no rounding, no absolute tolerance and no `chop`: `1/2^99 != 1/2^98`, `0.142857 != 1/7`; only
-constructed inputs differing by less than 1e-60 relatively would pass as equal. Sets are order-free, intervals compare
-brackets and endpoints, matrices shape and entries; a univariate inequality equals its solution set;
-equations are equal when one side-difference is a nonzero constant multiple of the other; `x = 5`
-equals `5`. Callers must run this under a hard wall-clock bound (`rewards/pool.py`): sympy can still be
-slow on inputs the static guards let through, and `guard_tree` only bounds what it can see.
+constructed inputs differing by less than 1e-60 relatively would pass as equal. Sets are
+order-free, intervals compare brackets and endpoints, matrices shape and entries; a univariate
+inequality equals its solution set; equations are equal when one side-difference is a nonzero
+constant multiple of the other; `x = 5` equals `5`. Callers must run this under a hard wall-clock
+bound (`rewards/deadline_pool.py`): sympy can still be slow on inputs the static guards let
+through, and `guard_tree` only bounds what it can see. Only the pool's workers import this module
+(`check._leaf` imports it where it needs sympy), so the caller's process never loads sympy.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from latex2sympy2_extended.latex2sympy2 import ConversionConfig
 from latex2sympy2_extended.math_normalization import NormalizationConfig
 from sympy.core.relational import Relational
 
-from answerkey.rewards.math_parse import MAX_DIGITS
+from answerkey.rewards.math.parse import MAX_DIGITS
 
 PREC = 80  # significant digits for numeric comparison
 TOL = sympy.Float("1e-60", PREC)  # relative; far below any real answer's difference, far above noise
@@ -63,7 +64,8 @@ def parse(latex: str) -> sympy.Basic:
 
     Decimals become exact fractions first, so `0.142857` is 142857/10^6 and never `1/7`.
     """
-    text = _DECIMAL.sub(lambda m: f"{{\\frac{{{m.group(1)}{m.group(2)}}}{{1{'0' * len(m.group(2))}}}}}", latex)
+    text = _DECIMAL.sub(lambda m: f"{{\\frac{{{m.group(1)}{m.group(2)}}}{{1{'0' * len(m.group(2))}}}}}",
+                        latex)
     expr = latex2sympy(text, normalization_config=_NORMALIZE_OFF, conversion_config=_CONVERT)
     if not isinstance(expr, sympy.Basic):
         expr = sympy.sympify(expr)
@@ -80,7 +82,7 @@ def guard_tree(expr: sympy.Basic) -> None:
 
 
 def _digits(expr: sympy.Basic) -> float:
-    """An upper bound on log10 |value| of a numeric subtree (0 for symbols); raises `Refused` past MAX_DIGITS."""
+    """An upper bound on log10 |value| of a numeric subtree (0 for symbols); `Refused` past MAX_DIGITS."""
     if expr.is_Integer or expr.is_Rational:
         return math.log10(max(abs(expr.p), abs(expr.q), 1))
     if isinstance(expr, sympy.Pow):
@@ -108,9 +110,10 @@ def _digits(expr: sympy.Basic) -> float:
 
 
 _WARM_UP_PAIRS = (
-    ("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}"), ("x^2+2x+1", "(x+1)^2"), ("(2,\\infty)", "x>2"), ("2x+4y=6", "x+2y=3"),
-    ("\\{1,2\\}", "1\\pm 1"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)"), ("\\sin^2 x+\\cos^2 x", "1"),
-    ("\\log_2 8", "3"), ("2+3i", "e^{i\\pi}"), ("(-\\infty,2)\\cup(3,\\infty)", "[0,1]"), ("\\dfrac{3\\pi}{4}", "5!"),
+    ("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}"), ("x^2+2x+1", "(x+1)^2"), ("(2,\\infty)", "x>2"),
+    ("2x+4y=6", "x+2y=3"), ("\\{1,2\\}", "1\\pm 1"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)"),
+    ("\\sin^2 x+\\cos^2 x", "1"), ("\\log_2 8", "3"), ("2+3i", "e^{i\\pi}"),
+    ("(-\\infty,2)\\cup(3,\\infty)", "[0,1]"), ("\\dfrac{3\\pi}{4}", "5!"),
     ("-\\frac{24}{25}", "\\tan^{-1}(1)"), ("a_1 b^{2}", "|x|"), ("\\binom{5}{2}", "\\sqrt[3]{27}"),
 )
 
@@ -118,21 +121,14 @@ _WARM_UP_PAIRS = (
 def warm_up() -> None:
     """Run a few representative comparisons so the ANTLR parser's caches are built before real items.
 
-    The parser's first sight of each construct costs ~0.1-0.3 s; a pool worker calls this once at
-    start (off every item's clock), so the first items after a start or a kill are not slow.
+    The parser is slow the first time it sees each construct; a pool worker calls this once at start
+    (off every item's clock), so the first items after a start or a kill are not slow.
     """
     for gold, answer in _WARM_UP_PAIRS:
         try:
             equal_latex(gold, answer)
         except Exception:  # noqa: BLE001, S112 - warming only; a failure here is harmless
             continue
-
-
-def worker_check(response: str, gold: str, sympy_ok: bool = True):
-    """`math_check.check`, as the pool's workers call it (importing this module loads sympy up front)."""
-    from answerkey.rewards.math_check import check
-
-    return check(response, gold, sympy_ok)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """One slot of the sandbox pool: a warm interpreter that forks an isolated child per execution.
 
-Started by `sandbox.Sandbox` as `python -I -S sandbox_worker.py CONFIG_JSON` with an empty
+Started by `pool.Sandbox` as `python -I -S worker.py CONFIG_JSON` with an empty
 environment and one Unix socket (fd given in the config). It never reads a job's program, tests or
 result itself: each job arrives as a small header plus three memfds (program, tests, result), so
 the memory that a candidate inherits by `fork` holds no test, no expected value, no nonce and no
@@ -9,7 +9,7 @@ earlier job's result.
 At start it builds, in a private mount namespace, the read-only root the candidates will see
 (/usr, the stdlib, /dev/null...; no /etc, /home, /root contents, /proc or /sys), imports the usual
 stdlib modules, and forks the judge: a persistent process, with its own unprivileged uid and not
-dumpable, that runs each job's tests (`sandbox_judge.run_judge`) and never loads a program.
+dumpable, that runs each job's tests (`judge.run_judge`) and never loads a program.
 
 Per job:
   candidate  unshare(pid, net, mount, ipc, uts) in the worker, fork, setns back: the child is pid 1
@@ -32,6 +32,7 @@ Stdlib only.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -43,11 +44,11 @@ import socket
 import sys
 import time
 
+# A bare `python -I -S` puts neither this folder nor site-packages on the path: judge.py and wire.py
+# are imported from here by file name, as top-level modules.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import contextlib
-
-from sandbox_judge import run_judge, serve_candidate  # noqa: E402
-from sandbox_wire import send_frame  # noqa: E402
+from judge import run_judge, serve_candidate  # noqa: E402
+from wire import send_frame  # noqa: E402
 
 # Modules a typical program imports, loaded once here so every fork starts warm.
 WARM = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "typing",
@@ -105,7 +106,8 @@ def build_root(root: str, extra_ro: list[str]) -> None:
         mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for path in extra_ro:  # the interpreter's own site-packages: not part of what a program may read
         if os.path.isdir(path + "/site-packages"):
-            mount("tmpfs", root + path + "/site-packages", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+            mount("tmpfs", root + path + "/site-packages", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV,
+                  "size=4k")
     os.makedirs(root + "/dev")
     for dev in ("null", "zero", "urandom", "random"):
         open(f"{root}/dev/{dev}", "w").close()
@@ -199,10 +201,12 @@ class Namespaces:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.own = {kind: os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind, _ in self.KINDS}
+        self.own = {kind: os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                    for kind, _ in self.KINDS}
 
     def fresh(self) -> None:
-        """The worker moves into new net/mnt/ipc/uts namespaces; its next child is pid 1 of a new pid namespace."""
+        """The worker moves into new net/mnt/ipc/uts namespaces; its next child is pid 1 of a new pid
+        namespace."""
         if self.enabled:
             unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
 
@@ -289,7 +293,8 @@ class Worker:
         self.judge_sock.close()
 
     def run_job(self, job: dict, program_fd: int, tests_fd: int, result_fd: int) -> dict:
-        """Fork pid 1 of fresh namespaces, hand the tests to the judge, wait for it or the deadline, kill, reap."""
+        """Fork pid 1 of fresh namespaces, hand the tests to the judge, wait for it or the deadline, kill,
+        reap."""
         started = time.monotonic()
         deadline = started + float(job["timeout_s"])
         rpc_judge, rpc_candidate = socket.socketpair()
@@ -377,7 +382,8 @@ def vacate(cgroup_procs: list[str], timeout_s: float = 5.0) -> None:
         if not pids:
             return
         if time.monotonic() > give_up:
-            raise RuntimeError(f"cgroup {cgroup_procs[0]} still has processes {pids} after SIGKILL for {timeout_s} s")
+            raise RuntimeError(f"cgroup {cgroup_procs[0]} still has processes {pids} after SIGKILL for "
+                               f"{timeout_s} s")
         for pid in pids:
             _kill(pid)
         time.sleep(0.0005)

@@ -10,15 +10,15 @@ normalization, multiple-choice letters, words, numbers in a base, exact rational
 of tuples/intervals/sets/lists whose elements are plain numbers. It returns None when a leaf needs
 sympy; the pool then runs `check(..., sympy_ok=True)` in a worker process it can kill. Structure is
 read from the text before sympy sees it: `(a, b]` keeps its brackets and order, `\\{…\\}` and bare
-comma lists are order-free. This module does not bound time itself (see `rewards/pool.py`).
+comma lists are order-free. This module does not bound time itself (see `rewards/deadline_pool.py`).
 """
 
 from __future__ import annotations
 
 import re
 
-from answerkey.rewards.math_extract import brace_group, extract
-from answerkey.rewards.math_parse import (
+from answerkey.rewards.math.extract import brace_group, extract
+from answerkey.rewards.math.parse import (
     based_number,
     choice,
     guard,
@@ -66,7 +66,8 @@ def check(response: str, gold: str, sympy_ok: bool = True) -> Score | None:
         return Score.failed(Status.no_answer, found.reason)
     detail = found.answer[:100]
     if len(found.answer) > MAX_RAW_CHARS:  # bounds the fast path's own work in the caller's process
-        return Score.failed(Status.unparseable, f"answer of {len(found.answer)} characters (> {MAX_RAW_CHARS})")
+        return Score.failed(Status.unparseable,
+                            f"answer of {len(found.answer)} characters (> {MAX_RAW_CHARS})")
     answer_n = normalize(found.answer)
     if not answer_n:
         return Score.failed(Status.no_answer, f"empty answer {detail!r}")
@@ -145,18 +146,20 @@ def _leaf(gold: str, answer: str, sympy_ok: bool) -> bool:
         raise GoldUnparseable(f"refused: {reason}")
     if not sympy_ok:
         raise NeedSympy
-    from answerkey.rewards import math_equiv  # sympy is imported only where it runs (the workers)
+    # Here, not at the top: sympy loads only in the processes that reach this line (the pool's
+    # workers), never in the trainer's process that runs the fast path.
+    from answerkey.rewards.math import equiv
 
     try:
-        g_expr = math_equiv.parse(gold)
+        g_expr = equiv.parse(gold)
     except Exception as exc:  # noqa: BLE001 - the parser raises many types; any is "cannot read"
         raise GoldUnparseable(f"{type(exc).__name__}: {exc}"[:120]) from None
     try:
-        a_expr = math_equiv.parse(answer)
+        a_expr = equiv.parse(answer)
     except Exception as exc:  # noqa: BLE001
         raise AnswerUnparseable(f"{type(exc).__name__}: {exc}"[:120]) from None
     try:
-        return math_equiv.equivalent(g_expr, a_expr)
+        return equiv.equivalent(g_expr, a_expr)
     except (OverflowError, RecursionError, MemoryError) as exc:  # sizes the guards could not see
         raise AnswerUnparseable(f"too large to evaluate ({type(exc).__name__})") from None
 

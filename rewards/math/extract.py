@@ -40,7 +40,6 @@ class Extracted:
 
     answer: str | None
     reason: str = ""  # why there is no answer; "" when there is one
-    marker: str = ""  # "boxed", "####" or "statement"
 
 
 def extract(response: str, hedge_ok: bool = False) -> Extracted:
@@ -53,13 +52,13 @@ def extract(response: str, hedge_ok: bool = False) -> Extracted:
         return Extracted(None, "no final-answer marker")
     answer, marker = found
     if answer is None:
-        return Extracted(None, f"unclosed {marker}", marker)
+        return Extracted(None, f"unclosed {marker}")
     answer = answer.strip().strip("*_ \t").strip()
     if not answer:
-        return Extracted(None, f"empty {marker}", marker)
+        return Extracted(None, f"empty {marker}")
     if not hedge_ok and _HEDGE.search(answer):
-        return Extracted(None, "hedged answer", marker)
-    return Extracted(answer, "", marker)
+        return Extracted(None, "hedged answer")
+    return Extracted(answer)
 
 
 def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
@@ -123,7 +122,7 @@ _MATH_DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 
 
 def _first_math_or_sentence(rest: str) -> str | None:
-    """`$…$` (or `\\(…\\)`, `\\[…\\]`) if the statement starts with math, else the text up to the sentence end."""
+    """`$…$` (or `\\(…\\)`, `\\[…\\]`) when the statement starts with math, else its first sentence."""
     for left, right in _MATH_DELIMS:
         if rest.startswith(left):
             end = rest.find(right, len(left))

@@ -4,17 +4,18 @@
     result = math_reward.score("... so the area is $\\\\boxed{12\\\\pi}$.", "12\\\\pi")
     float(result), result.status          # (1.0, Status.correct)
     math_reward.score_batch([(response, gold), ...], timeout_s=5.0)   # list[Score], same order
+    math_reward.final_answer("... #### 0.5"), math_reward.exact_value("1,234")   # ('1/2', Fraction(1234, 1))
 
-Pipeline (each stage in its own module):
-  `math_extract`  the last complete `\\boxed{}` / `\\fbox{}` / `\\boxed x`, else the last `#### x`,
-                  else the last "the (final) answer is … / Answer: …"; no fallback to stray numbers,
-                  an unclosed box or a hedge ("3 or 4") is no answer; only the tail of long text.
-  `math_parse`    normalization (cosmetic only), exact rationals, choice letters, words, static guards.
-  `math_check`    the decision: structure from the text, numbers exactly; returns None when sympy
-                  is needed (the fast path, run in the caller's process).
-  `math_equiv`    sympy equivalence (latex2sympy2_extended parser), run only in pool workers.
-  `pool`          worker processes with a hard per-item wall-clock kill (no signals), shared with
-                  the driver's ScorerPool; this checker owns its own pool (3 GiB RLIMIT_AS per worker).
+Pipeline (each stage in its own module of this package; imports go down the list, never up):
+  `extract`  the last complete `\\boxed{}` / `\\fbox{}` / `\\boxed x`, else the last `#### x`,
+             else the last "the (final) answer is … / Answer: …"; no fallback to stray numbers,
+             an unclosed box or a hedge ("3 or 4") is no answer; only the tail of long text.
+  `parse`    normalization (cosmetic only), exact rationals, choice letters, words, static guards.
+  `check`    the decision: structure from the text, numbers exactly; returns None when sympy
+             is needed (the fast path, run in the caller's process).
+  `equiv`    sympy equivalence (latex2sympy2_extended parser), loaded and run only in pool workers.
+The pool is `rewards/deadline_pool.py` (worker processes with a hard per-item wall-clock kill, no
+signals); this checker owns one of its own (3 GiB RLIMIT_AS per worker).
 
 Statuses: correct / wrong / no_answer / unparseable (an answer was found but cannot be read, or the
 static guard refused it) / timeout (killed at the bound) / error (the gold cannot be read, or a
@@ -30,16 +31,20 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 
-from answerkey.rewards.math_check import check
-from answerkey.rewards.pool import KillPool
+from answerkey.rewards.deadline_pool import DeadlinePool
+from answerkey.rewards.math.check import check
+from answerkey.rewards.math.extract import extract
+from answerkey.rewards.math.parse import normalize, rational
 from answerkey.rewards.score import Score, Status
 
-__all__ = ["DEFAULT_TIMEOUT_S", "MathChecker", "check", "score", "score_batch"]
+__all__ = ["DEFAULT_TIMEOUT_S", "MathChecker", "check", "exact_value", "final_answer", "score", "score_batch"]
 
 DEFAULT_TIMEOUT_S = 5.0
-_TARGET = "answerkey.rewards.math_equiv:worker_check"  # imports sympy at worker start, not per item
-_WARM_UP = "answerkey.rewards.math_equiv:warm_up"  # the parser's first use of each construct is slow
+_TARGET = "answerkey.rewards.math.check:check"  # called as check(response, gold, sympy_ok=True)
+# Worker init: imports sympy and builds the parser's caches at worker start, off every item's clock.
+_WARM_UP = "answerkey.rewards.math.equiv:warm_up"
 
 
 class MathChecker:
@@ -51,14 +56,14 @@ class MathChecker:
     def __init__(self, workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self.timeout_s = timeout_s
-        self._pool: KillPool | None = None
+        self._pool: DeadlinePool | None = None
         self._lock = threading.Lock()
 
     @property
-    def pool(self) -> KillPool:
+    def pool(self) -> DeadlinePool:
         with self._lock:
             if self._pool is None:
-                self._pool = KillPool(_TARGET, workers=self.workers, init=_WARM_UP)
+                self._pool = DeadlinePool(_TARGET, workers=self.workers, init=_WARM_UP)
             return self._pool
 
     def score(self, response: str, gold: str, timeout_s: float | None = None) -> Score:
@@ -128,3 +133,22 @@ def score(response: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Sco
 def score_batch(pairs: Sequence[tuple[str, str]], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Score]:
     """Rewards for many (response, gold) pairs through the shared pool, in order."""
     return default_checker().score_batch(pairs, timeout_s)
+
+
+def final_answer(response: str) -> str | None:
+    """The final answer `response` commits to, spelled canonically; None when it commits to none.
+
+    The same extraction and normalization as `score`, and a plain number as its exact rational, so
+    `#### 0.5` and `\\boxed{\\frac{1}{2}}` both give "1/2" (e.g. to group samples by answer for maj@k).
+    """
+    answer = extract(response).answer
+    if answer is None:
+        return None
+    answer = normalize(answer)
+    number = rational(answer)
+    return str(number) if number is not None else answer
+
+
+def exact_value(answer: str) -> Fraction | None:
+    """The exact rational a plain-number answer states (`1,234`, `0.5`, `\\frac{3}{4}`), else None."""
+    return rational(normalize(answer))

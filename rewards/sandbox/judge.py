@@ -4,7 +4,7 @@ The candidate process (`serve_candidate`, inside the sandbox) runs the model's p
 only answers "call the entry point with these arguments" over a socket; it never sees the tests.
 The judge process (`run_judge`, outside the sandbox, never loads the model's code) runs the tests
 with `candidate` bound to a proxy that makes those calls and decodes each answer into fresh
-built-in values (`sandbox_wire`): an `__eq__` that is always true, patched builtins or a patched
+built-in values (`wire`): an `__eq__` that is always true, patched builtins or a patched
 `assert` in the candidate's process cannot reach the comparisons, which happen here.
 
 Pass fraction: the tests' `check(candidate)` body (or, without a `check`, the module's top-level
@@ -24,7 +24,7 @@ import ast
 import builtins
 import socket
 
-from sandbox_wire import WireError, decode_value, encode_value, recv_frame, send_frame
+from wire import WireError, decode_value, encode_value, recv_frame, send_frame
 
 DETAIL = 300  # characters kept of an error message
 
@@ -122,7 +122,8 @@ def split_units(tests: str, entry_point: str) -> tuple[list[ast.stmt], list[tupl
         involves = bool(names & tainted)
         has_assert = any(isinstance(n, ast.Assert) for n in ast.walk(stmt))
         if involves and not has_assert:
-            tainted |= {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            tainted |= {n.id for n in ast.walk(stmt)
+                        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         statements.append((stmt, involves and has_assert))
     return module, statements
 

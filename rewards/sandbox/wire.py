@@ -54,7 +54,8 @@ def encode_value(value, depth: int = 0):
         return [_SEQS[kind], [encode_value(v, depth + 1) for v in value]]
     if kind is dict:
         return ["d", [[encode_value(k, depth + 1), encode_value(v, depth + 1)] for k, v in value.items()]]
-    raise WireError(f"cannot pass a {kind.__module__}.{kind.__qualname__} across the sandbox (only exact built-in types)")
+    raise WireError(f"cannot pass a {kind.__module__}.{kind.__qualname__} across the sandbox "
+                    f"(only exact built-in types)")
 
 
 def decode_value(data, depth: int = 0):

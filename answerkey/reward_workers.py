@@ -1,12 +1,13 @@
-"""Reward scoring outside the trainer's process: env code runs in worker processes, each item under a kill.
+"""An env's reward code in separate killable processes: scoring outside the trainer's process.
 
-    pool = ScorerPool("answerkey.envs.synthetic:SyntheticEnv", {"difficulty": 2}, processes=1, timeout_s=30)
-    scores = pool.score(problems, completions)      # one Score per item, in the order given
-    pool.close()
+    workers = RewardWorkers("answerkey.envs.synthetic:SyntheticEnv", {"difficulty": 2}, processes=1,
+                            timeout_s=30)
+    scores = workers.score(problems, completions)   # one Score per item, in the order given
+    workers.close()
 
-The driver's whole-batch backstop over env code, on the shared process pool (`rewards/pool.py`,
-`KillPool`: fresh `python -c` interpreters, SIGKILL at the deadline, replacement, an address-space
-limit, a close that leaves no process). Each worker builds its own env from the dotted path (so the
+The driver's whole-batch backstop over env code, on `rewards/deadline_pool.py` (`DeadlinePool`:
+fresh `python -c` interpreters, SIGKILL at the deadline, replacement, an address-space limit, a
+close that leaves no process). Each worker builds its own env from the dotted path (so the
 env never has to be pickled, and is never built in the caller) and scores one item at a time with
 `envs.base.score_one`: an env whose `score` raises gives that item `Status.error` naming the problem.
 An env with its own `score_batch` (the math and code rewards keep their own pools with per-item
@@ -24,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from answerkey.config import EnvConfig
 from answerkey.envs.base import Env, Problem, load_env, score_batch, score_one
 from answerkey.rewards import Score, Status
-from answerkey.rewards.pool import KillPool
+from answerkey.rewards.deadline_pool import DeadlinePool
 
 _env: Env | None = None  # the env of this reward process: built by `_build` in a worker, never in the caller
 
@@ -54,20 +56,28 @@ def has_own_batch(env) -> bool:
     return method is not None and method is not Env.score_batch
 
 
-class ScorerPool:
+class RewardWorkers:
+    """`processes` reward processes, each with its own env built from `env_path` (module docstring)."""
+
     def __init__(self, env_path: str, env_kwargs: Mapping[str, Any] | None = None, processes: int = 1,
                  timeout_s: float = 30.0, memory_gb: float = 8.0):
         if processes < 1 or timeout_s <= 0 or memory_gb < 0:
-            raise ValueError(f"ScorerPool needs processes >= 1, timeout_s > 0 and memory_gb >= 0, "
+            raise ValueError(f"RewardWorkers needs processes >= 1, timeout_s > 0 and memory_gb >= 0, "
                              f"got {processes}, {timeout_s}, {memory_gb}")
         self.env_path, self.timeout_s = env_path, timeout_s
-        self.pool = KillPool("answerkey.scoring:_score", workers=processes, init="answerkey.scoring:_build",
-                             init_args=(env_path, dict(env_kwargs or {})),
-                             memory_limit_bytes=int(memory_gb * 1024**3) or None)
+        self.pool = DeadlinePool("answerkey.reward_workers:_score", workers=processes,
+                                 init="answerkey.reward_workers:_build",
+                                 init_args=(env_path, dict(env_kwargs or {})),
+                                 memory_limit_bytes=int(memory_gb * 1024**3) or None)
         try:
             self.batched = bool(self.pool.start())  # the env has its own score_batch
         except RuntimeError as exc:
             raise RuntimeError(f"reward process could not build env {env_path!r}: {exc}") from exc
+
+    @classmethod
+    def for_env(cls, cfg: EnvConfig) -> RewardWorkers:
+        """The reward workers of an `[env]` config section (path, kwargs and its reward_* bounds)."""
+        return cls(cfg.path, cfg.kwargs, cfg.reward_processes, cfg.reward_timeout_s, cfg.reward_memory_gb)
 
     @property
     def restarts(self) -> int:
@@ -85,7 +95,8 @@ class ScorerPool:
         that overran or crashed is scored again item by item, so only the guilty item scores 0.
         """
         if len(problems) != len(completions):
-            raise ValueError(f"ScorerPool.score: {len(problems)} problems but {len(completions)} completions")
+            raise ValueError(f"RewardWorkers.score: {len(problems)} problems but "
+                             f"{len(completions)} completions")
         results: list[Score | None] = [None] * len(problems)
         single = [[i] for i in range(len(problems))]
         if self.batched and len(problems) > 1:
@@ -96,7 +107,8 @@ class ScorerPool:
         return results  # type: ignore[return-value]  (every slot is filled)
 
     def _run(self, jobs: list[list[int]], problems, completions, results: list) -> list[int]:
-        """Score `jobs` (lists of item indices) on the pool; returns the items of multi-item jobs that failed."""
+        """Score `jobs` (lists of item indices) on the pool; returns the items of multi-item jobs that
+        failed."""
         items = [([problems[i] for i in idx], [completions[i] for i in idx]) for idx in jobs]
         outcomes = self.pool.map(items, timeout_s=[self.timeout_s * len(idx) for idx in jobs])
         retry = []
@@ -107,16 +119,18 @@ class ScorerPool:
             elif len(idx) > 1:
                 retry += idx
             elif kind == "timeout":
-                results[idx[0]] = Score.failed(Status.timeout, f"scoring {problems[idx[0]].id} took > {self.timeout_s:g} s")
+                results[idx[0]] = Score.failed(Status.timeout,
+                                               f"scoring {problems[idx[0]].id} took > {self.timeout_s:g} s")
             else:
-                results[idx[0]] = Score.failed(Status.error, f"reward process: {value}, scoring {problems[idx[0]].id}")
+                results[idx[0]] = Score.failed(Status.error,
+                                               f"reward process: {value}, scoring {problems[idx[0]].id}")
         return retry
 
     def close(self) -> None:
         """Stop every reward process (the env's own pools shut down with it); none is left running."""
         self.pool.close()
 
-    def __enter__(self) -> ScorerPool:
+    def __enter__(self) -> RewardWorkers:
         return self
 
     def __exit__(self, *exc) -> None:
