@@ -34,6 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from answerkey.envs import gsm8k as gsm8k_env  # noqa: E402
+from answerkey.envs.jsonl import jsonl_lines  # noqa: E402
+from answerkey.envs.math import MATH500  # noqa: E402
 from answerkey.rewards.deadline_pool import DeadlinePool  # noqa: E402
 from answerkey.rewards.math.check import check  # noqa: E402
 from answerkey.rewards.score import Status  # noqa: E402
@@ -41,7 +44,6 @@ from tests.math_adversarial import ADVERSARIAL  # noqa: E402
 from tests.math_forms import equivalent_forms, wrong_forms  # noqa: E402
 from tests.math_table import TABLE  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
 BOUND_S = 5.0
 
 
@@ -85,10 +87,8 @@ def cases(quick: bool, gsm_every: int) -> list[Case]:
     out += [Case("adversarial", r, g, Status.correct in allowed) for r, g, allowed in ADVERSARIAL]
     if quick:
         return out
-    math500 = [json.loads(line) for line in (DATA / "math500/test.jsonl").read_text().splitlines()
-               if line.strip()]
-    gsm8k = [json.loads(line) for line in (DATA / "gsm8k/test.jsonl").read_text().splitlines()
-             if line.strip()]
+    math500 = [row for _, row, _ in jsonl_lines(MATH500)]
+    gsm8k = [row for _, row, _ in jsonl_lines(gsm8k_env.TEST)]
     golds = [row["answer"] for row in math500]
     golds += [row["answer"].rpartition("####")[2].strip() for row in gsm8k[::gsm_every]]
     for gold in golds:

@@ -2,7 +2,7 @@
 
     [env]
     path = "answerkey.envs.gsm8k:GSM8KEnv"
-    kwargs = { train_path = "data/gsm8k/train.jsonl", test_path = "data/gsm8k/test.jsonl" }
+    kwargs = {}            # the copy shipped in envs/data/gsm8k/; or train_path = "...", test_path = "..."
 
 The gold answer is the number after `####` (thousands separators removed). A completion is scored by
 the math reward (`rewards.math`): its final answer (last `\\boxed{}`, else `#### x`, else "the answer
@@ -15,18 +15,18 @@ number raises naming file and line.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from answerkey.envs.base import Env, Problem, Split
-from answerkey.envs.jsonl import DatasetError, read_rows
+from answerkey.envs.jsonl import DATA, DatasetError, read_rows, stem
 from answerkey.rewards import Score
 from answerkey.rewards import math as math_reward
 
+TRAIN, TEST = DATA / "gsm8k" / "train.jsonl.gz", DATA / "gsm8k" / "test.jsonl.gz"  # 7,473 / 1,319 rows
 INSTRUCTION = "Solve the problem. End your reply with a line of the form '#### <answer>'."
 
 
 class GSM8KEnv(Env):
-    def __init__(self, train_path: str | None = None, test_path: str | None = None,
+    def __init__(self, train_path: str = str(TRAIN), test_path: str = str(TEST),
                  instruction: str = INSTRUCTION, limit: int | None = None):
         self.paths = {"train": train_path, "test": test_path}
         self.instruction = instruction
@@ -39,9 +39,7 @@ class GSM8KEnv(Env):
         return self._cache[split]
 
     def _load(self, split: Split) -> list[Problem]:
-        path = self.paths.get(split)
-        if path is None:
-            raise ValueError(f"GSM8KEnv: no {split}_path was given (env.kwargs.{split}_path)")
+        path = self.paths[split]
         problems = []
         for i, row in enumerate(read_rows(path, ("question", "answer"))[: self.limit]):
             solution, sep, final = row["answer"].rpartition("####")
@@ -51,7 +49,7 @@ class GSM8KEnv(Env):
                                    f"got ...{row['answer'][-40:]!r}")
             question = row["question"].strip()
             prompt = f"{question}\n\n{self.instruction}" if self.instruction else question
-            problems.append(Problem(id=f"gsm8k/{Path(path).stem}/{i}", prompt=prompt, answer=gold,
+            problems.append(Problem(id=f"gsm8k/{stem(path)}/{i}", prompt=prompt, answer=gold,
                                     meta={"solution": f"{solution.strip()}\n#### {gold}"}))
         return problems
 

@@ -6,15 +6,21 @@
 
 `jsonl_lines` is the one streaming reader every JSONL input goes through (datasets here, the
 pretraining corpus, SFT conversations, the web filter's input), each caller checking the shape of
-its own rows and raising its own error type.
+its own rows and raising its own error type. A `.gz` file is read through gzip.
+
+`DATA` is the folder of the datasets that ship with the package (envs/data/: GSM8K train and test,
+MATH-500; their sources and licenses are in envs/data/README.md).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+DATA = Path(__file__).resolve().parent / "data"
 
 
 class DatasetError(ValueError):
@@ -24,7 +30,7 @@ class DatasetError(ValueError):
 def jsonl_lines(path: str | Path, error: type[ValueError] = DatasetError) -> Iterator[tuple[int, Any, int]]:
     """(line number, parsed value, bytes of the line) for each non-blank line, streamed; a line that is not
     UTF-8 or not JSON raises `error` naming the file and the line."""
-    with open(path, "rb") as f:
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -59,3 +65,8 @@ def read_rows(path: str | Path, fields: Sequence[str]) -> list[dict]:
     if not rows:
         raise DatasetError(f"{path}: contains no rows")
     return rows
+
+
+def stem(path: str | Path) -> str:
+    """A dataset file's name without its `.gz` and last suffix: "data/test.jsonl.gz" -> "test"."""
+    return Path(str(path).removesuffix(".gz")).stem

@@ -2,7 +2,7 @@
 
     [env]
     path = "answerkey.envs.math:MathEnv"
-    kwargs = { test_path = "data/math500/test.jsonl" }
+    kwargs = { train_path = "data/math/train.jsonl" }   # test: MATH-500, shipped in envs/data/math500/
 
 Completions are scored by the math reward (`rewards.math`): the last `\\boxed{}` (else "the answer
 is …") is compared with the gold exactly or symbolically, sets/tuples/intervals/matrices included;
@@ -13,18 +13,18 @@ score correct against their golds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from answerkey.envs.base import Env, Problem, Split
-from answerkey.envs.jsonl import read_rows
+from answerkey.envs.jsonl import DATA, read_rows, stem
 from answerkey.rewards import Score
 from answerkey.rewards import math as math_reward
 
+MATH500 = DATA / "math500" / "test.jsonl.gz"  # the MATH-500 test subset (500 rows)
 INSTRUCTION = "Put your final answer within \\boxed{}."
 
 
 class MathEnv(Env):
-    def __init__(self, train_path: str | None = None, test_path: str | None = None,
+    def __init__(self, train_path: str | None = None, test_path: str = str(MATH500),
                  instruction: str = INSTRUCTION, limit: int | None = None):
         self.paths = {"train": train_path, "test": test_path}
         self.instruction = instruction
@@ -43,7 +43,7 @@ class MathEnv(Env):
     def _problem(self, path: str, i: int, row: dict) -> Problem:
         prompt = f"{row['problem'].strip()}\n\n{self.instruction}" if self.instruction else row["problem"]
         meta = {"solution": row.get("solution", ""), "level": row.get("level")}
-        return Problem(id=row.get("unique_id") or f"math/{Path(path).stem}/{i}", prompt=prompt,
+        return Problem(id=row.get("unique_id") or f"math/{stem(path)}/{i}", prompt=prompt,
                        answer=row["answer"].strip(), meta=meta)
 
     def score(self, problem: Problem, completion: str) -> Score:

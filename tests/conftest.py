@@ -16,8 +16,6 @@ from answerkey.pretrain.bootstrap import solution_conversations
 from answerkey.pretrain.model import build_model
 from answerkey.pretrain.tokenizer import train_bpe
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 # The suite's models are tiny (0.1-1.4M parameters): overhead-bound, as fast on 1 thread as on 2, and 1 thread
 # does not collapse when the machine is busy (2 threads spinning against other work were up to 10x slower).
 torch.set_num_threads(1)

@@ -8,7 +8,6 @@ from answerkey.envs.jsonl import DatasetError
 from answerkey.envs.math import MathEnv
 from answerkey.envs.synthetic import SyntheticEnv, split_of
 from answerkey.rewards import Score, Status
-from tests.conftest import SHARED_DATA
 
 
 @pytest.mark.parametrize("difficulty", [1, 2, 3, 4])
@@ -77,15 +76,16 @@ def test_multi_step_example_and_opt_in():
         SyntheticEnv(kinds=["chain"], steps=1)
 
 
-def test_gsm8k_and_math_load_the_shared_data():
-    gsm = GSM8KEnv(test_path=str(SHARED_DATA / "gsm8k/test.jsonl"))
+def test_gsm8k_and_math_read_the_shipped_data_by_default():
+    gsm = GSM8KEnv()
     problems = gsm.problems("test")
-    assert len(problems) == 1319 and problems[0].answer == "18"
+    assert len(problems) == 1319 and problems[0].answer == "18" and problems[0].id == "gsm8k/test/0"
     assert float(gsm.score(problems[0], "so she makes 18 dollars.\n#### 18")) == 1.0
-    math = MathEnv(test_path=str(SHARED_DATA / "math500/test.jsonl"))
+    assert len(gsm.problems("train")) == 7473
+    math = MathEnv()
     assert len(math.problems("test")) == 500
     with pytest.raises(ValueError, match="train_path"):
-        gsm.problems("train")
+        math.problems("train")  # MATH's training split does not ship
 
 
 @pytest.mark.parametrize(

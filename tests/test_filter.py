@@ -12,10 +12,11 @@ import pytest
 
 from answerkey.cli import main
 from answerkey.config import ConfigError, build_config
+from answerkey.envs import gsm8k
+from answerkey.envs.jsonl import jsonl_lines
 from answerkey.pretrain.dedup import Dedup, DedupIndex, MinHasher, estimated_jaccard, normalize
 from answerkey.pretrain.filter import DocFilter, FilterConfig, InputError, filter_file
 from answerkey.pretrain.filter_rules import C4Lines, Pii, PiiFormatter, c4_lines
-from tests.conftest import SHARED_DATA
 
 # Three clean English documents: they pass every rule (asserted below), and each row below breaks one.
 CLEAN = [
@@ -191,7 +192,7 @@ def test_pii_replaces_emails_and_public_ips_only_in_turn():
 
 
 def gsm8k_docs(n: int) -> list[str]:
-    questions = [json.loads(line)["question"] for line in (SHARED_DATA / "gsm8k/test.jsonl").open()]
+    questions = [row["question"] for _, row, _ in jsonl_lines(gsm8k.TEST)]
     return ["\n".join(questions[i:i + 6]) for i in range(0, 6 * n, 6)]
 
 

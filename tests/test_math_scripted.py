@@ -7,22 +7,18 @@ All of it goes through the batched pool; most items are decided by the in-proces
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
 
+from answerkey.envs.jsonl import DATA, jsonl_lines
 from answerkey.rewards import Status
 from answerkey.rewards import math as math_reward
-from tests.conftest import SHARED_DATA
 from tests.math_forms import equivalent_forms, wrong_forms
 
 
 def _rows(name: str) -> list[dict]:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} is not present")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row, _ in jsonl_lines(DATA / f"{name}.gz")]
 
 
 def _golds() -> dict[str, list[str]]:

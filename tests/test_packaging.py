@@ -1,5 +1,5 @@
-"""The built wheel holds every subpackage of the source tree: built with pip, installed in a scratch venv,
-and each package imported from there (not from this checkout).
+"""The built wheel holds every subpackage of the source tree and the shipped datasets: built with pip,
+installed in a scratch venv, each package imported from there (not from this checkout).
 
 The area folders map to `answerkey.*` through `[tool.setuptools] package-dir` (DESIGN.md, "Layout"), and
 setuptools only ships the packages listed in `packages`: a new subfolder that is not listed imports fine
@@ -61,3 +61,8 @@ def test_the_wheel_installs_and_every_package_imports_from_it(tmp_path):
     assert out.returncode == 0, f"a package does not import from the installed wheel:\n{out.stderr[-2000:]}"
     for name, file in zip(names, out.stdout.split(), strict=True):
         assert Path(file).is_relative_to(site), f"{name} imported from {file}, not from the installed wheel"
+    datasets = "from answerkey.envs import gsm8k, math; print(len(gsm8k.GSM8KEnv().problems('test')), gsm8k.TEST)"
+    out = subprocess.run([python, "-c", datasets], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, f"the shipped datasets do not load from the wheel:\n{out.stderr[-2000:]}"
+    rows, path = out.stdout.split()
+    assert rows == "1319" and Path(path).is_relative_to(site)
