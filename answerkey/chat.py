@@ -32,7 +32,8 @@ TOOL_RESULT_END = "<|/tool_result|>"
 PAD = "<|pad|>"
 
 # Order is the id order in a tokenizer we train (ids 0..7); a pretrained tokenizer keeps its own ids.
-SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END, PAD, TOOL_CALL_START, TOOL_CALL_END, TOOL_RESULT_START, TOOL_RESULT_END)
+SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END, PAD, TOOL_CALL_START, TOOL_CALL_END, TOOL_RESULT_START,
+                  TOOL_RESULT_END)
 # Generation stops at either; the learner trains on the stop token so the policy learns to stop.
 STOP_TOKENS = (IM_END, END_OF_TEXT)
 ROLES = ("system", "user", "assistant", "tool")
@@ -53,7 +54,8 @@ def check_messages(messages: Sequence[Message], where: str = "messages") -> None
         raise ValueError(f"{where}: a conversation needs at least one message")
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
-            raise ValueError(f"{where}[{i}]: expected an object with 'role' and 'content', got {type(message).__name__}")
+            raise ValueError(f"{where}[{i}]: expected an object with 'role' and 'content', "
+                             f"got {type(message).__name__}")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             raise ValueError(f"{where}[{i}].role: expected one of {ROLES}, got {role!r}")

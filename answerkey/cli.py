@@ -1,13 +1,13 @@
 """The `answerkey` command: one subcommand per job. `answerkey --help` lists them.
 
-    answerkey config examples/tiny_cpu.toml --learner.lr=1e-5   # validate, print resolved config + batch arithmetic
+    answerkey config examples/tiny_cpu.toml --learner.lr=1e-5   # validate; resolved config + batch arithmetic
     answerkey config --docs                                      # every key with its default and doc
     answerkey env answerkey.envs.synthetic:SyntheticEnv --kwargs '{"difficulty": 3}' -n 3
 
     answerkey rl examples/tiny_cpu.toml --model.path=runs/demo/sft/model --run.name=r1 [--resume]
     answerkey submit examples/math_8gpu.toml --run.out_dir=/shared/runs [--address http://head:8265]
     answerkey eval runs/r1/checkpoints/step_000010/model --env answerkey.envs.synthetic:SyntheticEnv --n 8
-    answerkey export runs/r1/checkpoints/step_000010 runs/r1/hf-10   # a sharded (FSDP) checkpoint -> HF directory
+    answerkey export runs/r1/checkpoints/step_000010 runs/r1/hf-10   # sharded (FSDP) checkpoint -> HF dir
 
     answerkey tokenize --tokenizer runs/base/tokenizer "What is 2 + 3?"
     answerkey pretrain examples/pretrain_tiny.toml --data.paths="['corpus.jsonl']" --run.name=base [--resume]
@@ -63,7 +63,8 @@ def cmd_env(args: argparse.Namespace, overrides: list[str]) -> int:
     if solved and hasattr(env, "score"):
         scores = score_batch(env, solved, [p.meta["solution"] for p in solved])
         counts = {k.removeprefix("reward/status/"): v for k, v in status_counts(scores).items() if v}
-        console.print(f"reward of the worked solutions: mean {sum(map(float, scores)) / len(scores):.3f}, statuses {counts}")
+        mean = sum(map(float, scores)) / len(scores)
+        console.print(f"reward of the worked solutions: mean {mean:.3f}, statuses {counts}")
     return 0
 
 
@@ -72,7 +73,8 @@ def cmd_rl(args: argparse.Namespace, overrides: list[str]) -> int:
 
     cfg = load_config(args.config, overrides)
     metrics = driver.main(cfg, resume=args.resume)
-    console.print({k: round(v, 4) for k, v in metrics.items() if k in ("reward/mean", "learner/loss", "time/step_s")})
+    console.print({k: round(v, 4) for k, v in metrics.items()
+                   if k in ("reward/mean", "learner/loss", "time/step_s")})
     return 0
 
 
@@ -105,8 +107,10 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise ConfigError(f"`answerkey export` takes no overrides, got {overrides}")
-    out = dcp.export(args.checkpoint, args.out, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
-    console.print(f"exported {args.checkpoint} -> {out} (config.json, model.safetensors, tokenizer; {args.dtype})")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    out = dcp.export(args.checkpoint, args.out, dtype=dtype)
+    console.print(f"exported {args.checkpoint} -> {out} "
+                  f"(config.json, model.safetensors, tokenizer; {args.dtype})")
     return 0
 
 
@@ -163,7 +167,8 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if overrides:
         raise ConfigError(f"`answerkey sample` takes CKPT and one prefix, got extra {overrides}")
-    texts = sample.continue_text(sample.engine(args.checkpoint, args.seed), args.prefix, args.n, _sampling(args))
+    texts = sample.continue_text(sample.engine(args.checkpoint, args.seed), args.prefix, args.n,
+                                 _sampling(args))
     for k, text in enumerate(texts):
         console.print(f"[bold]--- sample {k + 1}[/]")
         console.print(args.prefix + text, markup=False, highlight=False)
@@ -179,22 +184,25 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     if tty:
         console.print("type a message; /reset starts over, /quit (or Ctrl-D) leaves")
     sample.chat_loop(sample.engine(args.checkpoint, args.seed), sys.stdin,
-                     lambda line: console.print(line, markup=False, highlight=False), _sampling(args), args.system,
-                     ask=(lambda: console.print("you> ", end="")) if tty else (lambda: None))
+                     lambda line: console.print(line, markup=False, highlight=False), _sampling(args),
+                     args.system, ask=(lambda: console.print("you> ", end="")) if tty else (lambda: None))
     return 0
 
 
 def _add_stage(sub, name: str, help_text: str, run) -> None:
-    p = sub.add_parser(name, help=help_text, description=f"{help_text}. CONFIG (TOML) with dotted overrides like "
-                                                         f"--train.steps=100; --docs lists the keys.")
+    p = sub.add_parser(name, help=help_text,
+                       description=f"{help_text}. CONFIG (TOML) with dotted overrides like "
+                                   f"--train.steps=100; --docs lists the keys.")
     p.add_argument("config", nargs="?", help=f"TOML file, e.g. examples/{name}_tiny.toml")
-    p.add_argument("--resume", action="store_true", help="continue run.out_dir/run.name from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue run.out_dir/run.name from its latest checkpoint")
     p.add_argument("--docs", action="store_true", help="list every key with its default and doc")
     p.set_defaults(run=run)
 
 
 def _add_sampling(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float) -> None:
-    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (model + tokenizer), e.g. runs/base/model")
+    p.add_argument("checkpoint",
+                   help="Hugging Face checkpoint directory (model + tokenizer), e.g. runs/base/model")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=float, default=temperature)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -208,7 +216,8 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="answerkey", description="RL from verifiable rewards, from pretraining to GRPO.")
+    parser = argparse.ArgumentParser(prog="answerkey",
+                                     description="RL from verifiable rewards, from pretraining to GRPO.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("config", help="validate a config, print it resolved with the batch arithmetic",
@@ -231,18 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue run.out_dir/run.name from its latest complete checkpoint")
     p.set_defaults(run=cmd_rl)
 
-    p = sub.add_parser("submit", help="run `answerkey rl CONFIG` as a Ray job on a cluster and stream its logs",
-                       description="Submit `answerkey rl CONFIG [overrides]` with `ray job submit` semantics: "
-                                   "this directory as working_dir (no .venv/, runs/), no pip step. "
-                                   "Exit 0 only if the job SUCCEEDED.")
+    p = sub.add_parser("submit",
+                       help="run `answerkey rl CONFIG` as a Ray job on a cluster and stream its logs",
+                       description="Submit `answerkey rl CONFIG [overrides]` with `ray job submit` "
+                                   "semantics: this directory as working_dir (no .venv/, runs/), no pip "
+                                   "step. Exit 0 only if the job SUCCEEDED.")
     p.add_argument("config", help="TOML file inside this directory, e.g. examples/math_8gpu.toml")
-    p.add_argument("--address", default=None, help="Ray dashboard address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
-    p.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the logs")
+    p.add_argument("--address", default=None,
+                   help="Ray dashboard address (default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="return once submitted instead of following the logs")
     p.set_defaults(run=cmd_submit)
 
-    p = sub.add_parser("filter", help="FineWeb-style filtering of web docs (JSONL with text, url) with a count per rule",
-                       description="Filter IN (JSONL rows with 'text', optional 'url') into OUT; thresholds from "
-                                   "--config (TOML, one table per stage) and dotted overrides like --c4.min_sentences=3.")
+    p = sub.add_parser("filter",
+                       help="FineWeb-style filtering of web docs (JSONL with text, url) "
+                            "with a count per rule",
+                       description="Filter IN (JSONL rows with 'text', optional 'url') into OUT; thresholds "
+                                   "from --config (TOML, one table per stage) and dotted overrides like "
+                                   "--c4.min_sentences=3.")
     p.add_argument("input", help="JSONL of documents")
     p.add_argument("output", help="JSONL of the kept documents (written atomically)")
     p.add_argument("--config", default=None, help="TOML with [url], [english], [gopher_quality], ... tables")
@@ -251,23 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a sharded (FSDP) checkpoint as a Hugging Face directory",
                        description="Gather the DCP shards of CHECKPOINT (checkpoints/step_N of a run with "
                                    "learner.world_size > 1) into OUT: config.json, safetensors, tokenizer.")
-    p.add_argument("checkpoint", help="a checkpoint directory with dcp/ and hf/, e.g. runs/r1/checkpoints/step_000010")
+    p.add_argument("checkpoint",
+                   help="a checkpoint directory with dcp/ and hf/, e.g. runs/r1/checkpoints/step_000010")
     p.add_argument("out", help="new directory for the Hugging Face checkpoint")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the saved weights")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype of the saved weights")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("demo", help="the whole story on a CPU: crawl, filter, pretrain, SFT, GRPO, a control, evaluation",
-                       description="Run `make demo` (answerkey/demo.py) with CONFIG (default examples/demo.toml); "
-                                   "overrides go to a stage by prefix: --pretrain.train.steps=300 --rl.run.steps=20 --docs=3000.")
+    p = sub.add_parser("demo",
+                       help="the whole story on a CPU: crawl, filter, pretrain, SFT, GRPO, a control, "
+                            "evaluation",
+                       description="Run `make demo` (answerkey/demo.py) with CONFIG (default "
+                                   "examples/demo.toml); overrides go to a stage by prefix: "
+                                   "--pretrain.train.steps=300 --rl.run.steps=20 --docs=3000.")
     p.add_argument("config", nargs="?", help="TOML file, e.g. examples/demo.toml")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("tokenize", help="show the tokens of a text: pieces and ids (a token viewer)")
     p.add_argument("text")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: one trained on the synthetic world in a second)")
+    p.add_argument("--tokenizer",
+                   help="tokenizer directory (default: one trained on the synthetic world in a second)")
     p.set_defaults(run=cmd_tokenize)
 
-    _add_stage(sub, "pretrain", "pretrain a base model on a text corpus (tokenizer, shards, next-token loss)", cmd_pretrain)
+    _add_stage(sub, "pretrain", "pretrain a base model on a text corpus (tokenizer, shards, next-token loss)",
+               cmd_pretrain)
     _add_stage(sub, "sft", "fine-tune a checkpoint on conversations (loss on assistant tokens)", cmd_sft)
 
     p = sub.add_parser("sample", help="continue a document prefix with a checkpoint (stochastic)")
@@ -281,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default="", help="system message at the start of the conversation")
     p.set_defaults(run=cmd_chat)
 
-    p = sub.add_parser("eval", help="pass@1, pass@k and maj@k of a checkpoint on an env (`answerkey eval -h`)",
+    p = sub.add_parser("eval",
+                       help="pass@1, pass@k and maj@k of a checkpoint on an env (`answerkey eval -h`)",
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(run=cmd_eval)

@@ -1,4 +1,5 @@
-"""Typed, validated run configuration: one pydantic model per component, loaded from TOML + CLI overrides.
+"""Typed, validated run configuration: one pydantic model per component, loaded from TOML + CLI
+overrides.
 
     cfg = load_config("examples/tiny_cpu.toml", ["--learner.lr=1e-5", "--rollout.group_size=16"])
     cfg.learner.lr, cfg.rollout.sampling()
@@ -48,11 +49,13 @@ class EnvConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the env's constructor (e.g. difficulty, data paths)."""
     reward_timeout_s: float = Field(30.0, gt=0)
-    """Wall-clock bound on scoring one completion; past it the scoring process is killed and the item scores 0 (timeout)."""
+    """Wall-clock bound on scoring one completion; past it the scoring process is killed and the item
+    scores 0 (timeout)."""
     reward_processes: int = Field(1, ge=1)
     """Processes that run the env's reward code (never the trainer's process)."""
     reward_memory_gb: float = Field(8.0, ge=0)
-    """Address-space limit (RLIMIT_AS) of each reward process, GiB; an allocation past it is that item's error (0 = none)."""
+    """Address-space limit (RLIMIT_AS) of each reward process, GiB; an allocation past it is that item's
+    error (0 = none)."""
 
 
 class RolloutConfig(Section):
@@ -75,13 +78,16 @@ class RolloutConfig(Section):
     threads_per_worker: int = Field(1, ge=1)
     """torch threads of each CPU rollout worker (workers x threads should not exceed the cores)."""
     engine: Literal["torch", "vllm"] = "torch"
-    """Inference engine of each rollout worker: the torch engine (CPU or GPU) or vLLM (GPU; `answerkey[vllm]`)."""
+    """Inference engine of each rollout worker: the torch engine (CPU or GPU) or vLLM (GPU;
+    `answerkey[vllm]`)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """Torch engine matmul/KV-cache precision over fp32 weights: bf16 is ~2x faster on CPUs with AVX-512 BF16; the
-    sync check always decodes in fp32, and the learner's TIS weights correct for the rollout's bf16 logprobs."""
+    """Torch engine matmul/KV-cache precision over fp32 weights: bf16 is faster on CPUs with AVX-512 BF16;
+    the sync check always decodes in fp32, and the learner's TIS weights correct for the rollout's bf16
+    logprobs."""
     transport: Literal["object_store", "gloo", "nccl"] = "object_store"
     """How weights reach the workers after each step: Ray's object store, or a torch.distributed broadcast
-    from the learner over gloo (CPU) or NCCL (GPU); every sync is checksum-verified either way (rollout/transfer.py)."""
+    from the learner over gloo (CPU) or NCCL (GPU); every sync is checksum-verified either way
+    (rollout/transfer.py)."""
 
     @field_validator("group_size")
     @classmethod
@@ -135,16 +141,18 @@ class LearnerConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision: bf16 autocast over fp32 master weights, or plain fp32."""
     compile: bool = True
-    """On CPU, fuse the MLP's SiLU(gate) * up and the RMSNorms, forward and backward, with torch.compile (the lean
-    Llama forward only; ~20 s to compile the first time on a machine, ~5 s per later process and dtype from
-    inductor's disk cache; ~5% of a 28m step saved); falls back to eager if it fails."""
+    """On CPU, fuse the MLP's SiLU(gate) * up and the RMSNorms, forward and backward, with torch.compile
+    (the lean Llama forward only; the first compile on a machine is slow, later processes load inductor's
+    disk cache); falls back to eager if it fails."""
     threads: int = Field(2, ge=1)
     """torch threads of the learner actor (of each rank) on CPU."""
     world_size: int = Field(1, ge=1)
     """Learner processes (Ray actors). > 1 shards the policy, its AdamW state and the KL reference with FSDP2
-    across them and splits each batch between them (learner/fsdp.py): gloo on CPU, NCCL with one GPU per rank."""
+    across them and splits each batch between them (learner/fsdp.py): gloo on CPU, NCCL with one GPU per
+    rank."""
     gradient_checkpointing: bool = False
-    """Recompute each decoder layer's activations in the backward instead of keeping them (less memory, ~1/3 more compute)."""
+    """Recompute each decoder layer's activations in the backward instead of keeping them (less memory, one
+    more forward of compute)."""
 
     @field_validator("lr")
     @classmethod
@@ -176,8 +184,8 @@ class RunConfig(Section):
     sample_every: int = Field(10, ge=0)
     """Write a few decoded completions with their rewards to samples.jsonl every N steps (0 = never)."""
     verify_every: int = Field(1, ge=1)
-    """Compare each engine's logprobs of a fixed completion with the learner's every N steps (the per-parameter
-    checksum comparison runs on every sync)."""
+    """Compare each engine's logprobs of a fixed completion with the learner's every N steps (the
+    per-parameter checksum comparison runs on every sync)."""
     tensorboard: bool = False
     """Also write metrics to TensorBoard (run_dir/tb; needs the `tensorboard` package)."""
     wandb_project: str = ""
@@ -193,8 +201,9 @@ class RunConfig(Section):
 
 class PlacementConfig(Section):
     mode: Literal["cpu", "colocate", "separate"] = "cpu"
-    """cpu: actors reserve CPUs only (tests, demo); colocate: the learner and the rollout workers share one GPU
-    (the engines sleep while the learner trains); separate: one GPU for the learner and one per rollout worker."""
+    """cpu: actors reserve CPUs only (tests, demo); colocate: the learner and the rollout workers share one
+    GPU (the engines sleep while the learner trains); separate: one GPU for the learner and one per rollout
+    worker."""
     cpus_per_gpu: int = Field(4, ge=2)
     """CPUs reserved with each GPU in a placement-group bundle (tokenization, the actors' own threads)."""
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK"] = "PACK"
@@ -243,12 +252,14 @@ def _parse_value(raw: str) -> Any:
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if nested else value
     return out
 
 
 def build_config(data: dict[str, Any], source: str = "config", schema: type[Section] = Config) -> Any:
-    """Validate a nested dict into `schema` (the RL `Config` by default); errors list every bad key by its dotted name."""
+    """Validate a nested dict into `schema` (the RL `Config` by default); errors list every bad key by its
+    dotted name."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
@@ -261,12 +272,15 @@ def build_config(data: dict[str, Any], source: str = "config", schema: type[Sect
                 msg = "unknown key (check the spelling" + (f"; `{docs}` lists the keys)" if docs else ")")
             elif "input" in err and err["type"] not in ("value_error",):
                 msg += f" (got {err['input']!r})"
-            lines.append(f"  {key}: {msg}" if key else f"  {msg}")  # a whole-config check names its keys itself
+            # a whole-config check names its keys itself
+            lines.append(f"  {key}: {msg}" if key else f"  {msg}")
         raise ConfigError(f"invalid config ({source}):\n" + "\n".join(lines)) from None
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = (), schema: type[Section] = Config) -> Any:
-    """Read a TOML file (or start from the defaults when `path` is None), apply overrides, validate into `schema`."""
+def load_config(path: str | Path | None, overrides: Sequence[str] = (),
+                schema: type[Section] = Config) -> Any:
+    """Read a TOML file (or start from the defaults when `path` is None), apply overrides, validate into
+    `schema`."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -299,9 +313,10 @@ def describe_batch(cfg: Config) -> str:
     max_seq_rows = max(1, lr.micro_batch_tokens // r.max_new_tokens)
     return (
         f"{r.problems_per_step} problems x {r.group_size} completions = {B} completions per step; "
-        f"micro-batches of <= {lr.micro_batch_tokens} tokens (>= {min(B, max_seq_rows)} full-length completions each, "
-        f"plus prompt); {lr.passes} optimizer step(s) per RL step; {cfg.run.steps} steps = "
+        f"micro-batches of <= {lr.micro_batch_tokens} tokens (>= {min(B, max_seq_rows)} full-length "
+        f"completions each, plus prompt); {lr.passes} optimizer step(s) per RL step; {cfg.run.steps} steps = "
         f"{cfg.run.steps * B} completions, {cfg.run.steps * lr.passes} optimizer steps"
-    ) + (f"; each step's <= {B} sequences are dealt to {lr.world_size} FSDP learner ranks (<= ~{-(-B // lr.world_size)} "
-         f"each, balanced by tokens), each packing its own micro-batches; the loss normalizers count the whole batch"
+    ) + (f"; each step's <= {B} sequences are dealt to {lr.world_size} FSDP learner ranks "
+         f"(<= ~{-(-B // lr.world_size)} each, balanced by tokens), each packing its own micro-batches; "
+         "the loss normalizers count the whole batch"
          if lr.world_size > 1 else "")

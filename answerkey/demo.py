@@ -1,6 +1,8 @@
-"""`make demo`: the whole story of the talk on a laptop CPU, from raw text to an assistant that learns by practice.
+"""`make demo`: the whole story of the talk on a laptop CPU, from raw text to an assistant that learns by
+practice.
 
-    python -m answerkey.demo [examples/demo.toml] [--docs=3000] [--pretrain.train.steps=500] [--rl.run.steps=30]
+    python -m answerkey.demo [examples/demo.toml] [--docs=3000] [--pretrain.train.steps=500]
+                             [--rl.run.steps=30]
     answerkey demo ...                                           # the same
 
 1. web:      a synthetic crawl of an arithmetic-minded web (`pretrain/synthetic_web.py`), junk included,
@@ -56,13 +58,15 @@ STAGES = ("filter", "pretrain", "sft", "rl")
 
 class DemoConfig(Section):
     out_dir: str = "runs/demo"
-    """The demo's run directory; every stage writes a subdirectory (an existing one is renamed, never deleted)."""
+    """The demo's run directory; every stage writes a subdirectory (an existing one is renamed, never
+    deleted)."""
     seed: int = 0
     """Seed of the synthetic web, the conversations and every stage."""
     docs: int = Field(6000, ge=10)
     """Documents in the synthetic crawl, junk included."""
     junk_fraction: float = Field(0.1, ge=0, lt=1)
-    """Share of the crawl that is junk for the filter to remove (copies, cookie banners, French, spam, lorem ipsum)."""
+    """Share of the crawl that is junk for the filter to remove (copies, cookie banners, French, spam, lorem
+    ipsum)."""
     terse_fraction: float = Field(0.5, ge=0, le=1)
     """Share of the SFT demonstrations that give the bare answer instead of the worked steps."""
     eval_samples: int = Field(4, ge=1)
@@ -87,7 +91,8 @@ def split_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
-def run(cfg: DemoConfig, stage_overrides: dict[str, list[str]], console: Console) -> dict[str, dict[str, float]]:
+def run(cfg: DemoConfig, stage_overrides: dict[str, list[str]],
+        console: Console) -> dict[str, dict[str, float]]:
     out = fresh_dir(Path(cfg.out_dir), console)
     rl_cfg = load_config(cfg.rl, [f"--run.seed={cfg.seed}", *stage_overrides["rl"]])
     env = load_env(rl_cfg.env.path, rl_cfg.env.kwargs)
@@ -97,61 +102,68 @@ def run(cfg: DemoConfig, stage_overrides: dict[str, list[str]], console: Console
 
     console.rule("[bold]1. the web: crawl, filter")
     t = time.perf_counter()
-    docs, conversations = web_documents(env, cfg.docs, cfg.junk_fraction, cfg.seed), solution_conversations(env, cfg.terse_fraction, cfg.seed)
+    docs = web_documents(env, cfg.docs, cfg.junk_fraction, cfg.seed)
+    conversations = solution_conversations(env, cfg.terse_fraction, cfg.seed)
     if found := leaked([d["text"] for d in docs] + [m["content"] for c in conversations for m in c], env):
         raise RuntimeError(f"held-out problems leaked into the training data: {found[:5]}")
     write_jsonl(out / "web.jsonl", docs)
     write_jsonl(out / "conversations.jsonl", [{"messages": c} for c in conversations])
     console.print(report(filter_file(out / "web.jsonl", out / "web_kept.jsonl",
-                                     load_config(cfg.filter, stage_overrides["filter"], FilterConfig), progress=True)))
+                                     load_config(cfg.filter, stage_overrides["filter"], FilterConfig),
+                                     progress=True)))
     timings["web"] = time.perf_counter() - t
 
     console.rule("[bold]2. pretraining: tokenizer, base model")
     t = time.perf_counter()
     common = [f"--run.out_dir={out}", f"--train.seed={cfg.seed}"]
-    base = pretrain.run(load_pretrain_config(cfg.pretrain, [f"--data.paths=['{out / 'web_kept.jsonl'}']", "--run.name=pretrain",
-                                                            *common, *stage_overrides["pretrain"]]), console)
+    base = pretrain.run(load_pretrain_config(cfg.pretrain, [f"--data.paths=['{out / 'web_kept.jsonl'}']",
+                                                            "--run.name=pretrain", *common,
+                                                            *stage_overrides["pretrain"]]), console)
     timings["pretrain"] = time.perf_counter() - t
 
     console.rule("[bold]3. SFT: an assistant")
     t = time.perf_counter()
     sft_args = [f"--data.paths=['{out / 'conversations.jsonl'}']", *common, *stage_overrides["sft"]]
-    assistant = sft.run(load_sft_config(cfg.sft, [f"--model.path={base}", "--run.name=sft", *sft_args]), console)
+    assistant = sft.run(load_sft_config(cfg.sft, [f"--model.path={base}", "--run.name=sft", *sft_args]),
+                        console)
     timings["sft"] = time.perf_counter() - t
     results = {stage: evaluate_checkpoint(path, rl_cfg.env, test, sampling, cfg, console, stage)
                for stage, path in (("base", base), ("SFT", assistant))}
 
     console.rule("[bold]4. RL: GRPO with the math reward, through Ray")
     t = time.perf_counter()
-    rl_path = run_rl(load_config(cfg.rl, [f"--model.path={assistant}", f"--run.out_dir={out}", "--run.name=rl",
-                                          f"--run.seed={cfg.seed}", *stage_overrides["rl"]]))
+    rl_path = run_rl(load_config(cfg.rl, [f"--model.path={assistant}", f"--run.out_dir={out}",
+                                          "--run.name=rl", f"--run.seed={cfg.seed}", *stage_overrides["rl"]]))
     timings["rl"] = time.perf_counter() - t
 
     console.rule(f"[bold]5. control: SFT continued for the RL stage's {timings['rl']:.0f} s")
     t = time.perf_counter()
     steps = control_steps(out / "sft", timings["rl"])
-    control = sft.run(load_sft_config(cfg.sft, [f"--model.path={assistant}", "--run.name=sft-control", *sft_args,
-                                                 f"--train.steps={steps}", f"--train.time_budget_s={timings['rl']}"]), console)
+    control = sft.run(load_sft_config(cfg.sft, [f"--model.path={assistant}", "--run.name=sft-control",
+                                                 *sft_args, f"--train.steps={steps}",
+                                                 f"--train.time_budget_s={timings['rl']}"]), console)
     timings["control"] = time.perf_counter() - t
-    results["SFT continued (control)"] = evaluate_checkpoint(control, rl_cfg.env, test, sampling, cfg, console, "control")
+    results["SFT continued (control)"] = evaluate_checkpoint(control, rl_cfg.env, test, sampling, cfg,
+                                                             console, "control")
     results["RL"] = evaluate_checkpoint(rl_path, rl_cfg.env, test, sampling, cfg, console, "RL")
 
     console.rule("[bold]6. results")
     console.print(table(results, len(test), cfg.eval_samples))
-    summary = {"held_out_problems": len(test), "eval_samples": cfg.eval_samples, "seconds": timings, "stages": results,
-               "rl_minus_sft": results["RL"]["accuracy"] - results["SFT"]["accuracy"],
+    summary = {"held_out_problems": len(test), "eval_samples": cfg.eval_samples, "seconds": timings,
+               "stages": results, "rl_minus_sft": results["RL"]["accuracy"] - results["SFT"]["accuracy"],
                "rl_minus_control": results["RL"]["accuracy"] - results["SFT continued (control)"]["accuracy"]}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     plot(out)
-    console.print(f"run directory: {out} (results.json, curves.png; pretrain/ sft/ rl/ sft-control/ with their own "
-                  f"metrics, checkpoints and model)")
+    console.print(f"run directory: {out} (results.json, curves.png; pretrain/ sft/ rl/ sft-control/ "
+                  f"with their own metrics, checkpoints and model)")
     return results
 
 
 def fresh_dir(path: Path, console: Console) -> Path:
     """`path`, empty; a previous demo there is renamed `<path>-<its time>` (nothing is deleted)."""
     if path.exists() and any(path.iterdir()):
-        kept = path.with_name(f"{path.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(path.stat().st_mtime))}")
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+        kept = path.with_name(f"{path.name}-{stamp}")
         path.rename(kept)
         console.print(f"the previous demo in {path} is now {kept}")
     path.mkdir(parents=True, exist_ok=True)
@@ -163,7 +175,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run_rl(cfg: Config) -> Path:
-    """`answerkey rl` on the local Ray (started here if needed, and stopped after); the final policy's directory."""
+    """`answerkey rl` on the local Ray (started here if needed, and stopped after); the final policy's
+    directory."""
     started = not ray.is_initialized()
     try:
         driver.main(cfg)
@@ -202,7 +215,8 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def table(results: dict[str, dict[str, float]], n: int, samples: int) -> Table:
-    t = Table(title=f"{n} held-out problems: greedy accuracy (95% CI) and mean reward of {samples} samples at T = 1")
+    t = Table(title=f"{n} held-out problems: greedy accuracy (95% CI) and mean reward of {samples} samples "
+                    "at T = 1")
     for col in ("stage", "accuracy", "95% CI", "sampled reward", "mean length (tokens)"):
         t.add_column(col)
     for stage, m in results.items():
@@ -212,21 +226,25 @@ def table(results: dict[str, dict[str, float]], n: int, samples: int) -> Table:
 
 
 def plot(out: Path) -> Path:
-    """One PNG, four panels: pretraining loss, SFT loss (and the control's), RL reward, RL held-out accuracy."""
+    """One PNG, four panels: pretraining loss, SFT loss (and the control's), RL reward, RL held-out
+    accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     def series(run: str, key: str) -> tuple[list[int], list[float]]:
-        rows = [r for r in MetricsLog(out / run).read() if key in r] if (out / run / "metrics.jsonl").exists() else []
+        rows = ([r for r in MetricsLog(out / run).read() if key in r]
+                if (out / run / "metrics.jsonl").exists() else [])
         return [r["step"] for r in rows], [r[key] for r in rows]
 
-    panels = [("pretraining", [("pretrain", "pretrain/loss", "train"), ("pretrain", "pretrain/heldout_loss", "held-out")], "loss"),
+    panels = [("pretraining", [("pretrain", "pretrain/loss", "train"),
+                               ("pretrain", "pretrain/heldout_loss", "held-out")], "loss"),
               ("SFT", [("sft", "sft/loss", "SFT"), ("sft", "sft/heldout_loss", "SFT held-out"),
                        ("sft-control", "sft/loss", "control (continued)")], "loss"),
               ("RL: training reward", [("rl", "reward/mean", "reward")], "reward"),
-              ("RL: held-out", [("rl", "eval/greedy_reward", "greedy accuracy"), ("rl", "eval/reward", "sampled reward")], "")]
+              ("RL: held-out", [("rl", "eval/greedy_reward", "greedy accuracy"),
+                                ("rl", "eval/reward", "sampled reward")], "")]
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     for ax, (title, lines, ylabel) in zip(axes, panels, strict=True):
         for run, key, label in lines:
@@ -246,7 +264,8 @@ def plot(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    torch.set_num_threads(min(2, torch.get_num_threads()))  # the evaluations' torch: the 2 cores the demo is sized for
+    # the evaluations' torch: the 2 cores the demo is sized for
+    torch.set_num_threads(min(2, torch.get_num_threads()))
     path = argv[0] if argv and not argv[0].startswith("--") else EXAMPLE
     parts = split_overrides(argv[1:] if argv and not argv[0].startswith("--") else argv)
     console = Console()

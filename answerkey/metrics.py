@@ -23,7 +23,8 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step} | {k: (float(v) if math.isfinite(float(v)) else str(v)) for k, v in metrics.items()}
+        row = {"step": step} | {k: (float(v) if math.isfinite(float(v)) else str(v))
+                                for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 

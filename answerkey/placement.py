@@ -5,17 +5,19 @@
     pg = reserve(plan)                    # the placement group (None in cpu mode), ready
     actor_cls.options(**actor_options(plan, pg, plan.workers[0])).remote(...)
 
-| mode       | bundles                     | learner rank r                 | rollout worker i                          |
-|------------|-----------------------------|--------------------------------|-------------------------------------------|
-| `cpu`      | none (plain actors, as in the tests) | 0 CPU (it runs while the workers wait) | rollout.threads_per_worker CPUs |
-| `colocate` | N x {GPU: 1, CPU: c}        | bundle r, GPU 0.5, CPU 1       | bundle i mod N, GPU 0.5/k, CPU (c-1)/k    |
-| `separate` | (N + W) x {GPU: 1, CPU: c}  | bundle r, GPU 1, CPU c         | bundle N+i, GPU 1, CPU c                  |
+| mode       | bundles                  | learner rank r           | rollout worker i                       |
+|------------|--------------------------|--------------------------|----------------------------------------|
+| `cpu`      | none (plain actors)      | 0 CPU                    | rollout.threads_per_worker CPUs        |
+| `colocate` | N x {GPU: 1, CPU: c}     | bundle r, GPU 0.5, CPU 1 | bundle i mod N, GPU 0.5/k, CPU (c-1)/k |
+| `separate` | (N+W) x {GPU: 1, CPU: c} | bundle r, GPU 1, CPU c   | bundle N+i, GPU 1, CPU c               |
 
 N = learner.world_size (N > 1: FSDP2 ranks, learner/fsdp.py), W = rollout.workers, c =
-placement.cpus_per_gpu, k = the workers sharing bundle i mod N. Colocated engines share a GPU with a
-learner rank by time, not by memory: they sleep while it trains (vLLM `sleep`/`wake_up`); the fractions
-only tell Ray they may share it. The learner ranks use NCCL when their slots have GPUs, gloo otherwise
-(learner/group.py). Not here: multi-node tensor parallelism, heterogeneous GPU types, autoscaling requests.
+placement.cpus_per_gpu, k = the workers sharing bundle i mod N. In cpu mode the actors are plain ones,
+as in the tests, and the learner reserves no CPU: it runs while the workers wait. Colocated engines
+share a GPU with a learner rank by time, not by memory: they sleep while it trains (vLLM
+`sleep`/`wake_up`); the fractions only tell Ray they may share it. The learner ranks use NCCL when their
+slots have GPUs, gloo otherwise (learner/group.py). Not here: multi-node tensor parallelism,
+heterogeneous GPU types, autoscaling requests.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class Plan:
 def make_plan(cfg: Config) -> Plan:
     p, workers, n = cfg.placement, cfg.rollout.workers, cfg.learner.world_size
     if p.mode == "cpu":
-        return Plan("cpu", [], p.strategy, [Slot(None, 0, 0)] * n, [Slot(None, cfg.rollout.threads_per_worker, 0)] * workers)
+        return Plan("cpu", [], p.strategy, [Slot(None, 0, 0)] * n,
+                    [Slot(None, cfg.rollout.threads_per_worker, 0)] * workers)
     c = p.cpus_per_gpu
     if p.mode == "colocate":
         sharing = [sum(1 for i in range(workers) if i % n == b) for b in range(n)]  # workers per bundle
@@ -76,7 +79,8 @@ def on_cpus(plan: Plan, cpus_per_gpu: float) -> Plan:
     def slot(s: Slot) -> Slot:
         return replace(s, num_cpus=s.num_gpus * cpus_per_gpu, num_gpus=0)
 
-    return replace(plan, bundles=bundles, learners=[slot(s) for s in plan.learners], workers=[slot(s) for s in plan.workers])
+    return replace(plan, bundles=bundles, learners=[slot(s) for s in plan.learners],
+                   workers=[slot(s) for s in plan.workers])
 
 
 def reserve(plan: Plan, timeout_s: float = 120.0):
@@ -90,19 +94,21 @@ def reserve(plan: Plan, timeout_s: float = 120.0):
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         ray.util.remove_placement_group(pg)
-        raise RuntimeError(f"placement group {plan.bundles} ({plan.strategy}) was not reserved within {timeout_s:.0f} s; "
-                           f"the cluster has {ray.cluster_resources()}")
+        raise RuntimeError(f"placement group {plan.bundles} ({plan.strategy}) was not reserved within "
+                           f"{timeout_s:.0f} s; the cluster has {ray.cluster_resources()}")
     return pg
 
 
 def actor_options(plan: Plan, pg, slot: Slot) -> dict[str, Any]:
-    """`.options(...)` for an actor in `slot`: its resources, and its bundle (child tasks stay in the group)."""
+    """`.options(...)` for an actor in `slot`: its resources, and its bundle (child tasks stay in the
+    group)."""
     options: dict[str, Any] = {"num_cpus": slot.num_cpus, "num_gpus": slot.num_gpus}
     if pg is not None and slot.bundle is not None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            placement_group=pg, placement_group_bundle_index=slot.bundle, placement_group_capture_child_tasks=True)
+            placement_group=pg, placement_group_bundle_index=slot.bundle,
+            placement_group_capture_child_tasks=True)
     return options
 
 
@@ -121,7 +127,8 @@ def describe(plan: Plan, cfg: Config) -> str:
     if plan.mode == "cpu":
         return f"placement cpu: {ranks} x 0 CPU, {r.workers} worker(s) x {r.threads_per_worker} CPU; {split}"
     if plan.mode == "colocate":
-        gpus = "1 GPU shared by the learner (0.5)" if n == 1 else f"{n} GPUs, each shared by a learner rank (0.5)"
+        gpus = ("1 GPU shared by the learner (0.5)" if n == 1
+                else f"{n} GPUs, each shared by a learner rank (0.5)")
         shares = sorted({s.num_gpus for s in plan.workers})
         each = f"{shares[0]:g}" if len(shares) == 1 else f"{shares[0]:g}-{shares[-1]:g}"
         return f"placement colocate: {gpus} and {r.workers} {r.engine} worker(s) ({each} GPU each); {split}"

@@ -71,8 +71,9 @@ class RunDir:
             _require("wandb", "run.wandb_project")
             import wandb
 
-            self._sinks.append(wandb.init(project=self.cfg.run.wandb_project, name=self.path.name, dir=str(self.path),
-                                          config=self.cfg.model_dump(), resume="allow", id=self.path.name))
+            self._sinks.append(wandb.init(project=self.cfg.run.wandb_project, name=self.path.name,
+                                          dir=str(self.path), config=self.cfg.model_dump(), resume="allow",
+                                          id=self.path.name))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.metrics.write(step, metrics)
@@ -93,7 +94,8 @@ class RunDir:
         for name in ("metrics.jsonl", "samples.jsonl"):
             path = self.path / name
             if path.exists():
-                keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+                keep = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line)["step"] <= step]
                 tmp = path.with_suffix(".jsonl.tmp")
                 tmp.write_text("".join(line + "\n" for line in keep))
                 os.replace(tmp, path)

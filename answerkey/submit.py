@@ -1,8 +1,8 @@
 """`answerkey submit CONFIG [overrides] [--address URL]`: run `answerkey rl` as a Ray job on a cluster.
 
-    answerkey submit examples/math_8gpu.toml --run.name=math-1 --run.out_dir=/shared/runs --address http://head:8265
+    answerkey submit examples/math_8gpu.toml --run.out_dir=/shared/runs --address http://head:8265
     # is the same as
-    ray job submit --address http://head:8265 --working-dir . -- answerkey rl examples/math_8gpu.toml --run.name=math-1 ...
+    ray job submit --address http://head:8265 --working-dir . -- answerkey rl examples/math_8gpu.toml ...
 
 The config is validated here first, so a typo fails in a second instead of after the upload. The job's
 runtime_env is this directory as `working_dir` (without .venv/, runs/, .git/ and caches) and nothing
@@ -37,21 +37,26 @@ def runtime_env(working_dir: str | Path = ".") -> dict:
     return {"working_dir": str(working_dir), "excludes": list(EXCLUDES)}
 
 
-def submit(config: str, overrides: list[str], address: str | None = None, wait: bool = True, print_fn=print) -> int:
-    """Submit, stream the logs, and return 0 if the job SUCCEEDED (1 otherwise; with wait=False, 0 once submitted)."""
+def submit(config: str, overrides: list[str], address: str | None = None, wait: bool = True,
+           print_fn=print) -> int:
+    """Submit, stream the logs, and return 0 if the job SUCCEEDED (1 otherwise; with wait=False, 0 once
+    submitted)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     cfg = load_config(config, overrides)  # fail fast, before uploading anything
     if not Path(config).resolve().is_relative_to(Path.cwd().resolve()):
-        raise ValueError(f"{config} is outside the working directory {Path.cwd()}, which is what the job receives")
+        raise ValueError(f"{config} is outside the working directory {Path.cwd()}, "
+                         "which is what the job receives")
     if not Path(cfg.run.out_dir).is_absolute():
-        print_fn(f"note: run.out_dir={cfg.run.out_dir!r} is relative: the run directory is written inside the job's "
-                 "working-dir copy on the head node; pass an absolute --run.out_dir on shared storage to keep it")
+        print_fn(f"note: run.out_dir={cfg.run.out_dir!r} is relative: the run directory is written inside "
+                 "the job's working-dir copy on the head node; pass an absolute --run.out_dir on shared "
+                 "storage to keep it")
     address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
     try:
         client = JobSubmissionClient(address)
     except ConnectionError as exc:
-        raise ValueError(f"no Ray job server at {address} (start one with `ray start --head` or `ray up cluster.yaml`): {exc}") from None
+        raise ValueError(f"no Ray job server at {address} (start one with `ray start --head` or "
+                         f"`ray up cluster.yaml`): {exc}") from None
     job = client.submit_job(entrypoint=entrypoint(config, overrides), runtime_env=runtime_env())
     print_fn(f"submitted {job} to {address}: {entrypoint(config, overrides)}")
     if not wait:
@@ -59,7 +64,8 @@ def submit(config: str, overrides: list[str], address: str | None = None, wait: 
     try:
         asyncio.run(_stream(client, job, print_fn))
     except KeyboardInterrupt:
-        print_fn(f"stopped following {job}; it keeps running (`ray job stop {job} --address {address}` ends it)")
+        print_fn(f"stopped following {job}; it keeps running "
+                 f"(`ray job stop {job} --address {address}` ends it)")
         return 1
     status = _final_status(client, job)
     print_fn(f"job {job}: {status.value}")

@@ -1,4 +1,5 @@
-"""Ray's own cost: the RL loop's step on Ray actors vs the same step on plain objects in one process, side by side.
+"""Ray's own cost: the RL loop's step on Ray actors vs the same step on plain objects in one process, side
+by side.
 
     python benchmarks/driver_overhead.py                        # 1.4m preset, 2 workers, 8 steps each side
     python benchmarks/driver_overhead.py --preset 28m --steps 6 --json out.json
@@ -35,7 +36,7 @@ from answerkey.rundir import RunDir
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="1.4m")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
@@ -45,22 +46,24 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     torch.set_num_threads(args.threads)
     tmp = tempfile.mkdtemp(prefix="answerkey-overhead-")
-    cfg = load_config("examples/tiny_cpu.toml", [f"--run.out_dir={tmp}", "--run.name=ray", f"--model.path={tmp}/policy",
-                                                  f"--rollout.workers={args.workers}", f"--learner.threads={args.threads}",
-                                                  f"--rollout.threads_per_worker={max(1, args.threads // args.workers)}",
-                                                  f"--run.steps={args.steps}", "--run.eval_every=0", "--run.sample_every=0",
-                                                  "--learner.drop_uniform_groups=false",  # an untrained policy scores 0: still train
-                                                  *overrides])
+    cfg = load_config("examples/tiny_cpu.toml",
+                      [f"--run.out_dir={tmp}", "--run.name=ray", f"--model.path={tmp}/policy",
+                       f"--rollout.workers={args.workers}", f"--learner.threads={args.threads}",
+                       f"--rollout.threads_per_worker={max(1, args.threads // args.workers)}",
+                       f"--run.steps={args.steps}", "--run.eval_every=0", "--run.sample_every=0",
+                       "--learner.drop_uniform_groups=false",  # an untrained policy scores 0: still train
+                       *overrides])
     env = load_env(cfg.env.path, cfg.env.kwargs)
     tokenizer = train_bpe([chat.render(c) for c in solution_conversations(env)], vocab_size=384)
-    model = build_model(args.preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id)
+    model = build_model(args.preset, len(tokenizer), chat.stop_token_ids(tokenizer),
+                        pad_id=tokenizer.pad_token_id)
     model.save_pretrained(f"{tmp}/policy")
     tokenizer.save_pretrained(f"{tmp}/policy")
 
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     on_ray = driver.start(cfg, RunDir.create(cfg))
-    in_process = local.start(cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"workers": 1})}),
-                             model, tokenizer)
+    one_worker = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"workers": 1})})
+    in_process = local.start(one_worker, model, tokenizer)
     ray_s, local_s, sync_s, phases = [], [], [], []
     try:
         for step in range(1, args.steps + 1):
@@ -74,15 +77,18 @@ def main(argv: list[str] | None = None) -> dict:
         on_ray.close()
         in_process.close()
         ray.shutdown()
-    med = {name: statistics.median(v[2:] or v) for name, v in (("ray", ray_s), ("local", local_s), ("sync", sync_s))}
-    result = {"preset": args.preset, "threads": args.threads, "workers": args.workers, "P": cfg.rollout.problems_per_step,
-              "G": cfg.rollout.group_size, "median_s": med, "ray_share": 1 - med["local"] / med["ray"],
-              "sync_share": med["sync"] / med["ray"],
+    med = {name: statistics.median(v[2:] or v)
+           for name, v in (("ray", ray_s), ("local", local_s), ("sync", sync_s))}
+    result = {"preset": args.preset, "threads": args.threads, "workers": args.workers,
+              "P": cfg.rollout.problems_per_step, "G": cfg.rollout.group_size, "median_s": med,
+              "ray_share": 1 - med["local"] / med["ray"], "sync_share": med["sync"] / med["ray"],
               "ray_phases_s": {k: statistics.median(p[k] for p in (phases[2:] or phases)) for k in phases[0]}}
-    print(f"{args.preset}, P={result['P']} x G={result['G']}, {args.threads} threads, {args.workers} workers: "
-          f"step through Ray {med['ray']:.2f} s, in one process {med['local']:.2f} s -> Ray's share "
-          f"{result['ray_share']:.1%}; sync + verification {med['sync']:.3f} s ({result['sync_share']:.1%} of the step)\n"
-          f"Ray step phases (median s): {', '.join(f'{k} {v:.2f}' for k, v in result['ray_phases_s'].items())}")
+    phases_s = ", ".join(f"{k} {v:.2f}" for k, v in result["ray_phases_s"].items())
+    print(f"{args.preset}, P={result['P']} x G={result['G']}, {args.threads} threads, {args.workers} "
+          f"workers: step through Ray {med['ray']:.2f} s, in one process {med['local']:.2f} s -> Ray's share "
+          f"{result['ray_share']:.1%}; sync + verification {med['sync']:.3f} s "
+          f"({result['sync_share']:.1%} of the step)\n"
+          f"Ray step phases (median s): {phases_s}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -70,7 +70,8 @@ def test_every_field_is_documented():
 
 
 def test_cli_help_lists_subcommands_and_bad_config_exits_2(capsys):
-    out = subprocess.run([sys.executable, "-m", "answerkey.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "answerkey.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
     assert "config" in out and "env" in out
     assert main(["config", str(EXAMPLE), "--rollout.group_size=1"]) == 2
     assert "rollout.group_size" in capsys.readouterr().out
@@ -79,7 +80,8 @@ def test_cli_help_lists_subcommands_and_bad_config_exits_2(capsys):
 
 
 def test_cli_env_checks_the_reward_on_worked_solutions(capsys):
-    assert main(["env", "answerkey.envs.synthetic:SyntheticEnv", "--kwargs", '{"difficulty": 3}', "-n", "1"]) == 0
+    argv = ["env", "answerkey.envs.synthetic:SyntheticEnv", "--kwargs", '{"difficulty": 3}', "-n", "1"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "mean 1.000" in out and "'correct': 200" in out
     assert main(["env", "answerkey.envs.nope:Env"]) == 2

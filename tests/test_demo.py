@@ -1,8 +1,10 @@
-"""`make demo` at smoke scale, so it cannot rot: every stage for real (crawl, filter, tokenizer, pretraining,
-SFT, GRPO through the session's Ray, the SFT-continued control, evaluation, results.json, curves.png).
+"""`make demo` at smoke scale, so it cannot rot: every stage for real (crawl, filter, tokenizer,
+pretraining, SFT, GRPO through the session's Ray, the SFT-continued control, evaluation, results.json,
+curves.png).
 
 The numbers it prints are meaningless at this scale; the full demo's are in the README. The learning
-itself is pinned by tests/test_learning.py (GRPO) and tests/test_pretrain.py (pretraining beats a bigram).
+itself is pinned by tests/test_learning.py (GRPO) and tests/test_pretrain.py (pretraining beats a
+bigram).
 """
 
 import json
@@ -17,10 +19,13 @@ from answerkey.config import load_config
 SMOKE = ["--docs=300", "--eval_samples=1",
          "--pretrain.train.steps=12", "--pretrain.train.batch_size=8", "--pretrain.train.micro_batch_size=8",
          "--pretrain.run.eval_every=6", "--pretrain.run.sample_every=0", "--pretrain.train.threads=1",
-         "--sft.train.steps=6", "--sft.run.eval_every=3", "--sft.run.sample_every=0", "--sft.train.threads=1",
-         "--rl.run.steps=2", "--rl.run.eval_every=1", "--rl.run.eval_problems=8", "--rl.run.checkpoint_every=0",
+         "--sft.train.steps=6", "--sft.run.eval_every=3", "--sft.run.sample_every=0",
+         "--sft.train.threads=1",
+         "--rl.run.steps=2", "--rl.run.eval_every=1", "--rl.run.eval_problems=8",
+         "--rl.run.checkpoint_every=0",
          "--rl.rollout.problems_per_step=8", "--rl.rollout.group_size=4", "--rl.rollout.max_new_tokens=16",
-         '--rl.env.kwargs={difficulty = 1, kinds = ["chain", "story"], steps = 3, test_size = 24, checker = "math"}']
+         '--rl.env.kwargs={difficulty = 1, kinds = ["chain", "story"], steps = 3, test_size = 24, '
+         'checker = "math"}']
 
 
 @pytest.mark.timeout(600)
@@ -42,17 +47,19 @@ def test_the_demo_runs_every_stage_and_writes_its_results(ray_session, tmp_path)
     # the crawl's junk went to the filter, the conversations mix both styles
     kept = (out / "web_kept.jsonl").read_text().splitlines()
     assert 0 < len(kept) < 300
-    replies = [json.loads(line)["messages"][-1]["content"] for line in (out / "conversations.jsonl").read_text().splitlines()]
+    replies = [json.loads(line)["messages"][-1]["content"]
+               for line in (out / "conversations.jsonl").read_text().splitlines()]
     assert any(r.startswith("####") for r in replies) and any(not r.startswith("####") for r in replies)
     # the control trained for (about) the RL stage's wall time, which the demo measured
     assert saved["seconds"]["rl"] > 0 and saved["seconds"]["control"] > 0
 
 
 def test_stage_overrides_are_routed_by_prefix():
-    parts = demo.split_overrides(["--docs=10", "--rl.run.steps=5", "--pretrain.train.lr=1e-3", "--sft.data.pack=false",
-                                  "--filter.c4.enabled=false", "--rlx=1"])
-    assert parts == {"demo": ["--docs=10", "--rlx=1"], "rl": ["--run.steps=5"], "pretrain": ["--train.lr=1e-3"],
-                     "sft": ["--data.pack=false"], "filter": ["--c4.enabled=false"]}
+    parts = demo.split_overrides(["--docs=10", "--rl.run.steps=5", "--pretrain.train.lr=1e-3",
+                                  "--sft.data.pack=false", "--filter.c4.enabled=false", "--rlx=1"])
+    assert parts == {"demo": ["--docs=10", "--rlx=1"], "rl": ["--run.steps=5"],
+                     "pretrain": ["--train.lr=1e-3"], "sft": ["--data.pack=false"],
+                     "filter": ["--c4.enabled=false"]}
 
 
 def test_wilson_interval_matches_hand_computed_values():

@@ -1,4 +1,5 @@
-"""`answerkey rl` through real Ray actors: end to end, a multi-turn env, start-up checks (faults: test_driver_faults.py).
+"""`answerkey rl` through real Ray actors: end to end, a multi-turn env, start-up checks (faults:
+test_driver_faults.py).
 
 Ray is the session's local head (conftest `ray_session`); the policy is a tiny Llama warmed up on the
 synthetic world (conftest `policy_dir`), so some groups score non-uniformly and the learner moves.
@@ -22,8 +23,9 @@ EXAMPLE = "examples/tiny_cpu.toml"
 
 
 def overrides(policy_dir: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [f"--model.path={policy_dir}", f"--run.out_dir={out}", f"--run.name={name}", "--rollout.problems_per_step=8",
-            "--rollout.group_size=4", "--run.eval_problems=8", "--run.eval_samples=2", *extra]
+    return [f"--model.path={policy_dir}", f"--run.out_dir={out}", f"--run.name={name}",
+            "--rollout.problems_per_step=8", "--rollout.group_size=4", "--run.eval_problems=8",
+            "--run.eval_samples=2", *extra]
 
 
 def make_driver(policy_dir: Path, out: Path, name: str, *extra: str) -> Loop:
@@ -37,8 +39,9 @@ def rows(run: Path) -> list[dict]:
 
 
 def test_answerkey_rl_runs_end_to_end_through_ray_actors(ray_session, policy_dir, tmp_path):
-    argv = ["rl", EXAMPLE, *overrides(policy_dir, tmp_path, "e2e", "--run.steps=4", "--run.checkpoint_every=2",
-                                      "--run.eval_every=2", "--run.sample_every=1", "--rollout.workers=2")]
+    argv = ["rl", EXAMPLE, *overrides(policy_dir, tmp_path, "e2e", "--run.steps=4",
+                                      "--run.checkpoint_every=2", "--run.eval_every=2",
+                                      "--run.sample_every=1", "--rollout.workers=2")]
     assert cli.main(argv) == 0
     run = tmp_path / "e2e"
     steps = [r for r in rows(run) if "reward/mean" in r]
@@ -74,7 +77,8 @@ def test_a_multi_turn_env_runs_its_episodes_in_the_workers(ray_session, policy_d
     assert metrics["sync/verified"] == 1.0 and 0 <= evaluation["eval/pass@1"] <= 1
 
 
-def test_more_workers_than_the_cluster_has_cpus_fails_at_start_naming_the_keys(ray_session, policy_dir, tmp_path):
+def test_more_workers_than_the_cluster_has_cpus_fails_at_start_naming_the_keys(ray_session, policy_dir,
+                                                                               tmp_path):
     with pytest.raises(ConfigError, match=r"rollout.workers x rollout.threads_per_worker = 3 CPUs.*has 2"):
         make_driver(policy_dir, tmp_path, "big", "--rollout.workers=3")
 

@@ -1,6 +1,6 @@
-"""Faults in a running driver: a tensor altered or dropped in transport, a worker killed mid-step, rewards that
-raise or hang. One driver serves the module (starting actors is the slow part) and is closed at its end,
-so the next module's drivers find the cluster's CPUs free."""
+"""Faults in a running driver: a tensor altered or dropped in transport, a worker killed mid-step, rewards
+that raise or hang. One driver serves the module (starting actors is the slow part) and is closed at its
+end, so the next module's drivers find the cluster's CPUs free."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ class TamperedTransport:
 @pytest.fixture(scope="module")
 def driver(ray_session, policy_dir, tmp_path_factory):
     """One driver shared by the fault tests (starting actors is the slow part). Its env's reward code
-    raises on one train problem and hangs on another; P = 8 = the whole train split, so every step hits both."""
+    raises on one train problem and hangs on another; P = 8 = the whole train split, so every step hits
+    both."""
     from answerkey.envs.synthetic import SyntheticEnv
 
     train = SyntheticEnv(difficulty=2, train_size=8, test_size=4).problems("train")

@@ -22,8 +22,10 @@ from tests.test_driver import EXAMPLE, overrides, rows
 FSDP = ("--learner.world_size=2", "--learner.threads=1", "--rollout.workers=2")
 
 
-def test_two_rank_learner_trains_syncs_checkpoints_resumes_and_exports(ray_session, policy_dir, tmp_path):
-    argv = ["rl", EXAMPLE, *overrides(policy_dir, tmp_path, "fsdp", "--run.steps=3", "--run.checkpoint_every=2", *FSDP)]
+def test_two_rank_learner_trains_syncs_checkpoints_resumes_and_exports(ray_session, policy_dir,
+                                                                        tmp_path):
+    argv = ["rl", EXAMPLE, *overrides(policy_dir, tmp_path, "fsdp", "--run.steps=3",
+                                      "--run.checkpoint_every=2", *FSDP)]
     assert cli.main(argv) == 0
     run = tmp_path / "fsdp"
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -31,8 +33,8 @@ def test_two_rank_learner_trains_syncs_checkpoints_resumes_and_exports(ray_sessi
     assert all(checkpoint.load(run / "checkpoints" / c).sharded for c in ckpts)
     assert not (run / "checkpoints/step_000003/model").exists()  # weights only as DCP shards
 
-    argv = ["rl", EXAMPLE, *overrides(policy_dir, tmp_path, "fsdp", "--run.steps=4", "--run.checkpoint_every=2", *FSDP),
-            "--resume"]
+    argv = ["rl", EXAMPLE, *overrides(policy_dir, tmp_path, "fsdp", "--run.steps=4",
+                                      "--run.checkpoint_every=2", *FSDP), "--resume"]
     assert cli.main(argv) == 0
     steps = [r for r in rows(run) if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
@@ -47,8 +49,8 @@ def test_two_rank_learner_trains_syncs_checkpoints_resumes_and_exports(ray_sessi
 
 
 def test_two_rank_learner_syncs_over_the_gloo_broadcast(ray_session, policy_dir, tmp_path):
-    cfg = load_config(EXAMPLE, overrides(policy_dir, tmp_path, "fsdp-gloo", "--run.steps=3", "--rollout.transport=gloo",
-                                         *FSDP))
+    cfg = load_config(EXAMPLE, overrides(policy_dir, tmp_path, "fsdp-gloo", "--run.steps=3",
+                                         "--rollout.transport=gloo", *FSDP))
     driver = rl_driver.start(cfg, RunDir.create(cfg))
     try:
         assert driver.learner.world_size == 2
@@ -63,4 +65,5 @@ def test_two_rank_learner_syncs_over_the_gloo_broadcast(ray_session, policy_dir,
     finally:
         driver.close()
     assert metrics["learner/skipped"] == 0.0
-    assert before.keys() == after.keys() and before != after, "the learner did not move, so the sync proved nothing"
+    assert before.keys() == after.keys() and before != after, \
+        "the learner did not move, so the sync proved nothing"

@@ -27,14 +27,16 @@ from answerkey.pretrain.loop import torch_threads
 EXAMPLE = "examples/show_work_cpu.toml"
 WARMUP_STEPS = 2000  # SFT steps (batch 32, constant lr 3e-3): the answer format and the two-operand facts
 EVAL_SAMPLES = 4
-RL_STEPS = 60  # the example's 40 (the demo's RL stage, from a stronger SFT policy) plus a margin for this weaker warm-up
+# the example's 40 (the demo's RL stage, from a stronger SFT policy) plus a margin for this weaker warm-up
+RL_STEPS = 60
 MIN_GAIN = 0.2
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_grpo_teaches_a_tiny_policy_to_show_its_work():
-    with torch_threads(1):  # a 0.12M-parameter model is overhead-bound: 1 thread is as fast, and far faster on a busy machine
+    # a 0.12M-parameter model is overhead-bound: 1 thread is as fast, and far faster on a busy machine
+    with torch_threads(1):
         learn_to_show_work()
 
 

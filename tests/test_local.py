@@ -33,7 +33,8 @@ def test_call_on_a_plain_object_runs_it_and_get_delivers_its_result_or_its_excep
     counter = Counter()
     ref = call(counter, "add", 2)
     assert isinstance(ref, Finished) and counter.total == 2 and get(ref) == 2
-    assert get(call(counter, "add", call(counter, "add", 1))) == 6  # a call's result as an argument is resolved
+    # a call's result as an argument is resolved
+    assert get(call(counter, "add", call(counter, "add", 1))) == 6
     failed = call(counter, "fail")  # raises only when its result is asked for, as a Ray task would
     with pytest.raises(ValueError, match="no"):
         get(failed)
@@ -60,7 +61,8 @@ def test_the_loop_in_one_process_trains_syncs_and_verifies_every_worker(loop):
     held = [w.engine.weights_checksum() for w in loop.workers]
     assert held[0] == held[1] == loop.learner.weights_checksum()
     assert any(not torch.equal(initial[n], p) for n, p in loop.learner.model.named_parameters())
-    assert all(w.engine.model is not loop.learner.model for w in loop.workers)  # each worker holds its own copy
+    # each worker holds its own copy
+    assert all(w.engine.model is not loop.learner.model for w in loop.workers)
     evaluation = loop.evaluate(loop.train[:4], samples=2)
     assert 0 <= evaluation["eval/pass@1"] <= 1 and 0 <= evaluation["eval/greedy_reward"] <= 1
 

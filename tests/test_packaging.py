@@ -61,7 +61,8 @@ def test_the_wheel_installs_and_every_package_imports_from_it(tmp_path):
     assert out.returncode == 0, f"a package does not import from the installed wheel:\n{out.stderr[-2000:]}"
     for name, file in zip(names, out.stdout.split(), strict=True):
         assert Path(file).is_relative_to(site), f"{name} imported from {file}, not from the installed wheel"
-    datasets = "from answerkey.envs import gsm8k, math; print(len(gsm8k.GSM8KEnv().problems('test')), gsm8k.TEST)"
+    datasets = ("from answerkey.envs import gsm8k, math; "
+                "print(len(gsm8k.GSM8KEnv().problems('test')), gsm8k.TEST)")
     out = subprocess.run([python, "-c", datasets], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, f"the shipped datasets do not load from the wheel:\n{out.stderr[-2000:]}"
     rows, path = out.stdout.split()

@@ -12,8 +12,9 @@ from answerkey.placement import Slot
 
 
 def cfg(mode: str, workers: int = 2, *extra: str):
-    return load_config(None, [f"--placement.mode={mode}", f"--rollout.workers={workers}", "--placement.cpus_per_gpu=4",
-                              "--rollout.problems_per_step=10", "--rollout.group_size=4", *extra])
+    return load_config(None, [f"--placement.mode={mode}", f"--rollout.workers={workers}",
+                              "--placement.cpus_per_gpu=4", "--rollout.problems_per_step=10",
+                              "--rollout.group_size=4", *extra])
 
 
 @pytest.mark.parametrize(("mode", "workers", "bundles", "learner", "worker_slots"), [
@@ -27,12 +28,14 @@ def test_plan(mode, workers, bundles, learner, worker_slots):
     assert (plan.bundles, plan.learner, plan.workers) == (bundles, learner, worker_slots)
     for b in range(len(bundles)):  # no bundle is oversubscribed
         used = [s for s in [plan.learner, *plan.workers] if s.bundle == b]
-        assert sum(s.num_gpus for s in used) <= bundles[b]["GPU"] and sum(s.num_cpus for s in used) <= bundles[b]["CPU"]
+        assert sum(s.num_gpus for s in used) <= bundles[b]["GPU"]
+        assert sum(s.num_cpus for s in used) <= bundles[b]["CPU"]
 
 
 @pytest.mark.parametrize(("mode", "workers", "bundles", "learners", "worker_slots"), [
     ("cpu", 2, 0, [Slot(None, 0, 0)] * 2, [Slot(None, 1, 0)] * 2),
-    ("colocate", 3, 2, [Slot(0, 1, 0.5), Slot(1, 1, 0.5)], [Slot(0, 1.5, 0.25), Slot(1, 3, 0.5), Slot(0, 1.5, 0.25)]),
+    ("colocate", 3, 2, [Slot(0, 1, 0.5), Slot(1, 1, 0.5)],
+     [Slot(0, 1.5, 0.25), Slot(1, 3, 0.5), Slot(0, 1.5, 0.25)]),
     ("separate", 2, 4, [Slot(0, 4, 1), Slot(1, 4, 1)], [Slot(2, 4, 1), Slot(3, 4, 1)]),
 ])
 def test_plan_with_two_fsdp_learner_ranks(mode, workers, bundles, learners, worker_slots):
@@ -40,7 +43,8 @@ def test_plan_with_two_fsdp_learner_ranks(mode, workers, bundles, learners, work
     assert (len(plan.bundles), plan.learners, plan.workers) == (bundles, learners, worker_slots)
     for b, bundle in enumerate(plan.bundles):
         used = [s for s in [*plan.learners, *plan.workers] if s.bundle == b]
-        assert sum(s.num_gpus for s in used) == bundle["GPU"] and sum(s.num_cpus for s in used) <= bundle["CPU"]
+        assert sum(s.num_gpus for s in used) == bundle["GPU"]
+        assert sum(s.num_cpus for s in used) <= bundle["CPU"]
     text = placement.describe(plan, cfg(mode, workers, "--learner.world_size=2"))
     assert "2 learner ranks (FSDP2" in text or "each shared by a learner rank" in text
     assert ("nccl" in text) == (mode == "separate")
@@ -57,9 +61,11 @@ class Probe:
         return ray.get_runtime_context().get_assigned_resources()
 
 
-@pytest.mark.parametrize(("mode", "workers", "ranks"), [("colocate", 2, 1), ("separate", 2, 1), ("separate", 1, 2)])
+@pytest.mark.parametrize(("mode", "workers", "ranks"),
+                         [("colocate", 2, 1), ("separate", 2, 1), ("separate", 1, 2)])
 def test_actors_land_in_their_bundles_on_a_real_placement_group(ray_session, mode, workers, ranks):
-    plan = placement.on_cpus(placement.make_plan(cfg(mode, workers, f"--learner.world_size={ranks}")), cpus_per_gpu=0.2)
+    plan = placement.on_cpus(placement.make_plan(cfg(mode, workers, f"--learner.world_size={ranks}")),
+                             cpus_per_gpu=0.2)
     pg = placement.reserve(plan, timeout_s=60)
     try:
         slots = [*plan.learners, *plan.workers]
@@ -71,7 +77,8 @@ def test_actors_land_in_their_bundles_on_a_real_placement_group(ray_session, mod
         available = ray.available_resources()
         for b, bundle in enumerate(plan.bundles):
             left = available.get(f"CPU_group_{b}_{pg.id.hex()}", 0.0)
-            assert left == pytest.approx(bundle["CPU"] - sum(s.num_cpus for s in slots if s.bundle == b), abs=1e-6)
+            placed = sum(s.num_cpus for s in slots if s.bundle == b)
+            assert left == pytest.approx(bundle["CPU"] - placed, abs=1e-6)
         for a in actors:
             ray.kill(a, no_restart=True)
     finally:
@@ -84,7 +91,8 @@ def test_a_placement_group_the_cluster_cannot_hold_fails_naming_it(ray_session):
         placement.reserve(plan, timeout_s=2)
 
 
-@pytest.mark.parametrize(("example", "gpus"), [("examples/gsm8k_1gpu.toml", 1), ("examples/math_8gpu.toml", 8),
+@pytest.mark.parametrize(("example", "gpus"), [("examples/gsm8k_1gpu.toml", 1),
+                                               ("examples/math_8gpu.toml", 8),
                                                ("examples/tiny_cpu.toml", 0)])
 def test_examples_validate_and_need_the_gpus_they_state(example, gpus):
     c = load_config(example)

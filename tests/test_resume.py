@@ -1,5 +1,5 @@
-"""Exact resume: a driver SIGKILLed mid-step and resumed ends where an uninterrupted run ends; a kill during a
-checkpoint write leaves the previous checkpoint loadable."""
+"""Exact resume: a driver SIGKILLed mid-step and resumed ends where an uninterrupted run ends; a kill during
+a checkpoint write leaves the previous checkpoint loadable."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ KILL_AFTER = 4  # SIGKILL once step 4's checkpoint is complete, i.e. during step
 def args(policy_dir: Path, out: Path, name: str) -> list[str]:
     return ["rl", EXAMPLE, f"--model.path={policy_dir}", f"--run.out_dir={out}", f"--run.name={name}",
             f"--run.steps={STEPS}", "--run.checkpoint_every=1", "--run.eval_every=3", "--run.eval_problems=8",
-            "--run.eval_samples=2", "--run.sample_every=1", "--rollout.problems_per_step=8", "--rollout.group_size=4"]
+            "--run.eval_samples=2", "--run.sample_every=1", "--rollout.problems_per_step=8",
+            "--rollout.group_size=4"]
 
 
 def comparable(run: Path) -> list[dict]:
@@ -42,8 +43,8 @@ def test_sigkill_mid_step_then_resume_matches_an_uninterrupted_run(ray_session, 
 
     env = os.environ | {"RAY_ADDRESS": ray_session, "RAY_AUTH_MODE": "disabled"}
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "answerkey.cli", *args(policy_dir, tmp_path, "killed")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "answerkey.cli", *args(policy_dir, tmp_path, "killed")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     while not (run / "checkpoints" / f"step_{KILL_AFTER:06d}").exists():
         assert proc.poll() is None, f"the driver exited early: {proc.stderr.read().decode()[-2000:]}"
@@ -57,7 +58,8 @@ def test_sigkill_mid_step_then_resume_matches_an_uninterrupted_run(ray_session, 
     assert cli.main([*args(policy_dir, tmp_path, "killed"), "--resume"]) == 0
     assert comparable(run) == comparable(tmp_path / "straight")
     final = f"checkpoints/step_{STEPS:06d}"
-    a, b = load_file(run / final / "model/model.safetensors"), load_file(tmp_path / "straight" / final / "model/model.safetensors")
+    a = load_file(run / final / "model/model.safetensors")
+    b = load_file(tmp_path / "straight" / final / "model/model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     opt_a = torch.load(run / final / "learner.pt", weights_only=True)["optimizer"]["state"]
     opt_b = torch.load(tmp_path / "straight" / final / "learner.pt", weights_only=True)["optimizer"]["state"]
@@ -82,7 +84,8 @@ WRITER = textwrap.dedent("""
     for step in range(1, 10_000):
         with torch.no_grad():
             next(model.parameters()).add_(1.0)
-        checkpoint.save(sys.argv[1], step, model, tok, learner.state_dict(), {"sampler_position": step}, "{}", keep=2)
+        checkpoint.save(sys.argv[1], step, model, tok, learner.state_dict(), {"sampler_position": step}, "{}",
+                        keep=2)
         print(step, flush=True)
 """)
 
@@ -90,8 +93,8 @@ WRITER = textwrap.dedent("""
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(policy_dir, tmp_path):
     """A process writes checkpoints back to back; it is killed while one is half-written."""
     root = tmp_path / "checkpoints"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(policy_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(policy_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.readline()  # the first checkpoint is complete
     deadline = time.monotonic() + 120
     while not any(p.is_dir() and any(p.rglob("*")) for p in root.glob(".tmp-*")):
@@ -104,7 +107,8 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(poli
     assert latest is not None
     ckpt = checkpoint.load(latest)
     model = AutoModelForCausalLM.from_pretrained(ckpt.model_dir)
-    assert next(model.parameters()).flatten()[0].isfinite() and ckpt.run_state["sampler_position"] == ckpt.step
+    assert next(model.parameters()).flatten()[0].isfinite()
+    assert ckpt.run_state["sampler_position"] == ckpt.step
     assert ckpt.learner_state["optimizer_steps"] == 1
     if partial:  # the kill landed mid-write (nearly always): the half-written one is ignored, then cleaned
         assert all(not p.name.startswith(checkpoint.PREFIX) for p in partial)
@@ -115,5 +119,6 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(poli
 def test_an_incomplete_checkpoint_is_refused_naming_what_is_missing(tmp_path):
     (tmp_path / "step_000001" / "model").mkdir(parents=True)
     (tmp_path / "step_000001" / "run.pt").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"missing \['model/config.json', 'learner.pt', 'config.json'\]"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"missing \['model/config.json', 'learner.pt', 'config.json'\]"):
         checkpoint.load(tmp_path / "step_000001")

@@ -1,4 +1,5 @@
-"""The run directory: self-describing, cut back to the checkpoint on resume, optional sinks named when missing."""
+"""The run directory: self-describing, cut back to the checkpoint on resume, optional sinks named when
+missing."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def test_truncate_drops_the_rows_of_the_interrupted_steps(tmp_path):
         run.samples(step, [{"completion": "x"}])
     run.truncate(3)
     assert [r["step"] for r in run.metrics.read()] == [1, 2, 3]
-    assert [json.loads(line)["step"] for line in (run.path / "samples.jsonl").read_text().splitlines()] == [1, 2, 3]
+    samples = (run.path / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in samples] == [1, 2, 3]
 
 
 def test_tensorboard_sink_writes_events_or_names_the_missing_package(tmp_path):

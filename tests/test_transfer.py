@@ -25,10 +25,12 @@ from answerkey.rundir import RunDir
 
 @pytest.fixture(scope="module")
 def driver(ray_session, policy_dir, tmp_path_factory):
-    """A driver whose learner and 2 workers sync over the gloo broadcast (starting actors is the slow part)."""
+    """A driver whose learner and 2 workers sync over the gloo broadcast (starting actors is the slow
+    part)."""
     cfg = load_config("examples/tiny_cpu.toml", [
         f"--model.path={policy_dir}", f"--run.out_dir={tmp_path_factory.mktemp('runs')}", "--run.name=gloo",
-        "--rollout.transport=gloo", "--rollout.problems_per_step=4", "--rollout.group_size=4", "--run.steps=2"])
+        "--rollout.transport=gloo", "--rollout.problems_per_step=4", "--rollout.group_size=4",
+        "--run.steps=2"])
     driver = rl_driver.start(cfg, RunDir.create(cfg))  # its first sync (version 0) is already verified
     yield driver
     driver.close()
@@ -74,8 +76,10 @@ def test_bf16_on_the_wire_matches_the_learners_bf16_checksums(driver):
     """A bf16 broadcast into fp32 engines: they hold the bf16 values, i.e. expected_checksums(model, bf16)."""
     driver.sync()
     refs = [w.__ray_call__.remote(transfer._worker_receive) for w in driver.workers]
-    ray.get(driver.learner.__ray_call__.remote(lambda lr: lr.weight_group.send(lr.model.named_parameters(), 1, dtype=torch.bfloat16)))
-    want = ray.get(driver.learner.__ray_call__.remote(lambda lr: expected_checksums(lr.model, torch.bfloat16)))
+    ray.get(driver.learner.__ray_call__.remote(
+        lambda lr: lr.weight_group.send(lr.model.named_parameters(), 1, dtype=torch.bfloat16)))
+    want = ray.get(driver.learner.__ray_call__.remote(
+        lambda lr: expected_checksums(lr.model, torch.bfloat16)))
     assert ray.get(refs) == [want, want]
     assert want != ray.get(driver.learner.weights_checksum.remote())  # bf16 really rounded something
     driver.sync()
@@ -92,7 +96,8 @@ def test_hf_views_map_fused_and_padded_vllm_parameters(make_model):
             parts = [params[name.replace("q_proj", x)] for x in ("q_proj", "k_proj", "v_proj")]
             vllm.append((name.replace("q_proj", "qkv_proj"), torch.cat(parts)))
         elif ".gate_proj." in name:
-            vllm.append((name.replace("gate_proj", "gate_up_proj"), torch.cat([p, params[name.replace("gate_proj", "up_proj")]])))
+            up = params[name.replace("gate_proj", "up_proj")]
+            vllm.append((name.replace("gate_proj", "gate_up_proj"), torch.cat([p, up])))
         elif "embed_tokens" in name:
             padded = -(-p.shape[0] // 64) * 64
             vllm.append((name, torch.cat([p, torch.zeros(padded - p.shape[0], p.shape[1])])))
@@ -100,7 +105,8 @@ def test_hf_views_map_fused_and_padded_vllm_parameters(make_model):
             vllm.append((name, p))
     assert any("qkv_proj" in n for n, _ in vllm) and len(vllm) < len(params)
     assert engine_checksums(vllm, shapes) == expected_checksums(model)
-    swapped = [(n, torch.cat([t[t.shape[0] // 2:], t[: t.shape[0] // 2]]) if "gate_up" in n else t) for n, t in vllm]
+    swapped = [(n, torch.cat([t[t.shape[0] // 2:], t[: t.shape[0] // 2]]) if "gate_up" in n else t)
+               for n, t in vllm]
     wrong = {n for n, c in engine_checksums(swapped, shapes).items() if c != expected_checksums(model)[n]}
     assert wrong and all(("gate_proj" in n or "up_proj" in n) for n in wrong)
     with pytest.raises(ValueError, match="qkv_proj.*rows"):

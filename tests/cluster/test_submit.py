@@ -55,7 +55,8 @@ def ray_head():
            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
            f"--runtime-env-agent-port={env_agent}", "--object-store-memory=268435456"]
-    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{dash}"
     try:
         _wait_for(url, head, timeout_s=120)
@@ -63,7 +64,7 @@ def ray_head():
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=5)  # `ray start --block` can take ~30 s to act on SIGTERM
+            head.wait(timeout=5)  # `ray start --block` can be slow to act on SIGTERM
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         for sig, wait_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):  # ours: they name our temp dir
@@ -82,7 +83,8 @@ def _wait_for(url: str, head: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if head.poll() is not None:
-            raise RuntimeError(f"ray start exited with {head.returncode}: {head.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"ray start exited with {head.returncode}: "
+                               f"{head.stderr.read().decode()[-2000:]}")
         try:
             urllib.request.urlopen(f"{url}/api/version", timeout=2).close()
             return
@@ -91,14 +93,17 @@ def _wait_for(url: str, head: subprocess.Popen, timeout_s: float) -> None:
     raise TimeoutError(f"the Ray dashboard at {url} did not come up in {timeout_s:.0f} s")
 
 
-def test_answerkey_submit_runs_the_tiny_config_as_a_ray_job(ray_head, tokenizer, tmp_path, monkeypatch, capsys):
+def test_answerkey_submit_runs_the_tiny_config_as_a_ray_job(ray_head, tokenizer, tmp_path, monkeypatch,
+                                                            capsys):
     model_dir = tmp_path / "policy"
-    build_model("tiny", len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id).save_pretrained(model_dir)
+    model = build_model("tiny", len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id)
+    model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     monkeypatch.chdir(ROOT)  # the job's working_dir is the current directory
     argv = ["submit", "examples/tiny_cpu.toml", "--address", ray_head, f"--model.path={model_dir}",
             f"--run.out_dir={tmp_path / 'runs'}", "--run.name=job", "--run.steps=2", "--rollout.workers=1",
-            "--rollout.problems_per_step=4", "--rollout.group_size=2", "--run.eval_problems=4", "--run.eval_samples=1"]
+            "--rollout.problems_per_step=4", "--rollout.group_size=2", "--run.eval_problems=4",
+            "--run.eval_samples=1"]
     assert cli.main(argv) == 0, capsys.readouterr().out[-3000:]
     out = capsys.readouterr().out
     assert "SUCCEEDED" in out and "answerkey rl" in out  # the status, and the driver's own banner in the logs

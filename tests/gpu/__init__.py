@@ -1,6 +1,6 @@
 """GPU tests: the torch engine, the bf16 learner, colocated weight sync and GRPO steps on one CUDA GPU.
 
-    pytest -q -s tests/gpu                            # on a machine with CUDA (about 2 minutes on one H200)
+    pytest -q -s tests/gpu                            # on a machine with CUDA
     ANSWERKEY_TEST_DEVICE=cpu pytest -q -s tests/gpu  # rehearse the same tests on CPU (slow)
 
 Every test is marked `gpu` and skipped without CUDA, so `make test` on a CPU machine reports them as
@@ -46,30 +46,34 @@ def checksums_as(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, str]:
 def push(model: torch.nn.Module, engine: TorchEngine, version: int, route: str = "host") -> None:
     """Learner -> engine weight sync: as numpy arrays through host memory (`named_arrays`, the
     object-store payload), or as the learner's own tensors, copied in place on the GPU ("device")."""
-    pairs = weights.named_arrays(model) if route == "host" else [(n, p.detach()) for n, p in model.named_parameters()]
+    pairs = (weights.named_arrays(model) if route == "host"
+             else [(n, p.detach()) for n, p in model.named_parameters()])
     engine.begin_weight_update()
     engine.update_weights(pairs)
     engine.finish_weight_update(version)
 
 
-def informative_groups(engine: TorchEngine, env, tokenizer, sampling: SamplingParams, problems: int, group_size: int,
-                       rng: random.Random) -> list[list[Trajectory]]:
-    """`group_size` scored completions for each of `problems` random training problems; fails unless at least
-    one group's rewards differ (a batch that all scored alike has nothing to learn from)."""
+def informative_groups(engine: TorchEngine, env, tokenizer, sampling: SamplingParams, problems: int,
+                       group_size: int, rng: random.Random) -> list[list[Trajectory]]:
+    """`group_size` scored completions for each of `problems` random training problems; fails unless at
+    least one group's rewards differ (a batch that all scored alike has nothing to learn from)."""
     chosen = rng.sample(env.problems("train"), problems)
     prompts = prompts_for(tokenizer, chosen)
     completions = engine.generate(prompts, group_size, sampling)
-    scores = score_batch(env, [p for p in chosen for _ in range(group_size)], [c.text for g in completions for c in g])
-    groups = [[Trajectory.from_completion(prompts[i], c, scores[i * group_size + j]) for j, c in enumerate(g)]
-              for i, g in enumerate(completions)]
+    scores = score_batch(env, [p for p in chosen for _ in range(group_size)],
+                         [c.text for g in completions for c in g])
+    groups = [[Trajectory.from_completion(prompts[i], c, scores[i * group_size + j])
+               for j, c in enumerate(g)] for i, g in enumerate(completions)]
     assert any(len({t.score.value for t in g}) > 1 for g in groups), \
         f"every one of {len(groups)} groups scored alike: the policy is too weak to test with"
     return groups
 
 
-def learner_logprobs(learner: Learner, prompts: list[list[int]], completions: list[Completion]) -> list[torch.Tensor]:
+def learner_logprobs(learner: Learner, prompts: list[list[int]],
+                     completions: list[Completion]) -> list[torch.Tensor]:
     """The learner's processed logprobs (CPU, float32) of given completions, one tensor per completion."""
-    rows = [Row(p + c.token_ids, len(p), [1] * len(c.token_ids), c.logprobs, 0.0) for p, c in zip(prompts, completions, strict=True)]
+    rows = [Row(p + c.token_ids, len(p), [1] * len(c.token_ids), c.logprobs, 0.0)
+            for p, c in zip(prompts, completions, strict=True)]
     mb = collate(rows, list(range(len(rows))))
     with torch.no_grad():
         logprobs, _ = learner.logprobs(learner.model, mb)

@@ -13,7 +13,7 @@ from answerkey.envs.synthetic import SyntheticEnv
 from answerkey.pretrain.bootstrap import tiny_policy
 from tests.gpu import DEVICE, synchronize
 
-SFT_STEPS = 300 if DEVICE == "cuda" else 150  # enough for a reward of ~0.1-0.3: groups that differ
+SFT_STEPS = 300 if DEVICE == "cuda" else 150  # enough for some correct answers, so groups' rewards differ
 
 
 @dataclass
@@ -33,5 +33,6 @@ def policy() -> Policy:
     model, tokenizer = tiny_policy(env, preset="1.4m", sft_steps=SFT_STEPS, device=DEVICE)
     synchronize()
     card = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
-    print(f"\n[gpu] {card}, torch {torch.__version__}; policy: 1.4m preset, {SFT_STEPS} SFT steps on {DEVICE} in {time.perf_counter() - start:.1f} s")
+    print(f"\n[gpu] {card}, torch {torch.__version__}; policy: 1.4m preset, {SFT_STEPS} SFT steps on "
+          f"{DEVICE} in {time.perf_counter() - start:.1f} s")
     return Policy(env, model, tokenizer)

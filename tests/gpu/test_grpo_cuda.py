@@ -1,8 +1,8 @@
-"""GRPO steps on one GPU through the loop `answerkey rl` runs (`answerkey.loop.Loop`), on plain objects in one
-process (`answerkey.local`): the learner trains the policy on the GPU, a rollout worker samples from its own copy
-on the same GPU, and after every step the learner's weights are pushed into the worker and verified (checksums
-and logprobs of a fixed completion), as the Ray driver verifies its workers. Per-step times (rollout, learn,
-sync) are printed, never asserted.
+"""GRPO steps on one GPU through the loop `answerkey rl` runs (`answerkey.loop.Loop`), on plain objects in
+one process (`answerkey.local`): the learner trains the policy on the GPU, a rollout worker samples from its
+own copy on the same GPU, and after every step the learner's weights are pushed into the worker and verified
+(checksums and logprobs of a fixed completion), as the Ray driver verifies its workers. Per-step times
+(rollout, learn, sync) are printed, never asserted.
 """
 
 import math
@@ -21,8 +21,9 @@ STEPS, PROBLEMS, GROUP = 4, 32, 8
 def test_grpo_steps_through_the_loop_change_the_policy_and_keep_the_worker_in_sync(policy):
     env_kwargs = "{difficulty = 1, train_size = 2000, test_size = 64}"  # the `policy` fixture's env
     cfg = load_config("examples/tiny_cpu.toml", [
-        f"--env.kwargs={env_kwargs}", f"--rollout.problems_per_step={PROBLEMS}", f"--rollout.group_size={GROUP}",
-        "--rollout.max_new_tokens=24", "--rollout.workers=1", "--learner.lr=2e-4", f"--run.steps={STEPS}"])
+        f"--env.kwargs={env_kwargs}", f"--rollout.problems_per_step={PROBLEMS}",
+        f"--rollout.group_size={GROUP}", "--rollout.max_new_tokens=24", "--rollout.workers=1",
+        "--learner.lr=2e-4", f"--run.steps={STEPS}"])
     loop = local.start(cfg, policy.copy(), policy.tokenizer)  # its first sync is already verified
     initial = {n: p.detach().clone() for n, p in loop.learner.model.named_parameters()}
     seen = set()
