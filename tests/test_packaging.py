@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tomllib
 import venv
 from pathlib import Path
@@ -53,7 +52,8 @@ def test_the_wheel_installs_and_every_package_imports_from_it(tmp_path):
     python = env / "bin" / "python"
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    deps = [p for p in sys.path if p.endswith("site-packages")]  # this environment's, never the checkout
+    (Path(site) / "deps.pth").write_text("\n".join(deps) + "\n")
     subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "-q", str(wheel)], check=True)
     names = sorted(source_packages())
     script = f"import importlib; print('\\n'.join(importlib.import_module(n).__file__ for n in {names!r}))"
