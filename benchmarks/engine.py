@@ -6,7 +6,7 @@
 Protocol (issue 4): the same freshly initialized Llama preset and BPE tokenizer, the same 64 left-padded
 prompts (held-out synthetic problems), completions forced to exactly `new_tokens` tokens on every side
 (ours: `ignore_eos`; HF: `min_new_tokens`), temperature 1, no top-k/top-p. Three sides run in
-alternation, `runs` times each: ours (the lean Llama forward, `rollout/llama_decode.py`), ours with
+alternation, `runs` times each: ours (the lean Llama forward, `answerkey/model/decode.py`), ours with
 the Hugging Face forward (`TorchEngine(lean=False)`: same loop and static cache, HF modules), and
 `model.generate` with its default dynamic cache (the peer's exact call is printed). Reported: the
 median of runs 3..runs (the first two warm up), tokens/s (new tokens, prefill included), ours / HF,
@@ -32,8 +32,8 @@ from gpu_engine import left_padded
 
 from answerkey import chat
 from answerkey.envs.synthetic import SyntheticEnv
+from answerkey.model import build_model, num_parameters
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine

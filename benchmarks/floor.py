@@ -6,7 +6,7 @@
 The peak is the best throughput of this process's threads over square GEMMs (2048^3, 4096^3) and every
 distinct linear-layer shape of `model` at M = 64 (a decode step at batch 64) and M = 4096 (a training
 micro-batch), each through both GEMM libraries torch has on CPU — `torch.matmul` (MKL for fp32) and
-oneDNN (`rollout.llama_decode.linear`, what our engine and learner use) — best of a few repeats. On the
+oneDNN (`answerkey.model.onednn.linear`, what our engine and learner use) — best of a few repeats. On the
 AMD EPYC machines here MKL's fp32 GEMM runs at under half oneDNN's rate (it takes its AVX2 path on AMD,
 and 2048^3 is slower still), so a peak from MKL alone would make every floor look easy; the best of both
 is the strict choice, and it is what `result["peak_by_library"]` lists. FLOPs per token: 2N for a forward (generation, a logprob pass),
@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from answerkey.rollout.llama_decode import ONEDNN
+from answerkey.model.onednn import ONEDNN
 
 
 def linear_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:

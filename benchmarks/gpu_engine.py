@@ -31,8 +31,8 @@ import transformers
 
 from answerkey import chat
 from answerkey.envs.synthetic import SyntheticEnv
+from answerkey.model import build_model, num_parameters
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine

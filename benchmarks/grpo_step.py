@@ -41,8 +41,8 @@ from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
 from answerkey.envs.synthetic import SyntheticEnv
 from answerkey.learner.learner import Learner
+from answerkey.model import build_model, num_parameters
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rewards.score import Score, Status
 from answerkey.rollout.engine import SamplingParams

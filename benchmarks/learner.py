@@ -7,7 +7,7 @@ One GRPO batch as the benchmarks' step makes it: P = 8 problems of the synthetic
 prompts), G = 8 completions each of exactly 64 tokens (random ids, fixed seed), rewards in [0, 1].
 Two sides alternate, `runs` times each, on identical copies of the freshly initialized preset:
 `Learner.backward` as shipped (the lean Llama forward with each distinct prompt run once,
-`learner/forward.py`, oneDNN GEMMs) and the same Learner with `lean=False` (the Hugging Face model's
+`answerkey/model/completion.py`, oneDNN GEMMs) and the same Learner with `lean=False` (the Hugging Face model's
 forward on every full prompt + completion sequence, as TRL and most trainers run it). `backward` is the
 whole micro-batched forward + loss + backward, no optimizer step (timed apart, once).
 
@@ -35,8 +35,8 @@ from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
 from answerkey.envs.synthetic import SyntheticEnv
 from answerkey.learner.learner import Learner
+from answerkey.model import build_model, num_parameters
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rewards.score import Score, Status
 from answerkey.rollout.engine import SamplingParams

@@ -4,7 +4,7 @@
     python benchmarks/pretrain.py --presets 1.4m 28m --steps 20 --json out.json
 
 Protocol: the real training step (`pretrain.loop.Loop.train_step`: forward, the masked next-token
-loss `learner.nll_sum`, backward, clip, AdamW + schedule) on windows of GSM8K train text from
+loss `answerkey.model.nll_sum`, backward, clip, AdamW + schedule) on windows of GSM8K train text from
 ../shared/data, encoded with one 512-token BPE tokenizer. Per preset, two copies of the same
 freshly initialized model train side by side, one in fp32 and one under bf16 autocast, their steps
 alternating (after 2 warm-up steps each), so load changes on this shared machine hit both alike.
@@ -30,10 +30,10 @@ from floor import matmul_peak  # benchmarks/ is the script's folder, so on sys.p
 from rich.console import Console
 
 from answerkey import chat
+from answerkey.model import PRESETS, build_model, num_parameters
 from answerkey.pretrain import corpus, pretrain
 from answerkey.pretrain.config import TrainConfig, load_pretrain_config
 from answerkey.pretrain.loop import Loop, Stage
-from answerkey.pretrain.model import PRESETS, build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rundir import RunDir
 

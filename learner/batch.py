@@ -7,7 +7,7 @@
 Each sequence is prompt + completion, exactly the token ids that were sampled (and, for multi-turn
 envs, the env's own tokens with loss mask 0). A micro-batch holds each distinct prompt once, left-padded
 (Q, Lp), and every row's completion right-padded (N, Tc) with the index of its prompt: the G completions
-of a group share one prompt, so the learner's forward runs it once, not G times (`learner/forward.py`).
+of a group share one prompt, so the learner's forward runs it once, not G times (`answerkey/model/completion.py`).
 Per-token tensors are completion-aligned: position t of a row is completion token t, whose logprob is
 taken given the prompt and completion tokens 0..t-1; `loss_mask[:, t]` says whether it is trained.
 Rows are ordered by group, longest group first, so that a micro-batch keeps a group's rows together and

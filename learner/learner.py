@@ -35,12 +35,11 @@ from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
 from answerkey.learner import checkpoint, grpo
 from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch
-from answerkey.learner.forward import completion_logits
 from answerkey.learner.shard import Ranks
+from answerkey.model import completion_logits, keep_freed_memory
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import SamplingParams
-from answerkey.rollout.llama_decode import keep_freed_memory
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
@@ -53,28 +52,6 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   precision: str = "fp32", position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits (N, L, V) of a forward pass, under bf16 autocast when `precision == "bf16"`.
-
-    `attention_mask` is (N, L) padding (1 = token), (N, 1, L, L) bool (True = may attend; passed to
-    SDPA as is, e.g. block-diagonal for packed rows) or None (plain causal).
-    """
-    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
-
-
-def nll_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Summed next-token loss: -sum over mask of log p(targets[t] | ..t) at temperature 1 (fp32).
-
-    logits (N, L, V) of the inputs, targets and mask (N, L-1): position t predicts token t+1. The
-    pretraining and SFT stages (pretrain/loop.py) call this; `Learner.sft_step` computes the same loss
-    through the learner's shared-prompt forward.
-    """
-    logp = S.processed_logprobs(logits[:, :-1])  # (N, L-1, V), the model's own distribution
-    return -(S.gather(logp, targets) * mask.to(logp.dtype)).sum()
-
-
 class Learner:
     def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int,
                  reference: torch.nn.Module | None = None, ranks: Ranks | None = None,
@@ -83,7 +60,7 @@ class Learner:
         place in an FSDP group (learner/shard.py): the batch is split across ranks, metrics summed over them."""
         # eval mode: no dropout, so the learner's logprobs are those of the policy the engine samples
         self.model, self.cfg, self.sampling, self.ranks = model.eval(), cfg, sampling, ranks
-        self.lean = lean  # the lean Llama forward with shared prompts (learner/forward.py) where the model allows
+        self.lean = lean  # the lean Llama forward with shared prompts (answerkey/model/completion.py) where the model allows
         self.device = next(model.parameters()).device
         if self.device.type == "cpu":
             keep_freed_memory()  # activations of a few MB per layer, recycled instead of page-faulted in
@@ -133,8 +110,10 @@ class Learner:
     def logprobs(self, model: torch.nn.Module, mb: MicroBatch, sampling: SamplingParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Processed logprobs of the completion tokens (N, Tc) and the per-token entropy (N, Tc, no gradient)."""
         s = sampling or self.sampling
+        dev = next(model.parameters()).device
+        inputs = mb.prompt_ids.to(dev), mb.prompt_valid.to(dev), mb.prompt_index.to(dev), mb.targets.to(dev)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            logits = completion_logits(model, mb, self.lean, self.cfg.compile)  # (N, Tc, V)
+            logits = completion_logits(model, *inputs, self.lean, self.cfg.compile)  # (N, Tc, V)
         return S.target_logprobs(logits, mb.targets.to(self.device), s.temperature, s.top_k, s.top_p)
 
     def backward(self, batch: TrainBatch) -> dict[str, float]:

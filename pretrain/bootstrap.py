@@ -18,8 +18,8 @@ from collections.abc import Callable
 from answerkey import chat
 from answerkey.config import LearnerConfig
 from answerkey.envs.base import Env
-from answerkey.learner.learner import Learner
-from answerkey.pretrain.model import build_model
+from answerkey.learner import Learner
+from answerkey.model import build_model
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rollout.engine import SamplingParams
 

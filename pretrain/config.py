@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from answerkey.config import Section, load_config
-from answerkey.pretrain.model import PRESETS
+from answerkey.model import PRESETS
 
 
 class CorpusConfig(Section):
@@ -45,7 +45,7 @@ class TokenizerConfig(Section):
 
 class PresetConfig(Section):
     preset: str = "tiny"
-    """Llama size preset of pretrain/model.py (PRESETS: tiny, 1.4m, 28m, ...)."""
+    """Llama size preset of answerkey/model/presets.py (PRESETS: tiny, 1.4m, 28m, ...)."""
     max_positions: int = Field(1024, ge=2)
     """Context length the model supports (max_position_embeddings); later stages prompt + generate within it."""
 

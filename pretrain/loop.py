@@ -8,7 +8,7 @@ training rows (a pure function of the step: the data position is just the step),
 `batch_size / micro_batch_size` forward/backward passes (gradient accumulation: the loss of every
 micro-batch is divided by the step's trained-token count, so the gradient is that of the whole
 batch), and steps the RL `Learner`'s AdamW + warmup/cosine schedule with gradient-norm clipping
-(`Learner.optimizer_step`). The loss is `learner.nll_sum`, the same code as `Learner.sft_step`.
+(`Learner.optimizer_step`). The loss is `answerkey.model.nll_sum`, the same code as `Learner.sft_step`.
 
 Around it: a rich progress bar; one metrics row per step in `metrics.jsonl` (`<stage>/loss`,
 `<stage>/lr`, `<stage>/grad_norm`, `<stage>/tokens`, `<stage>/tokens_per_s`, `time/step_s`, and
@@ -43,10 +43,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from answerkey.config import LearnerConfig
-from answerkey.learner import checkpoint
-from answerkey.learner.learner import Learner, forward_logits, nll_sum
+from answerkey.learner import Learner, checkpoint
+from answerkey.model import forward_logits, nll_sum, num_parameters
 from answerkey.pretrain.config import StageRunConfig, TrainConfig
-from answerkey.pretrain.model import num_parameters
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
 from answerkey.rundir import RunDir

@@ -6,7 +6,7 @@
 1. the tokenizer: `tokenizer.path`, or BPE trained on the training documents (`pretrain/tokenizer.py`);
 2. the corpus encoded once into memory-mapped shards (`pretrain/corpus.py`), documents separated by
    `<|endoftext|>`, a hash-chosen `data.heldout_fraction` of them held out;
-3. a Llama preset (`pretrain/model.py`) trained on windows of `data.seq_len` tokens cut from the
+3. a Llama preset (`answerkey/model/presets.py`) trained on windows of `data.seq_len` tokens cut from the
    training shard (consecutive windows share one token, so every token is a target exactly once per
    epoch; attention runs across document boundaries, as in GPT-2), by the shared loop
    (`pretrain/loop.py`: AdamW, warmup + cosine, accumulation, held-out loss, samples, checkpoints).
@@ -28,10 +28,10 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from answerkey import chat
+from answerkey.model import build_model
 from answerkey.pretrain import corpus
 from answerkey.pretrain.config import PretrainConfig
 from answerkey.pretrain.loop import Batch, OnStep, Rows, Stage, resume_point, torch_threads, train
-from answerkey.pretrain.model import build_model
 from answerkey.pretrain.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from answerkey.rundir import RunDir
 

@@ -16,7 +16,7 @@ compares with one conversation per row). Left to itself, transformers 5.24 infer
 restarting position ids only when it gets no attention mask and no KV cache — but Llama's config
 has `use_cache=True`, so a plain `model(input_ids, position_ids=...)` builds a cache, skips the
 inference, and attends across conversations without a word (checked: logits differ by ~0.5). So
-this module always passes the explicit mask (and `use_cache=False`, in `learner.forward_logits`).
+this module always passes the explicit mask (and `use_cache=False`, in `answerkey.model.forward_logits`).
 A conversation longer than `data.seq_len` is cut, and the count is printed.
 
 The loop, metrics, checkpoints and resume are the pretraining ones (`pretrain/loop.py`, metrics

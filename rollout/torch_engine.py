@@ -11,7 +11,7 @@ How it works: the P prompts are left-padded to the longest, with position ids co
 first real token (so a prompt has the same positions as in the learner's forward), and each is run
 once: its keys and values fill the cache rows of all n of its completions (B = P·n rows). The KV
 cache, sized prompt + max_new_tokens, is allocated once per call — the lean Llama forward's own
-(`rollout/llama_decode.py`, used for plain Llama models) or a `transformers.StaticCache` under HF's
+(`answerkey/model/decode.py`, used for plain Llama models) or a `transformers.StaticCache` under HF's
 forward (any other model, or `lean=False`; there the prompts are repeated n times). Each step feeds
 one token per row, samples from `rollout.sampling.processed_logprobs` with the engine's seeded
 generator, and records the sampled token's processed logprob. Rows that finished keep decoding
@@ -36,10 +36,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache
 
 from answerkey import chat
+from answerkey.model import LlamaDecoder, keep_freed_memory
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import Completion, SamplingParams
-from answerkey.rollout.llama_decode import LlamaDecoder, keep_freed_memory
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -48,7 +48,7 @@ class TorchEngine:
     def __init__(self, model: torch.nn.Module, tokenizer, stop_token_ids: Sequence[int] | None = None, seed: int = 0,
                  lean: bool = True, precision: str | None = None):
         self.model = model.eval()
-        # the lean Llama forward (rollout/llama_decode.py) when the model is a plain Llama; else HF's forward
+        # the lean Llama forward (answerkey/model/decode.py) when the model is a plain Llama; else HF's forward
         self.decoder = LlamaDecoder.for_model(model) if lean else None
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)} or None (the model's dtype), got {precision!r}")

@@ -42,7 +42,7 @@ def policy_path(make_model_module, tokenizer, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def make_model_module(tokenizer):
     from answerkey import chat
-    from answerkey.pretrain.model import build_model
+    from answerkey.model import build_model
 
     return lambda seed=0: build_model("tiny", len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed)
 

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from answerkey import chat
 from answerkey.config import LearnerConfig
 from answerkey.envs import Trajectory
-from answerkey.learner import forward
 from answerkey.learner.batch import completion_values
 from answerkey.learner.learner import Learner
+from answerkey.model import completion
+from answerkey.model.onednn import ONEDNN, keep_freed_memory, linear
 from answerkey.rewards import Score, Status
 from answerkey.rollout import sampling as S
 from answerkey.rollout.engine import SamplingParams
-from answerkey.rollout.llama_decode import ONEDNN, keep_freed_memory, linear
 from answerkey.rollout.torch_engine import TorchEngine
 
 
@@ -84,7 +84,7 @@ def test_micro_batches_run_each_distinct_prompt_once(tokenizer, synthetic_env, m
 @pytest.mark.parametrize("preset", ["tiny", "1.4m"])  # tiny: grouped-query attention
 @pytest.mark.parametrize("explicit_max", [256, 0])  # attention by two matmuls (short sequences), or by SDPA
 def test_learner_lean_forward_equals_the_hf_forward(tokenizer, synthetic_env, make_model, monkeypatch, preset, explicit_max):
-    monkeypatch.setattr(forward, "EXPLICIT_ATTENTION_MAX", explicit_max)
+    monkeypatch.setattr(completion, "EXPLICIT_ATTENTION_MAX", explicit_max)
     groups = make_groups(tokenizer, synthetic_env)
     results = []
     for lean in (True, False):
@@ -113,18 +113,18 @@ def test_compiled_elementwise_equals_eager_forward_and_backward(dtype):
     torch.manual_seed(0)
     gate_up = torch.randn(37, 2 * 24, dtype=dtype, requires_grad=True)  # an odd row count: dynamic shapes
     dy = torch.randn(37, 24, dtype=dtype)
-    ours = forward.swiglu(gate_up, compile=True)
+    ours = completion.swiglu(gate_up, compile=True)
     gate, up = gate_up.chunk(2, dim=-1)
     ref = F.silu(gate) * up
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(torch.autograd.grad(ours, gate_up, dy)[0], torch.autograd.grad(ref, gate_up, dy)[0])
     x, weight = torch.randn(3, 37, 24, dtype=dtype, requires_grad=True), torch.randn(24, dtype=dtype, requires_grad=True)
-    ours, ref = forward.norm(x, weight, 1e-5, compile=True), F.rms_norm(x, (24,), weight, 1e-5)
+    ours, ref = completion.norm(x, weight, 1e-5, compile=True), F.rms_norm(x, (24,), weight, 1e-5)
     torch.testing.assert_close(ours, ref)
     dy = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(ours, (x, weight), dy), torch.autograd.grad(ref, (x, weight), dy), strict=True):
         torch.testing.assert_close(a, b)
-    assert not forward._compile_failed
+    assert not completion._compile_failed
 
 
 def test_learner_logprobs_of_equals_a_full_forward(tokenizer, make_model):
@@ -231,9 +231,9 @@ def test_per_row_equals_indexing_forward_and_backward(index):
     t = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     index = torch.tensor(index)
     weights = torch.randn(len(index), 2, 5, 4, dtype=torch.float64)
-    group = forward.group_size(index, 3)
+    group = completion.group_size(index, 3)
     assert (group is not None) == (index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2])
-    ours = forward.per_row(t, index, group)
+    ours = completion.per_row(t, index, group)
     (grad,) = torch.autograd.grad((ours * weights).sum(), t)
     (expected,) = torch.autograd.grad((t[index] * weights).sum(), t)
     assert torch.equal(ours, t[index]) and torch.allclose(grad, expected, rtol=0, atol=1e-12)

@@ -1,7 +1,7 @@
 """Prompt sharing against the plain per-row computation it replaces.
 
-The learner runs each distinct prompt of a micro-batch once (learner/forward.py) and the engine caches a
-prompt's keys and values once for its n completions (rollout/llama_decode.py). Here both are checked
+The learner runs each distinct prompt of a micro-batch once (answerkey/model/completion.py) and the engine caches a
+prompt's keys and values once for its n completions (answerkey/model/decode.py). Here both are checked
 against one full, unpadded forward per sequence: the learner's logprobs, loss and gradients in fp64 for
 every loss aggregation and with several micro-batches, the engine's tokens and logprobs in fp32.
 """

@@ -12,11 +12,10 @@ from rich.console import Console
 from safetensors.numpy import load_file
 
 from answerkey import chat, cli
-from answerkey.learner.learner import forward_logits, nll_sum
+from answerkey.model import build_model, forward_logits, nll_sum
 from answerkey.pretrain import sft
 from answerkey.pretrain.config import load_sft_config
 from answerkey.pretrain.loop import Batch
-from answerkey.pretrain.model import build_model
 from answerkey.pretrain.tokenizer import save_tokenizer, train_bpe
 from tests.pretrain_data import conversation, document, plain_tokenizer_dir, write_conversations
 

@@ -190,10 +190,10 @@ def test_prefill_chunks_and_both_attention_paths_equal_the_hf_forward(tokenizer,
                                                                        chunk_tokens, explicit_max):
     """Prompts run in row chunks of about PREFILL_TOKENS tokens; prompts longer than EXPLICIT_ATTENTION_MAX attend
     by SDPA, shorter ones by two matmuls. Every combination gives the HF forward's logprobs, for n = 1 and n > 1."""
-    from answerkey.rollout import llama_decode
+    from answerkey.model import decode
 
-    monkeypatch.setattr(llama_decode, "PREFILL_TOKENS", chunk_tokens)
-    monkeypatch.setattr(llama_decode, "EXPLICIT_ATTENTION_MAX", explicit_max)
+    monkeypatch.setattr(decode, "PREFILL_TOKENS", chunk_tokens)
+    monkeypatch.setattr(decode, "EXPLICIT_ATTENTION_MAX", explicit_max)
     ids = prompts(tokenizer) * 3  # 9 prompts of up to ~30 tokens: 40 tokens per chunk is one prompt per chunk
     model = make_model(seed=3, preset="tiny")
     sampling = SamplingParams(max_new_tokens=10, temperature=1.0, ignore_eos=True)

@@ -36,138 +36,15 @@ windows, sharded parameters, non-Llama architectures) fall back to the HF forwar
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-SUPPORTED_TYPES = ("llama",)
+from answerkey.model.llama import EXPLICIT_ATTENTION_MAX, is_plain_llama, rms_norm, rotary_tables, rotate
+from answerkey.model.onednn import ONEDNN, linear
+
 PREFILL_TOKENS = 1024  # prompt tokens per prefill chunk
-EXPLICIT_ATTENTION_MAX = 256  # prompts up to this long attend by two matmuls, longer ones by SDPA
-
-
-def is_plain_llama(model) -> bool:
-    """True when every feature of the model is one the lean forwards (this one and the learner's) implement."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_TYPES:
-        return False
-    rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
-    plain_tensors = all(type(p.data) is torch.Tensor for p in model.parameters())  # not DTensor (FSDP)
-    return (rope.get("rope_type", "default") == "default" and cfg.hidden_act == "silu" and plain_tensors
-            and not getattr(cfg, "attention_bias", False) and not getattr(cfg, "mlp_bias", False)
-            and getattr(cfg, "pretraining_tp", 1) == 1)
-
-
-def _onednn_available() -> bool:
-    try:
-        x = torch.ones(2, 3)
-        return bool(torch.ops.mkldnn._linear_pointwise(x, x, None, "none", [], "").sum() == 12)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-ONEDNN = _onednn_available()
-
-
-@functools.cache  # once per process: find_library runs ldconfig, and the setting is process-wide anyway
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the OS; True if it took effect.
-
-    A CPU forward allocates and frees activations of MBs every layer. By default glibc serves blocks over its
-    mmap threshold (128 KB, self-raising up to 32 MB) from fresh `mmap`s, trims its heap, and the next block
-    page-faults every 4 KB page back in: on the machines here a 3 MB GEMM output then took ~5 ms instead of
-    0.4 ms, at random, and a 28m learner's 54 MB gate|up activation always did. With `mmap` off for blocks
-    (M_MMAP_MAX = 0) and no trimming, blocks of every size are recycled from the heap. The cost is a process
-    that keeps its peak heap. Process-wide, idempotent; the engine and the learner call it on CPU.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """x @ w.T through oneDNN, with the two backward GEMMs through oneDNN as well (strided operands, no copies)."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w = ctx.saved_tensors
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.ops.mkldnn._linear_pointwise(dy, w.t(), None, "none", [], "")  # dy @ w
-        if ctx.needs_input_grad[1]:
-            d2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-            # oneDNN copies a transposed input to contiguous first: transpose the smaller of dy and x
-            if d2.shape[1] <= x2.shape[1]:
-                dw = torch.ops.mkldnn._linear_pointwise(d2.t(), x2.t(), None, "none", [], "")  # dy^T @ x
-            else:
-                dw = torch.ops.mkldnn._linear_pointwise(x2.t(), d2.t(), None, "none", [], "").t().contiguous()  # (x^T @ dy)^T
-        return dx, dw
-
-
-def linear(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ w.T (+ residual): oneDNN's GEMM for fp32/bf16 on CPU, else `F.linear`. Same shapes and dtypes.
-
-    On the AMD EPYC machines here torch's default fp32 GEMM (MKL, which takes its AVX2 path on AMD) runs at
-    under half the rate of oneDNN's AVX-512 kernel at every layer shape of the presets, forward and backward;
-    the result is IEEE fp32 either way (only the summation order differs). Under autocast (the learner's
-    bf16) and off CPU it is plain `F.linear`, which autocast and cuBLAS handle.
-    """
-    cpu = ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16)
-    if not cpu or torch.is_autocast_enabled("cpu"):
-        y = F.linear(x, w)
-        return y if residual is None else residual + y
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        y = _OneDNNLinear.apply(x, w)
-        return y if residual is None else residual + y
-    if residual is not None and residual.dtype == x.dtype and residual.dim() == 2:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, w, None, "add")
-    y = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-    return y if residual is None else residual + y
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Llama's RMSNorm: fused in fp32 (and in fp64, where HF would round to fp32: tests use fp64 to check
-    that micro-batching and prompt sharing leave gradients unchanged, which fp32 rounding inside would
-    blur); below fp32, HF's own way (normalize in fp32, cast back, then scale)."""
-    if x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
-
-
-def rotary_tables(model, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin (length, D) for positions 0..length-1, bitwise HF's values for those positions.
-
-    Rotary is then x * cos + roll(x, D/2) * sin_signed: `roll` swaps the halves, `sin_signed` negates the
-    first half of sin, which together are HF's `rotate_half(x) * sin`.
-    """
-    rotary = model.model.rotary_emb
-    positions = torch.arange(length, device=device, dtype=torch.float32)
-    freqs = positions[:, None] * rotary.inv_freq.to(device=device, dtype=torch.float32)[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos() * rotary.attention_scaling, emb.sin() * rotary.attention_scaling
-    half = sin.shape[-1] // 2
-    return cos.to(dtype), torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(dtype)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding over the last dim (cos/sin broadcast against x)."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
 
 
 @dataclass

@@ -10,7 +10,7 @@ forward and backward drops from N * (Lp + Tc) to Q * Lp + N * Tc, which for 8 x 
 of ~30 tokens is a third less work. Both streams share every matmul (their tokens are concatenated); only
 attention sees them apart: prompts causally over themselves, completions over [their prompt, themselves].
 
-For plain Llama models (`rollout.llama_decode.is_plain_llama`) this is a lean forward over the HF module's
+For plain Llama models (`llama.is_plain_llama`) this is a lean forward over the HF module's
 own parameters (same math as `transformers`' Llama, fp32 RMSNorm; on CPU attention by two batched matmuls up
 to 256 positions and SDPA beyond, and the SwiGLU compiled by torch.compile); anything else, or `lean=False`,
 runs the HF model on the left-padded prompt + right-padded completion with position ids counted from each
@@ -25,22 +25,17 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from answerkey.learner.batch import MicroBatch
-from answerkey.rollout.llama_decode import (
-    EXPLICIT_ATTENTION_MAX,
-    is_plain_llama,
-    linear,
-    rms_norm,
-    rotary_tables,
-    rotate,
-)
+from answerkey.model.llama import EXPLICIT_ATTENTION_MAX, is_plain_llama, rms_norm, rotary_tables, rotate
+from answerkey.model.onednn import linear
 
 
-def completion_logits(model: torch.nn.Module, mb: MicroBatch, lean: bool = True, compile: bool = False) -> torch.Tensor:
-    """Logits (N, Tc, V) predicting each completion token of each row; `compile`: see `swiglu`."""
-    dev = next(model.parameters()).device
-    prompts, valid, index = mb.prompt_ids.to(dev), mb.prompt_valid.to(dev), mb.prompt_index.to(dev)
-    completions = mb.targets.to(dev)
+def completion_logits(model: torch.nn.Module, prompts: torch.Tensor, valid: torch.Tensor, index: torch.Tensor,
+                      completions: torch.Tensor, lean: bool = True, compile: bool = False) -> torch.Tensor:
+    """Logits (N, Tc, V) predicting each completion token of each row; `compile`: see `swiglu`.
+
+    prompts (Q, Lp) left-padded, valid (Q, Lp) bool (False on padding), index (N,) the prompt each row
+    continues, completions (N, Tc) right-padded; all on the model's device.
+    """
     if lean and is_plain_llama(model):
         return _lean(model, prompts, valid, index, completions, compile)
     return _hf(model, prompts, valid, index, completions)
