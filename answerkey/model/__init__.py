@@ -2,7 +2,7 @@
 pretraining share.
 
     model = build_model("tiny", vocab_size=len(tokenizer), stop_ids=chat.stop_token_ids(tokenizer))
-    decoder = LlamaDecoder.for_model(model)                 # the engine's cached decode (None: not a plain Llama)
+    decoder = LlamaDecoder.for_model(model)    # the engine's cached decode (None: not a plain Llama)
     logits = completion_logits(model, prompts, valid, index, completions)   # the learner's forward
     loss = nll_sum(forward_logits(model, ids), ids[:, 1:], mask)            # pretraining and SFT
 

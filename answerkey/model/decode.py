@@ -1,37 +1,37 @@
-"""A lean forward for Llama-architecture models in the torch engine: the same weights, far fewer ops per token.
+"""The torch engine's lean Llama forward: prefill and one-token-per-row decode over a KV cache of its own.
 
-    decoder = LlamaDecoder.for_model(model)           # None when the model is not a plain Llama
+    decoder = LlamaDecoder.for_model(model)        # None when the model is not a plain Llama (`llama.py`)
     logits = decoder.prefill(input_ids, valid, positions, max_len, n=8, dtype=torch.bfloat16)  # (P * n, V)
-    logits = decoder.step(tokens, positions, slot)    # (B, V): one new token per row, written at cache `slot`
+    logits = decoder.step(tokens, positions, slot)  # (B, V): one new token per row, written at cache `slot`
 
-Why: at rollout batch sizes a small model spends most of each decode step outside its matmuls — in
+Why: at rollout batch sizes a small model spends most of each decode step outside its matmuls: in
 module calls, a causal mask and rotary table rebuilt every step, a cache `index_copy`, eager RMSNorm, and
 SDPA's flash kernel, which is slow for one query per row on CPU. This path reads the parameters of the
 Hugging Face module directly (a weight update by `rollout.weights.load_into` or an in-place optimizer step
 is seen at the next call; the checksums the driver compares are of exactly these tensors) and, once per
-`prefill`, takes a snapshot in the compute dtype: q|k|v and gate|up concatenated into one matrix each, the
-attention scale folded into the query rows, on CPU prepacked in oneDNN's blocked layout, cos/sin tables for
-every position the call can reach. Prefill runs the prompts in row chunks of ~1K tokens, attending by two
-batched matmuls (SDPA's flash kernel only for prompts over 256 tokens, where it wins). Per
-decode step and layer it does: RMSNorm, one q/k/v matmul, rotary on queries and keys together (one roll and
-one fused multiply-add), a slice write into a preallocated KV cache (left padding puts every row's new
-token in the same slot; keys stored transposed), attention as two batched matmuls with an additive padding mask made once per
-call (queries grouped per KV head, so GQA needs no repeated keys), and the MLP, each residual add fused
-into its matmul (`addmm`).
+`prefill`, takes a snapshot in the compute dtype: q|k|v and gate|up concatenated into one matrix each,
+the attention scale folded into the query rows, on CPU prepacked for oneDNN (`onednn.prepacked`), cos/sin
+tables for every position the call can reach. Prefill runs the prompts in row chunks of about
+`PREFILL_TOKENS` tokens (a chunk's activations stay in cache), attending by two batched matmuls up to
+`EXPLICIT_ATTENTION_MAX` positions and by SDPA's flash kernel beyond, where it wins. Per decode step and
+layer it does: RMSNorm, one q/k/v matmul, rotary on queries and keys together (one roll and one fused
+multiply-add), a slice write into a preallocated KV cache (left padding puts every row's new token in the
+same slot; keys stored transposed), attention as two batched matmuls with an additive padding mask made
+once per call (queries grouped per KV head, so GQA needs no repeated keys), and the MLP, each residual add
+fused into its matmul (`addmm`).
 
 Prompt sharing: `prefill` runs each distinct prompt once (GRPO's G completions per problem share it), so
 prefill costs P prompts, not P * G; with n > 1 rows per prompt its keys and values are also cached once,
-and each decode step reads them once per prompt for all n rows (`_attend_groups`), not once per row:
-the prompt is about half of what a 64-token completion attends to.
+and each decode step reads them once per prompt for all n rows (`_attend_groups`), not once per row.
 
-Precision: `prefill`'s `dtype` (default: the model's) is the dtype of the matmuls and the KV cache. With bf16 over
-fp32 weights the weights are cast once per call, the residual stream and RMSNorm stay fp32, and activations
-are cast to bf16 where they enter a matmul — what `torch.autocast` does in the learner.
+Precision: `prefill`'s `dtype` (default: the model's) is the dtype of the matmuls and the KV cache. With
+bf16 over fp32 weights the weights are cast once per call, the residual stream and RMSNorm stay fp32, and
+activations are cast to bf16 where they enter a matmul, as `torch.autocast` does in the learner.
 
-Numerics equal Hugging Face's forward to float rounding in fp32 (the engine tests compare processed
-logprobs with a full HF forward at 1e-4, and the driver compares with the learner at 1e-4). Models it
-does not cover (rope scaling other than the default, attention or MLP bias, other activations, sliding
-windows, sharded parameters, non-Llama architectures) fall back to the HF forward in `TorchEngine`.
+Hugging Face's forward is the reference: this one equals it to float rounding in fp32
+(tests/test_torch_engine.py compares the engine's processed logprobs with a full HF forward, and the
+driver compares them with the learner's after every weight sync). Models it does not cover run HF's
+forward in `TorchEngine`. It does not do continuous batching or paged attention (vLLM's job on GPU).
 """
 
 from __future__ import annotations
@@ -42,13 +42,15 @@ import torch
 import torch.nn.functional as F
 
 from answerkey.model.llama import EXPLICIT_ATTENTION_MAX, is_plain_llama, rms_norm, rotary_tables, rotate
-from answerkey.model.onednn import ONEDNN, linear
+from answerkey.model.onednn import linear, prepacked
 
 PREFILL_TOKENS = 1024  # prompt tokens per prefill chunk
 
 
 @dataclass
 class _Layer:
+    """One decoder layer's weights for a call, fused and in the compute dtype (`LlamaDecoder._snapshot`)."""
+
     ln1: torch.Tensor
     qkv: torch.Tensor  # (H*D + 2*K*D, hidden), query rows scaled by the attention scale
     o: torch.Tensor
@@ -58,6 +60,8 @@ class _Layer:
 
 
 class LlamaDecoder:
+    """The cached forward of one plain Llama `model` (see the module docstring); holds one call's state."""
+
     def __init__(self, model):
         self.model = model
         cfg = model.config
@@ -65,12 +69,12 @@ class LlamaDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
         self.layers: list[_Layer] = []
-        self.n = 1  # rows per prompt of this call; > 1: prompt and completion KV cached apart (`_attend_groups`)
+        self.n = 1  # rows per prompt of this call; > 1: prompt and completion KV cached apart
         self.k_cache: list[torch.Tensor] = []  # n == 1: (B, K, D, max_len); n > 1: (P, K, n, T, D)
         self.v_cache: list[torch.Tensor] = []  # n == 1: (B, K, max_len, D); n > 1: (P, K, n, T, D)
-        self.k_prompt: list[torch.Tensor] = []  # (P, K, D, L), each prompt's keys once (n == 1: views of the cache)
+        self.k_prompt: list[torch.Tensor] = []  # (P, K, D, L), each prompt's keys once (n == 1: cache views)
         self.v_prompt: list[torch.Tensor] = []  # (P, K, L, D)
-        self.mask: torch.Tensor | None = None  # (rows, 1, 1, slots) 0 where a slot holds a real token, else -inf
+        self.mask: torch.Tensor | None = None  # (rows, 1, 1, slots) 0 where a slot holds a token, else -inf
         self.cos = self.sin = None  # (max_len, D) rotary tables
         self.prompt_len = 0
         self.dtype = torch.float32  # of this call's matmuls and cache
@@ -81,90 +85,103 @@ class LlamaDecoder:
         return cls(model) if is_plain_llama(model) else None
 
     def _snapshot(self, dtype: torch.dtype, rows: int) -> None:
-        """The weights of this call in the compute dtype, fused (the weights cannot change during a call), and on CPU
-        prepacked into oneDNN's blocked layout for a batch of `rows` (10-15% faster GEMMs at decode shapes)."""
+        """The weights of this call in the compute dtype, fused (the weights cannot change during a call), and
+        on CPU prepacked for oneDNN for a batch of `rows` (`onednn.prepacked`)."""
         m, qrows = self.model.model, self.n_heads * self.head_dim
         scale = self.model.model.layers[0].self_attn.scaling
-        packed = ONEDNN and self.model.lm_head.weight.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
 
         def pack(w: torch.Tensor) -> torch.Tensor:
-            w = w.to(dtype)
-            return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows) if packed else w
+            return prepacked(w, dtype, rows)
 
         self.layers = []
         for layer in m.layers:
             a, mlp = layer.self_attn, layer.mlp
             qkv = torch.cat([a.q_proj.weight * scale, a.k_proj.weight, a.v_proj.weight])
             assert qkv.shape[0] == qrows + 2 * self.n_kv * self.head_dim
+            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
             self.layers.append(_Layer(layer.input_layernorm.weight, pack(qkv), pack(a.o_proj.weight),
-                                      layer.post_attention_layernorm.weight,
-                                      pack(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])), pack(mlp.down_proj.weight)))
+                                      layer.post_attention_layernorm.weight, pack(gate_up),
+                                      pack(mlp.down_proj.weight)))
         self.norm, self.head = m.norm.weight, pack(self.model.lm_head.weight)
         self.dtype = dtype
 
     def prefill(self, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, max_len: int,
                 n: int = 1, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Run P (left-padded) prompts once; fill the cache's first L slots of their P * n rows; logits (P * n, V).
+        """Run P left-padded prompts once into the first L cache slots of their P * n rows; logits (P * n, V).
 
         Row r of the cache continues prompt r // n. valid: (P, max_len) bool, True for real prompt tokens and
         every generated slot; positions: (P, L); dtype: of the matmuls and the cache (default: the model's).
-        The prompts run in row chunks of about `PREFILL_TOKENS` tokens, so that a chunk's activations stay in cache.
+        The prompts run in row chunks of about `PREFILL_TOKENS` tokens, so that a chunk's activations stay in
+        cache.
         """
         P, L = input_ids.shape
         emb = self.model.model.embed_tokens.weight
         dtype = dtype or emb.dtype
         self._snapshot(dtype, P * n)
         self.cos, self.sin = rotary_tables(self.model, max_len, emb.device, dtype)
-        K, D = self.n_kv, self.head_dim
-        self.n, self.prompt_len, T = n, L, max_len - L
-        # empty, not zeros: prefill writes slots 0..L-1 of every row and step t writes slot L+t before any read.
-        # Keys read by many queries are stored transposed (.., D, slots): q @ keys is then a plain batched matmul,
-        # which on CPU runs ~1.4x (fp32) to 2x (bf16) faster than one over a transposed view. With n > 1 the
-        # completions' own keys are read by one query row each, and a step's write into a transposed cache
-        # scatters one float per cache line (~4% of a 28m rollout at n = 8): those are stored (.., slots, D).
+        self.n, self.prompt_len = n, L
+        self._allocate(P, L, max_len, emb, dtype)
+        slots = valid if n == 1 else valid[:, :L]
+        mask = torch.zeros(slots.shape, dtype=dtype, device=emb.device)
+        self.mask = mask.masked_fill_(~slots, float("-inf"))[:, None, None]
+        chunk = max(1, PREFILL_TOKENS // L)
+        last = [self._prefill_rows(slice(r, r + chunk), input_ids, valid, positions)
+                for r in range(0, P, chunk)]
+        return self._logits(torch.cat(last)).repeat_interleave(n, dim=0)
+
+    def _allocate(self, P: int, L: int, max_len: int, emb: torch.Tensor, dtype: torch.dtype) -> None:
+        """The KV cache of a call: P prompts of L tokens, `self.n` rows each, `max_len` slots per row.
+
+        Empty, not zeros: prefill writes slots 0..L-1 of every row and step t writes slot L+t before any read.
+        Keys read by many queries are stored transposed (.., D, slots): q @ keys is then a plain batched
+        matmul, which on CPU is faster than one over a transposed view. With n > 1 the completions' own keys
+        are read by one query row each, and a step's write into a transposed cache would scatter one float per
+        cache line: those are stored (.., slots, D).
+        """
+        K, D, n, T = self.n_kv, self.head_dim, self.n, max_len - L
         new = lambda *shape: emb.new_empty(shape, dtype=dtype)  # noqa: E731
         if n == 1:
             self.k_cache = [new(P, K, D, max_len) for _ in self.layers]
             self.v_cache = [new(P, K, max_len, D) for _ in self.layers]
-            self.k_prompt, self.v_prompt = [c[..., :L] for c in self.k_cache], [c[:, :, :L] for c in self.v_cache]
+            self.k_prompt = [c[..., :L] for c in self.k_cache]
+            self.v_prompt = [c[:, :, :L] for c in self.v_cache]
         else:
             self.k_cache = [new(P, K, n, T, D) for _ in self.layers]
             self.v_cache = [new(P, K, n, T, D) for _ in self.layers]
-            self.k_prompt, self.v_prompt = [new(P, K, D, L) for _ in self.layers], [new(P, K, L, D) for _ in self.layers]
-        slots = valid if n == 1 else valid[:, :L]
-        self.mask = torch.zeros(slots.shape, dtype=dtype, device=emb.device).masked_fill_(~slots, float("-inf"))[:, None, None]
-        chunk = max(1, PREFILL_TOKENS // L)
-        last = [self._prefill_rows(slice(r, r + chunk), input_ids, valid, positions) for r in range(0, P, chunk)]
-        return self._logits(torch.cat(last)).repeat_interleave(n, dim=0)
+            self.k_prompt = [new(P, K, D, L) for _ in self.layers]
+            self.v_prompt = [new(P, K, L, D) for _ in self.layers]
 
-    def _prefill_rows(self, rows: slice, input_ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Prompts `rows` through every layer, their keys and values written to the prompt cache; the last hidden (c, d)."""
+    def _prefill_rows(self, rows: slice, input_ids: torch.Tensor, valid: torch.Tensor,
+                      positions: torch.Tensor) -> torch.Tensor:
+        """Prompts `rows` through every layer, their keys and values written to the prompt cache; the last
+        hidden state of each (c, d)."""
         ids, dtype = input_ids[rows], self.dtype
         c, L = ids.shape
         H, K, D = self.n_heads, self.n_kv, self.head_dim
         x = F.embedding(ids, self.model.model.embed_tokens.weight)  # (c, L, hidden), the parameters' dtype
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
         # a left-pad query row attends to itself only: never an all-masked row (NaN) in the cache
-        allowed = (causal & valid[rows, None, None, :L]) | torch.eye(L, dtype=torch.bool, device=x.device)  # (c, 1, L, L)
-        short = L <= EXPLICIT_ATTENTION_MAX
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=x.device).masked_fill_(~allowed, float("-inf"))[:, :, None] \
-            if short else allowed  # short: additive, (c, 1, 1, L, L) against scores (c, K, H/K, L, L)
+        allowed = (causal & valid[rows, None, None, :L]) | torch.eye(L, dtype=torch.bool, device=x.device)
+        short, mask = L <= EXPLICIT_ATTENTION_MAX, allowed  # (c, 1, L, L)
+        if short:  # additive, (c, 1, 1, L, L) against scores (c, K, H/K, L, L)
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=x.device)
+            mask = mask.masked_fill_(~allowed, float("-inf"))[:, :, None]
         cos, sin = self.cos[positions[rows]][:, None], self.sin[positions[rows]][:, None]  # (c, 1, L, D)
         for i, w in enumerate(self.layers):
             qkv = linear(rms_norm(x, w.ln1, self.eps).to(dtype), w.qkv).view(c, L, H + 2 * K, D)
-            qkv = qkv.transpose(1, 2).contiguous()  # (c, heads, L, D): one copy, then every head is contiguous
+            qkv = qkv.transpose(1, 2).contiguous()  # (c, heads, L, D): one copy, then each head is contiguous
             qk = rotate(qkv[:, : H + K], cos, sin)  # (c, H + K, L, D)
-            keys, values = self.k_prompt[i][rows], self.v_prompt[i][rows]  # (c, K, D, L), (c, K, L, D): cache views
+            keys, values = self.k_prompt[i][rows], self.v_prompt[i][rows]  # cache views (c,K,D,L), (c,K,L,D)
             keys.copy_(qk[:, H:].transpose(-1, -2))
             values.copy_(qkv[:, H + K :])
             q = qk[:, :H]  # (c, H, L, D)
-            if short:  # two batched matmuls: for short prompts several times faster than SDPA's flash kernel on CPU
+            if short:  # two batched matmuls: for short prompts faster than SDPA's flash kernel on CPU
                 scores = torch.matmul(q.view(c, K, -1, D), keys).view(c, K, H // K, L, L).add_(mask)
                 probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype).view(c, K, -1, L)
                 out = torch.matmul(probs, values).view(c, H, L, D)
             else:
-                out = F.scaled_dot_product_attention(q, keys.transpose(-1, -2), values, attn_mask=mask, scale=1.0,
-                                                     enable_gqa=K != H)
+                out = F.scaled_dot_product_attention(q, keys.transpose(-1, -2), values, attn_mask=mask,
+                                                     scale=1.0, enable_gqa=K != H)
             x = linear(out.transpose(1, 2).reshape(c, L, H * D), w.o, residual=x)
             x = self._mlp(x, w, dtype)
         return x[:, -1]
@@ -183,17 +200,20 @@ class LlamaDecoder:
             x = self._mlp(linear(out, w.o, residual=x), w, dtype)
         return self._logits(x)
 
-    def _attend_rows(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot: int) -> torch.Tensor:
+    def _attend_rows(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     slot: int) -> torch.Tensor:
         """One query per row over its own cache (n = 1). q (B, H, D), k and v (B, K, D) -> (B, H * D)."""
         B, H, D = q.shape
         K, S = k.shape[1], slot + 1
         self.k_cache[i][..., slot] = k
         self.v_cache[i][:, :, slot] = v
-        scores = torch.matmul(q.view(B, K, H // K, D), self.k_cache[i][..., :S]).add_(self.mask[..., :S])  # (B, K, H/K, S)
+        scores = torch.matmul(q.view(B, K, H // K, D), self.k_cache[i][..., :S])  # (B, K, H/K, S)
+        scores = scores.add_(self.mask[..., :S])
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, self.v_cache[i][:, :, :S]).view(B, H * D)
 
-    def _attend_groups(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot: int) -> torch.Tensor:
+    def _attend_groups(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       slot: int) -> torch.Tensor:
         """n > 1 rows per prompt: the prompt's keys and values are read once for its n rows (one matmul with
         n x H/K queries per KV head), the completion's per row; one softmax over both parts."""
         B, H, D = q.shape

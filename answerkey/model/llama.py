@@ -1,9 +1,15 @@
-"""The pieces of the lean Llama forward that the engine's decode (`decode.py`) and the learner's completion
-forward (`completion.py`) share: which models they cover, RMSNorm, rotary tables and rotation.
+"""What the two lean Llama forwards share: the engine's cached decode (`decode.py`) and the learner's
+completion forward (`completion.py`). Which models they cover, RMSNorm, rotary tables and rotation.
 
-    if is_plain_llama(model):
-        cos, sin = rotary_tables(model, length, device, dtype)    # (length, D) each
-        x = rms_norm(x, weight, eps); q = rotate(q, cos[positions], sin[positions])
+    if is_plain_llama(model):                                   # else: Hugging Face's forward
+        cos, sin = rotary_tables(model, max_len, device, dtype)    # (max_len, D) each
+        q = rotate(q, cos[positions], sin[positions])
+        h = rms_norm(x, layer.input_layernorm.weight, eps)
+
+Both forwards read the Hugging Face module's own parameters and compute what its forward computes (the
+reference; the tests named in `answerkey/model/__init__.py` pin them to it). They cover plain Llama only:
+rope scaling other than the default, attention or MLP bias, other activations, tensor-parallel
+pretraining splits, sharded (DTensor) parameters and other architectures run HF's forward instead.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ EXPLICIT_ATTENTION_MAX = 256  # prompts up to this long attend by two matmuls, l
 
 
 def is_plain_llama(model) -> bool:
-    """True when every feature of the model is one the lean forwards (this one and the learner's) implement."""
+    """True when every feature of the model is one the lean forwards (`decode.py`, `completion.py`)
+    implement."""
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED_TYPES:
         return False

@@ -1,7 +1,19 @@
-"""The optional CPU fast path: oneDNN's GEMMs, and glibc keeping freed memory for reuse.
+"""The optional CPU fast path of the lean forwards: oneDNN's GEMMs, prepacked weights, and glibc keeping
+freed memory for reuse.
 
-    y = linear(x, w, residual=r)    # x @ w.T + r: oneDNN on CPU for fp32/bf16, else F.linear
-    keep_freed_memory()             # once per process, on CPU
+    y = linear(x, w, residual=r)            # x @ w.T + r: oneDNN on CPU for fp32/bf16, else F.linear
+    w = prepacked(weight, dtype, rows=64)   # the engine's per-call snapshot, in oneDNN's blocked layout
+    keep_freed_memory()                     # once per process, on CPU
+
+Nothing here is needed for correctness. Without oneDNN (`ONEDNN` is False), off CPU, under autocast, or in
+a dtype oneDNN does not take, `linear` is `F.linear` and `prepacked` only casts; `keep_freed_memory` only
+changes where freed memory goes. Hugging Face's forward is the reference implementation: the results are
+IEEE fp32/bf16 either way (only the summation order differs), and tests/test_lean_forward.py pins `linear`
+to `F.linear` (forward and backward) and the lean forwards to HF's.
+
+Why: on x86 CPUs without Intel's MKL fast path (AMD), torch's default fp32 GEMM takes an AVX2 path that
+runs well below oneDNN's AVX-512 kernel at the presets' layer shapes, forward and backward; small-batch
+decode GEMMs are faster still with the weights reordered once per call into oneDNN's blocked layout.
 """
 
 from __future__ import annotations
@@ -30,12 +42,12 @@ ONEDNN = _onednn_available()
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the OS; True if it took effect.
 
-    A CPU forward allocates and frees activations of MBs every layer. By default glibc serves blocks over its
-    mmap threshold (128 KB, self-raising up to 32 MB) from fresh `mmap`s, trims its heap, and the next block
-    page-faults every 4 KB page back in: on the machines here a 3 MB GEMM output then took ~5 ms instead of
-    0.4 ms, at random, and a 28m learner's 54 MB gate|up activation always did. With `mmap` off for blocks
-    (M_MMAP_MAX = 0) and no trimming, blocks of every size are recycled from the heap. The cost is a process
-    that keeps its peak heap. Process-wide, idempotent; the engine and the learner call it on CPU.
+    A CPU forward allocates and frees activations of MBs every layer. By default glibc serves blocks over
+    its mmap threshold (128 KB, self-raising up to 32 MB) from fresh `mmap`s and trims its heap, so the
+    next block of that size page-faults every 4 KB page back in, which can cost a GEMM several times its
+    own time. With `mmap` off for blocks (M_MMAP_MAX = 0) and no trimming, blocks of every size are
+    recycled from the heap. The cost is a process that keeps its peak heap. Process-wide, idempotent; the
+    engine and the learner call it on CPU.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -48,7 +60,8 @@ def keep_freed_memory() -> bool:
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """x @ w.T through oneDNN, with the two backward GEMMs through oneDNN as well (strided operands, no copies)."""
+    """x @ w.T through oneDNN, with the two backward GEMMs through oneDNN as well (strided operands, no
+    copies)."""
 
     @staticmethod
     def forward(ctx, x, w):
@@ -66,20 +79,19 @@ class _OneDNNLinear(torch.autograd.Function):
             # oneDNN copies a transposed input to contiguous first: transpose the smaller of dy and x
             if d2.shape[1] <= x2.shape[1]:
                 dw = torch.ops.mkldnn._linear_pointwise(d2.t(), x2.t(), None, "none", [], "")  # dy^T @ x
-            else:
-                dw = torch.ops.mkldnn._linear_pointwise(x2.t(), d2.t(), None, "none", [], "").t().contiguous()  # (x^T @ dy)^T
+            else:  # (x^T @ dy)^T
+                dw = torch.ops.mkldnn._linear_pointwise(x2.t(), d2.t(), None, "none", [], "").t().contiguous()
         return dx, dw
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
     """x @ w.T (+ residual): oneDNN's GEMM for fp32/bf16 on CPU, else `F.linear`. Same shapes and dtypes.
 
-    On the AMD EPYC machines here torch's default fp32 GEMM (MKL, which takes its AVX2 path on AMD) runs at
-    under half the rate of oneDNN's AVX-512 kernel at every layer shape of the presets, forward and backward;
-    the result is IEEE fp32 either way (only the summation order differs). Under autocast (the learner's
-    bf16) and off CPU it is plain `F.linear`, which autocast and cuBLAS handle.
+    `w` may be `prepacked`. Under autocast (the learner's bf16) and off CPU it is plain `F.linear`, which
+    autocast and cuBLAS handle.
     """
-    cpu = ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16)
+    cpu = (ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype
+           and x.dtype in (torch.float32, torch.bfloat16))
     if not cpu or torch.is_autocast_enabled("cpu"):
         y = F.linear(x, w)
         return y if residual is None else residual + y
@@ -91,3 +103,11 @@ def linear(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None = Non
     y = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return y if residual is None else residual + y
 
+
+def prepacked(w: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.Tensor:
+    """`w` in `dtype`; on CPU in fp32/bf16 also reordered into oneDNN's blocked layout for inputs of `rows`
+    rows, for `linear` without autograd (the engine's weights, which cannot change during a call)."""
+    w = w.to(dtype)
+    if ONEDNN and w.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16):
+        return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
+    return w
