@@ -90,9 +90,3 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: LossAgg, norm: 
     if mode == "dr-grpo":
         return masked.sum() / max(norm.sequences * norm.max_new_tokens, 1)
     raise ValueError(f"unknown loss aggregation {mode!r}; expected token-mean, sequence-mean or dr-grpo")
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean of x over mask (a float for metrics); 0.0 when the mask is empty."""
-    n = mask.sum()
-    return float((x * mask).sum() / n) if n > 0 else 0.0

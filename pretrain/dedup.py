@@ -93,11 +93,6 @@ class MinHasher:
                          for band in bands], dtype=np.uint64)
 
 
-def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Share of equal minima of two signatures: an unbiased estimate of their shingle sets' Jaccard similarity."""
-    return float(np.mean(a == b))
-
-
 class DedupIndex:
     """Docs are added in order; exact copies are refused at once, near-duplicates found at the end."""
 

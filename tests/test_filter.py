@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from answerkey.cli import main
 from answerkey.config import ConfigError, build_config
-from answerkey.pretrain.dedup import Dedup, DedupIndex, MinHasher, estimated_jaccard, normalize
+from answerkey.pretrain.dedup import Dedup, DedupIndex, MinHasher, normalize
 from answerkey.pretrain.filter import DocFilter, FilterConfig, InputError, filter_file
 from answerkey.pretrain.filter_rules import C4Lines, Pii, PiiFormatter, c4_lines
 from tests.conftest import SHARED_DATA
@@ -211,6 +212,11 @@ def test_near_duplicates_are_removed_and_unrelated_docs_kept():
     accepted = [index.add(t) for t in texts]
     assert accepted == [True] * (len(texts) - 1) + [False]  # the last one is an exact copy
     assert index.near_duplicates() == {151, 152}  # both edited copies; the first (original) is kept
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of equal minima of two signatures: an unbiased estimate of their shingle sets' Jaccard similarity."""
+    return float(np.mean(a == b))
 
 
 def test_minhash_estimates_the_exact_jaccard_of_5_gram_sets():
