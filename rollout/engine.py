@@ -69,7 +69,8 @@ class Completion:
 class RolloutEngine(Protocol):
     """What a rollout worker needs from an inference engine."""
 
-    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Sequence[int]], n: int,
+                 sampling: SamplingParams) -> list[list[Completion]]:
         """`n` completions for each prompt (token ids), as a (P, n) nested list."""
         ...
 

@@ -47,7 +47,8 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Sequence[int]], n: int,
+                 sampling: SamplingParams) -> list[list[Completion]]:
         return self.engine.generate(prompts, n, sampling)
 
     def rollout(self, env_path: str, env_kwargs: Mapping[str, Any], problems: Sequence[Problem], n: int,
@@ -75,7 +76,8 @@ class RolloutWorker:
         engine.reset_prefix_cache()
         return engine.weights_checksum()
 
-    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int], sampling: SamplingParams) -> list[float]:
+    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int],
+                    sampling: SamplingParams) -> list[float]:
         return self.engine.logprobs_of(prompt, completion, sampling)
 
     def rng_state(self) -> torch.Tensor:
