@@ -1,16 +1,17 @@
-"""Pretraining throughput on CPU: tokens/s and MFU at the demo's model sizes, fp32 vs bf16 autocast, side by side.
+"""Pretraining throughput on CPU: tokens/s and MFU at the demo's model sizes, fp32 vs bf16 autocast, side
+by side.
 
-    python benchmarks/pretrain.py                           # tiny and 1.4m presets, 16 x 128-token rows, 2 threads
+    python benchmarks/pretrain.py                  # tiny and 1.4m presets, 16 x 128-token rows, 2 threads
     python benchmarks/pretrain.py --presets 1.4m 28m --steps 20 --json out.json
 
 Protocol: the real training step (`pretrain.loop.Loop.train_step`: forward, the masked next-token
 loss `answerkey.model.nll_sum`, backward, clip, AdamW + schedule) on windows of GSM8K train text from
 ../shared/data, encoded with one 512-token BPE tokenizer. Per preset, two copies of the same
 freshly initialized model train side by side, one in fp32 and one under bf16 autocast, their steps
-alternating (after 2 warm-up steps each), so load changes on this shared machine hit both alike.
+alternating (after 2 warm-up steps each), so load changes on a shared machine hit both alike.
 Reported per side: tokens / median step time; the bf16/fp32 speed is the median of the per-round
 ratios. MFU = achieved FLOP/s / the matmul peak measured in the same process (best of a few
-2048^3 GEMMs, benchmarks/engine.py) in the side's compute dtype, and against the fp32 peak. FLOPs
+2048^3 GEMMs, benchmarks/floor.py) in the side's compute dtype, and against the fp32 peak. FLOPs
 per trained token: 6 N + 12 n_layers d T (PaLM's count; N = parameters with the tied embedding
 counted once, as the LM head's matmul; T = context length).
 """
@@ -53,7 +54,8 @@ def side_by_side(preset: str, shards, tok, args, work: Path) -> dict[str, list[f
     stage = Stage("pretrain", rows, [], [], lambda p, t: t)
     loops = {}
     for precision in ("fp32", "bf16"):
-        train = TrainConfig(steps=args.steps + 2, batch_size=args.batch, micro_batch_size=args.batch, precision=precision)
+        train = TrainConfig(steps=args.steps + 2, batch_size=args.batch, micro_batch_size=args.batch,
+                            precision=precision)
         model = build_model(preset, len(tok), chat.stop_token_ids(tok), pad_id=tok.pad_token_id, seed=0)
         loops[precision] = Loop(stage, model, tok, train, RunDir(work, cfg), Console(quiet=True))
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
@@ -78,10 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     peaks = {"fp32": matmul_peak()[0], "bf16": matmul_peak(dtype=torch.bfloat16)[0]}
     work = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
     texts = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
-    (work / "corpus.jsonl").write_text("".join(json.dumps({"text": f"{r['question']}\n{r['answer']}"}) + "\n" for r in texts))
+    (work / "corpus.jsonl").write_text("".join(json.dumps({"text": f"{r['question']}\n{r['answer']}"}) + "\n"
+                                               for r in texts))
     tok = train_bpe((f"{r['question']}\n{r['answer']}" for r in texts), 512)
     shards = corpus.encode_corpus(tok, [work / "corpus.jsonl"], work / "data", heldout_fraction=0.05)
-    print(f"torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.1f}; matmul peak fp32 "
+    print(f"torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.1f}; "
+          f"matmul peak fp32 "
           f"{peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s; {args.batch} rows x "
           f"{args.seq_len} tokens per step, {args.steps} timed steps per side, alternating")
     result = {"peaks": peaks, "threads": args.threads, "rows": []}
@@ -94,11 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
             row = {"preset": preset, "precision": precision, "tokens_per_s": tok_s, "gflops": achieved / 1e9,
                    "mfu": achieved / peaks[precision], "mfu_of_fp32_peak": achieved / peaks["fp32"]}
             result["rows"].append(row)
-            print(f"{preset:5} {precision}: {tok_s:8.0f} tokens/s  {row['gflops']:6.2f} GFLOP/s  MFU {row['mfu']:.1%} of "
-                  f"the {precision} peak ({row['mfu_of_fp32_peak']:.1%} of fp32's)")
+            print(f"{preset:5} {precision}: {tok_s:8.0f} tokens/s  {row['gflops']:6.2f} GFLOP/s  "
+                  f"MFU {row['mfu']:.1%} of the {precision} peak ({row['mfu_of_fp32_peak']:.1%} of fp32's)")
         ratio = statistics.median(f / b for f, b in zip(times["fp32"], times["bf16"], strict=True))
         result[f"{preset}_bf16_speedup"] = ratio
-        print(f"{preset}: bf16 autocast is {ratio:.2f}x the speed of fp32 (median of {args.steps} paired steps)")
+        print(f"{preset}: bf16 autocast is {ratio:.2f}x the speed of fp32 (median of {args.steps} paired "
+              "steps)")
     print(f"load after: {os.getloadavg()[0]:.1f}")
     shutil.rmtree(work)
     if args.json:

@@ -1,6 +1,6 @@
 """BPE training time: HF `tokenizers` (what pretrain/tokenizer.py uses) vs rustbpe + an export to HF format.
 
-    python benchmarks/tokenizer.py                          # GSM8K train text, vocab 512 / 2048 / 8192, 5 runs
+    python benchmarks/tokenizer.py                 # GSM8K train text, vocab 512 / 2048 / 8192, 5 runs
     python benchmarks/tokenizer.py --copies 4 --vocab 4096 --runs 3
 
 Protocol: the same corpus (GSM8K train questions + answers from ../shared/data, repeated `--copies`
@@ -8,9 +8,9 @@ times), the same GPT-4 split regex and the same final vocabulary size (256 bytes
 + merges; rustbpe gets V - 8 and the specials are added on export). The sides alternate, `runs`
 times each; the median is reported. The rustbpe side is `rustbpe.Tokenizer.train_from_iterator`
 plus the export (`pretrain.tokenizer.from_ranks`: its merge ranks -> a `tokenizers` BPE with our
-pre-tokenizer and special tokens), so both end with the same kind of object. The export is checked: on 500 documents its
-ids equal a tiktoken Encoding built from rustbpe's ranks. Torch is not involved; both trainers use
-every core they are given (rayon / the tokenizers thread pool), and this machine has 2.
+pre-tokenizer and special tokens), so both end with the same kind of object. The export is checked:
+on 500 documents its ids equal a tiktoken Encoding built from rustbpe's ranks. Torch is not involved;
+both trainers use every core they are given (rayon / the tokenizers thread pool).
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
                "rustbpe_over_hf": med["rustbpe + export"] / med["HF tokenizers"], "export_mismatches": bad,
                "sizes": [len(hf), len(exported)]}
         result["rows"].append(row)
-        print(f"vocab {vocab:5d}: HF tokenizers {row['hf_s']:.2f} s, rustbpe + export {row['rustbpe_s']:.2f} s "
+        print(f"vocab {vocab:5d}: HF tokenizers {row['hf_s']:.2f} s, "
+              f"rustbpe + export {row['rustbpe_s']:.2f} s "
               f"(rustbpe takes {row['rustbpe_over_hf']:.2f}x HF's time); export ids == tiktoken on "
               f"{500 - bad}/500 documents; vocab sizes {row['sizes']}")
     print(f"load after: {os.getloadavg()[0]:.1f}")
