@@ -29,8 +29,8 @@ import torch
 from answerkey import chat, driver, local
 from answerkey.config import load_config
 from answerkey.envs import load_env
+from answerkey.model import build_model
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rundir import RunDir
 

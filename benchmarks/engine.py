@@ -1,12 +1,12 @@
 """Rollout engine tokens/s on CPU against Hugging Face `generate`, side by side, with the compute floor.
 
-    python benchmarks/engine.py                       # 1.4m and 28m presets, batch 64, 64 new tokens, fp32, 2 threads
+    python benchmarks/engine.py              # 1.4m and 28m presets, batch 64, 64 new tokens, fp32, 2 threads
     python benchmarks/engine.py --presets 1.4m --runs 4 --json out.json
 
-Protocol (issue 4): the same freshly initialized Llama preset and BPE tokenizer, the same 64 left-padded
+Protocol: the same freshly initialized Llama preset and BPE tokenizer, the same 64 left-padded
 prompts (held-out synthetic problems), completions forced to exactly `new_tokens` tokens on every side
 (ours: `ignore_eos`; HF: `min_new_tokens`), temperature 1, no top-k/top-p. Three sides run in
-alternation, `runs` times each: ours (the lean Llama forward, `rollout/llama_decode.py`), ours with
+alternation, `runs` times each: ours (the lean Llama forward, `answerkey/model/decode.py`), ours with
 the Hugging Face forward (`TorchEngine(lean=False)`: same loop and static cache, HF modules), and
 `model.generate` with its default dynamic cache (the peer's exact call is printed). Reported: the
 median of runs 3..runs (the first two warm up), tokens/s (new tokens, prefill included), ours / HF,
@@ -32,8 +32,8 @@ from gpu_engine import left_padded
 
 from answerkey import chat
 from answerkey.envs.synthetic import SyntheticEnv
+from answerkey.model import build_model, num_parameters
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
@@ -62,7 +62,8 @@ def HF_CALL(ids, mask, new_tokens: int, pad_id: int) -> dict:  # noqa: N802 - pr
 
 
 def bench(preset: str, tokenizer, prompts, new_tokens: int, runs: int) -> dict:
-    model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id).eval()
+    model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer),
+                        pad_id=tokenizer.pad_token_id).eval()
     peak, shape, by_library = matmul_peak(model)
     calls = sides(model, tokenizer, prompts, new_tokens)
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -100,9 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = train_bpe([chat.render(c) for c in solution_conversations(env)], vocab_size=384)
     prompts = [chat.prompt_ids(tokenizer, q.messages()) for q in env.problems("test")[: args.batch]]
     ids, mask = left_padded(prompts, tokenizer.pad_token_id, "cpu")
-    peer = {k: v for k, v in HF_CALL(ids, mask, args.new_tokens, tokenizer.pad_token_id).items() if not hasattr(v, "shape")}
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads\nbatch {len(prompts)}, prompts of {min(map(len, prompts))}-"
-          f"{max(map(len, prompts))} tokens, {args.new_tokens} new tokens, fp32, median of runs 3..{args.runs}\n"
+    call = HF_CALL(ids, mask, args.new_tokens, tokenizer.pad_token_id)
+    peer = {k: v for k, v in call.items() if not hasattr(v, "shape")}
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads\n"
+          f"batch {len(prompts)}, prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
+          f"{args.new_tokens} new tokens, fp32, median of runs 3..{args.runs}\n"
           f"peer: model.generate(input_ids, attention_mask, **{peer})")
     result = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": args.threads,
               "batch": len(prompts), "new_tokens": args.new_tokens, "rows": []}
@@ -110,11 +113,13 @@ def main(argv: list[str] | None = None) -> dict:
         row = bench(preset, tokenizer, prompts, args.new_tokens, args.runs)
         result["rows"].append(row)
         libs = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in row["peak_by_library"].items())
-        print(f"\n{preset} ({row['parameters']:,} parameters): fp32 matmul peak {row['peak_flops'] / 1e9:.0f} GFLOP/s at "
+        print(f"\n{preset} ({row['parameters']:,} parameters): fp32 matmul peak "
+              f"{row['peak_flops'] / 1e9:.0f} GFLOP/s at "
               f"{row['peak_shape']} ({libs}), floor {row['floor_s'] * 1e3:.0f} ms per call; load "
               f"{', '.join(f'{x:.2f}' for x in row['loadavg'])}")
         for name, side in row["sides"].items():
-            print(f"  {name:18} {side['tok_s']:9.0f} tok/s  {side['seconds'] * 1e3:8.0f} ms  {side['x_floor']:6.2f}x floor")
+            print(f"  {name:18} {side['tok_s']:9.0f} tok/s  {side['seconds'] * 1e3:8.0f} ms  "
+                  f"{side['x_floor']:6.2f}x floor")
         print(f"  ours / HF generate: {row['ours_vs_hf']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:

@@ -1,8 +1,8 @@
 """Torch engine tokens/s on one GPU against Hugging Face `model.generate`, side by side in one process.
 
     python benchmarks/gpu_engine.py                 # 28m preset, batch 64, 64 new tokens, fp32 then bf16
-    python benchmarks/gpu_engine.py --device cpu --preset tiny --batch 4 --new-tokens 8 --repeats 1   # rehearsal
     python benchmarks/gpu_engine.py --json out.json # also write the numbers as JSON
+    python benchmarks/gpu_engine.py --device cpu --preset tiny --batch 4 --new-tokens 8 --repeats 1  # try
 
 Both sides sample `batch` completions (temperature 1, no top-k/top-p) of exactly `new_tokens` tokens
 (EOS ignored: `ignore_eos` for ours, `min_new_tokens` for HF) from the same left-padded prompts (held-out
@@ -13,8 +13,8 @@ ours/HF; absolute numbers depend on the card, its clocks and the host CPU (a 28M
 bound by kernel launches, not by the GPU's arithmetic). On CUDA it also counts the GPU->CPU
 synchronizations of one call of each side (`torch.cuda.set_sync_debug_mode`).
 
-What it does not measure: vLLM (not on the test machine), torch.compile or CUDA graphs (neither
-side uses them), long prompts, or memory.
+What it does not measure: vLLM, torch.compile or CUDA graphs (neither side uses them), long prompts, or
+memory.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import transformers
 
 from answerkey import chat
 from answerkey.envs.synthetic import SyntheticEnv
+from answerkey.model import build_model, num_parameters
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
@@ -91,14 +91,17 @@ def measure(model, tokenizer, prompts: list[list[int]], new_tokens: int, device:
         return sum(len(c.token_ids) for g in engine.generate(prompts, 1, sampling) for c in g)
 
     def hf() -> int:
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                             top_p=1.0,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             pad_token_id=tokenizer.pad_token_id)
         return int(out[:, ids.shape[1]:].numel())
 
     ours_s, ours_tokens = timed(ours, device, repeats)
     hf_s, hf_tokens = timed(hf, device, repeats)
     return {"ours_s": ours_s, "hf_s": hf_s, "ours_tokens": ours_tokens, "hf_tokens": hf_tokens,
-            "ours_tok_s": ours_tokens / ours_s, "hf_tok_s": hf_tokens / hf_s, "ratio": (ours_tokens / ours_s) / (hf_tokens / hf_s),
+            "ours_tok_s": ours_tokens / ours_s, "hf_tok_s": hf_tokens / hf_s,
+            "ratio": (ours_tokens / ours_s) / (hf_tokens / hf_s),
             "ours_syncs": count_syncs(ours, device), "hf_syncs": count_syncs(hf, device)}
 
 
@@ -115,17 +118,22 @@ def main(argv: list[str] | None = None) -> dict:
     env = SyntheticEnv(difficulty=2, train_size=2000, test_size=max(200, args.batch))
     tokenizer = train_bpe([chat.render(c) for c in solution_conversations(env)], vocab_size=384)
     prompts = [chat.prompt_ids(tokenizer, p.messages()) for p in env.problems("test")[: args.batch]]
-    model = build_model(args.preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id)
+    model = build_model(args.preset, len(tokenizer), chat.stop_token_ids(tokenizer),
+                        pad_id=tokenizer.pad_token_id)
     card = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    result = {"card": card, "torch": torch.__version__, "transformers": transformers.__version__, "preset": args.preset,
+    result = {"card": card, "torch": torch.__version__, "transformers": transformers.__version__,
+              "preset": args.preset,
               "parameters": num_parameters(model), "batch": len(prompts), "new_tokens": args.new_tokens,
               "prompt_tokens": [min(map(len, prompts)), max(map(len, prompts))], "rows": []}
     print(f"{card}, torch {torch.__version__}, transformers {transformers.__version__}; {args.preset} preset "
-          f"({result['parameters']:,} parameters), batch {len(prompts)}, prompts of {result['prompt_tokens']} tokens, "
+          f"({result['parameters']:,} parameters), batch {len(prompts)}, prompts of "
+          f"{result['prompt_tokens']} tokens, "
           f"{args.new_tokens} new tokens, median of {args.repeats}")
-    print(f"{'dtype':6} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8} {'syncs ours':>11} {'syncs HF':>9}")
+    print(f"{'dtype':6} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8} {'syncs ours':>11} "
+          f"{'syncs HF':>9}")
     for name, dtype in DTYPES.items():
-        row = {"dtype": name} | measure(model.to(args.device, dtype), tokenizer, prompts, args.new_tokens, args.device, args.repeats)
+        row = {"dtype": name} | measure(model.to(args.device, dtype), tokenizer, prompts, args.new_tokens,
+                                        args.device, args.repeats)
         result["rows"].append(row)
         print(f"{name:6} {row['ours_tok_s']:11.0f} {row['hf_tok_s']:10.0f} {row['ratio']:8.2f} "
               f"{row['ours_syncs']!s:>11} {row['hf_syncs']!s:>9}")

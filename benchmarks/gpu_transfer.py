@@ -2,8 +2,8 @@
 
     python benchmarks/gpu_transfer.py            # needs CUDA; prints what it checked and timings
 
-NEVER RUN yet: written on a CPU machine; the lent GPU's tool ran main's tree, which lacks this file.
-Without `pip install -e .` on the GPU machine, first link the areas into the package:
+NEVER RUN on a GPU yet. Without `pip install -e .` on the GPU machine, first link the areas into the
+package:
 `for d in rollout learner rewards envs pretrain; do ln -sfn ../$d answerkey/$d; done`.
 
 1. CUDA IPC (`transfer.ipc_handles` / `open_ipc_handles`, the colocated path): a "learner" process
@@ -65,7 +65,8 @@ def check_ipc() -> None:
     assert from_engine.get(timeout=60) == transfer.expected_checksums(model)["0.weight"], "IPC view is a copy"
     to_engine.put("done")
     proc.join(timeout=60)
-    print(f"[ipc] {len(got)} tensors opened in {opened * 1e3:.1f} ms; checksums equal; in-place change visible: OK")
+    print(f"[ipc] {len(got)} tensors opened in {opened * 1e3:.1f} ms; checksums equal; in-place change "
+          "visible: OK")
 
 
 def check_nccl_group() -> None:
@@ -82,7 +83,9 @@ def check_nccl_group() -> None:
     start = time.perf_counter()
     sent = group.send(model.named_parameters(), version=1, dtype=torch.bfloat16)
     torch.cuda.synchronize()
-    print(f"[nccl] group of 1 on {group.device}: sent {sent / 1e6:.1f} MB (bf16) in {(time.perf_counter() - start) * 1e3:.1f} ms: OK")
+    elapsed = time.perf_counter() - start
+    print(f"[nccl] group of 1 on {group.device}: sent {sent / 1e6:.1f} MB (bf16) in {elapsed * 1e3:.1f} ms: "
+          "OK")
     del store
 
 

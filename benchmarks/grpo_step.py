@@ -1,11 +1,12 @@
-"""One GRPO step (sample + learn) on CPU: ours against TRL's `GRPOTrainer`, side by side, with the compute floor.
+"""One GRPO step (sample + learn) on CPU: ours against TRL's `GRPOTrainer`, side by side, with the compute
+floor.
 
     pip install -e .[bench]                            # trl and its dependencies
-    python benchmarks/grpo_step.py                     # 28m preset, fp32, 8 prompts x 8 completions x 64 tokens
+    python benchmarks/grpo_step.py                 # 28m preset, fp32, 8 prompts x 8 completions x 64 tokens
     python benchmarks/grpo_step.py --precision bf16    # both sides bf16 autocast over fp32 master weights
     python benchmarks/grpo_step.py --steps 10 --json out.json
 
-Protocol (issue 4): the same freshly initialized Llama preset (two identical copies, one per side) and BPE
+Protocol: the same freshly initialized Llama preset (two identical copies, one per side) and BPE
 tokenizer; the same P problems per step (problems P*(k-1) .. P*k-1 of the synthetic world at step k, each
 side renders them with the same chat template: checked to give identical token ids); G completions of
 exactly `new_tokens` tokens (ours: `ignore_eos`; TRL: `min_new_tokens` in `generation_kwargs`);
@@ -41,8 +42,8 @@ from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
 from answerkey.envs.synthetic import SyntheticEnv
 from answerkey.learner.learner import Learner
+from answerkey.model import build_model, num_parameters
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rewards.score import Score, Status
 from answerkey.rollout.engine import SamplingParams
@@ -110,11 +111,13 @@ def run(args) -> dict:
     tokenizer = train_bpe([chat.render(c) for c in solution_conversations(env)], vocab_size=384)
     problems = list(env.problems("train"))[: args.prompts * args.steps]
     for p in problems:  # identical prompts on both sides
-        assert tokenizer.apply_chat_template(p.messages(), add_generation_prompt=True, tokenize=True,
-                                             return_dict=True)["input_ids"] == chat.prompt_ids(tokenizer, p.messages())
+        rendered = tokenizer.apply_chat_template(p.messages(), add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"]
+        assert rendered == chat.prompt_ids(tokenizer, p.messages())
 
     def make():
-        return build_model(args.preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id)
+        return build_model(args.preset, len(tokenizer), chat.stop_token_ids(tokenizer),
+                           pad_id=tokenizer.pad_token_id)
 
     ours = Ours(make(), tokenizer, problems, args)
     trl_model = make()
@@ -142,22 +145,27 @@ def run(args) -> dict:
     trainer = GRPOTrainer(model=trl_model, reward_funcs=[trl_reward], args=cfg, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[alternate])
     trainer.train()
-    lengths = trainer._metrics["train"]["completions/min_length"] + trainer._metrics["train"]["completions/max_length"]
+    train_metrics = trainer._metrics["train"]
+    lengths = train_metrics["completions/min_length"] + train_metrics["completions/max_length"]
     assert set(lengths) <= {float(args.new_tokens)}, f"TRL completion lengths {sorted(set(lengths))}"
 
     peak, shape, by_library = matmul_peak(trl_model, DTYPES[args.precision])
     tokens = args.prompts * args.group * args.new_tokens
     floor_s = (2 * n * tokens + 6 * n * tokens) / peak
     med = {"ours": statistics.median(ours.seconds[2:]), "trl": statistics.median(alternate.seconds[2:])}
-    phases = {name: statistics.median(p[i] for p in ours.phases[2:]) for i, name in enumerate(("rollout", "learn"))}
-    return {"preset": args.preset, "parameters": n, "precision": args.precision, "threads": torch.get_num_threads(),
+    phases = {name: statistics.median(p[i] for p in ours.phases[2:])
+              for i, name in enumerate(("rollout", "learn"))}
+    return {"preset": args.preset, "parameters": n, "precision": args.precision,
+            "threads": torch.get_num_threads(),
             "P": args.prompts, "G": args.group, "new_tokens": args.new_tokens, "steps": args.steps,
-            "peak_flops": peak, "peak_shape": shape, "peak_by_library": by_library, "floor_s": floor_s, "median_s": med,
-            "trl_over_ours": med["trl"] / med["ours"], "ours_x_floor": med["ours"] / floor_s,
+            "peak_flops": peak, "peak_shape": shape, "peak_by_library": by_library, "floor_s": floor_s,
+            "median_s": med, "trl_over_ours": med["trl"] / med["ours"], "ours_x_floor": med["ours"] / floor_s,
             "trl_x_floor": med["trl"] / floor_s, "ours_phases_s": phases,
-            "ours_s": ours.seconds, "trl_s": alternate.seconds, "trl_config": {k: v for k, v in fields.items() if k != "output_dir"},
+            "ours_s": ours.seconds, "trl_s": alternate.seconds,
+            "trl_config": {k: v for k, v in fields.items() if k != "output_dir"},
             "ours_config": {"learner": ours.cfg.model_dump(), "engine_precision": args.precision},
-            "loadavg": os.getloadavg(), "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+            "loadavg": os.getloadavg(),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                                                      "trl": __import__("trl").__version__}}
 
 
@@ -177,10 +185,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     r = run(args)
-    print(f"torch {r['versions']['torch']}, transformers {r['versions']['transformers']}, trl {r['versions']['trl']}; "
-          f"{r['threads']} threads; {r['precision']} matmul peak {r['peak_flops'] / 1e9:.0f} GFLOP/s at {r['peak_shape']} "
+    print(f"torch {r['versions']['torch']}, transformers {r['versions']['transformers']}, "
+          f"trl {r['versions']['trl']}; "
+          f"{r['threads']} threads; {r['precision']} matmul peak {r['peak_flops'] / 1e9:.0f} GFLOP/s at "
+          f"{r['peak_shape']} "
           f"({', '.join(f'{k} {v / 1e9:.0f}' for k, v in r['peak_by_library'].items())})\n"
-          f"{r['preset']} ({r['parameters']:,} parameters), P={r['P']} x G={r['G']} x {r['new_tokens']} tokens, "
+          f"{r['preset']} ({r['parameters']:,} parameters), P={r['P']} x G={r['G']} x {r['new_tokens']} "
+          "tokens, "
           f"median of steps 3..{r['steps']}; load {', '.join(f'{x:.2f}' for x in r['loadavg'])}\n"
           f"TRL GRPOConfig: {r['trl_config']}\n"
           f"floor {r['floor_s']:.2f} s (2N per generated + 6N per trained token)\n"

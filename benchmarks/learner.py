@@ -4,12 +4,12 @@
     python benchmarks/learner.py --precision bf16 --runs 8 --json out.json
 
 One GRPO batch as the benchmarks' step makes it: P = 8 problems of the synthetic world (their real chat
-prompts), G = 8 completions each of exactly 64 tokens (random ids, fixed seed), rewards in [0, 1].
-Two sides alternate, `runs` times each, on identical copies of the freshly initialized preset:
+prompts), G = 8 completions each of exactly 64 tokens (random ids, fixed seed), rewards in [0, 1]. Two
+sides alternate, `runs` times each, on identical copies of the freshly initialized preset:
 `Learner.backward` as shipped (the lean Llama forward with each distinct prompt run once,
-`learner/forward.py`, oneDNN GEMMs) and the same Learner with `lean=False` (the Hugging Face model's
-forward on every full prompt + completion sequence, as TRL and most trainers run it). `backward` is the
-whole micro-batched forward + loss + backward, no optimizer step (timed apart, once).
+`answerkey/model/completion.py`, oneDNN GEMMs) and the same Learner with `lean=False` (the Hugging Face
+model's forward on every full prompt + completion sequence, as TRL and most trainers run it). `backward`
+is the whole micro-batched forward + loss + backward, no optimizer step (timed apart, once).
 
 Reported, on the median of runs 3..N: seconds, and throughput as a share of the peak
 (`benchmarks/floor.py`, measured in this run in the same precision) counted two ways: `mfu` = 6N FLOPs
@@ -35,8 +35,8 @@ from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
 from answerkey.envs.synthetic import SyntheticEnv
 from answerkey.learner.learner import Learner
+from answerkey.model import build_model, num_parameters
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model, num_parameters
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rewards.score import Score, Status
 from answerkey.rollout.engine import SamplingParams
@@ -49,7 +49,8 @@ def grpo_groups(tokenizer, env, P: int, G: int, T: int, seed: int = 0) -> list[l
     groups = []
     for problem in env.problems("train")[:P]:
         prompt = chat.prompt_ids(tokenizer, problem.messages())
-        groups.append([Trajectory(prompt, [rng.randrange(8, len(tokenizer)) for _ in range(T)], [1] * T, [-6.0] * T,
+        groups.append([Trajectory(prompt, [rng.randrange(8, len(tokenizer)) for _ in range(T)], [1] * T,
+                                  [-6.0] * T,
                                   Score(rng.random(), Status.partial), "length") for _ in range(G)])
     return groups
 
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     sampling = SamplingParams(max_new_tokens=args.new_tokens)
     sides = {}
     for name, lean in (("ours", True), ("HF forward", False)):
-        model = build_model(args.preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id)
+        model = build_model(args.preset, len(tokenizer), chat.stop_token_ids(tokenizer),
+                            pad_id=tokenizer.pad_token_id)
         sides[name] = Learner(model, cfg, sampling, total_steps=10, lean=lean)
     n = num_parameters(model)
     batch = sides["ours"].prepare(groups)
@@ -94,20 +96,23 @@ def main(argv: list[str] | None = None) -> dict:
     peak, shape, by_library = matmul_peak(model, DTYPES[args.precision])
     result = {"preset": args.preset, "parameters": n, "precision": args.precision, "threads": args.threads,
               "P": args.prompts, "G": args.group, "new_tokens": args.new_tokens, "trained_tokens": trained,
-              "peak_flops": peak, "peak_shape": shape, "peak_by_library": by_library, "optimizer_step_s": optimizer_s,
-              "loadavg": os.getloadavg(), "sides": {}}
+              "peak_flops": peak, "peak_shape": shape, "peak_by_library": by_library,
+              "optimizer_step_s": optimizer_s, "loadavg": os.getloadavg(), "sides": {}}
     for name in sides:
         med = statistics.median(times[name][2:] or times[name])
-        result["sides"][name] = {"seconds": med, "tokens": tokens[name], "mfu": 6 * n * tokens[name] / med / peak,
+        result["sides"][name] = {"seconds": med, "tokens": tokens[name],
+                                 "mfu": 6 * n * tokens[name] / med / peak,
                                  "mfu_trained": 6 * n * trained / med / peak, "runs_s": times[name]}
     result["hf_over_ours"] = result["sides"]["HF forward"]["seconds"] / result["sides"]["ours"]["seconds"]
-    print(f"{args.preset} ({n:,} parameters), {args.precision}, {args.threads} threads, P={args.prompts} x G={args.group} x "
+    print(f"{args.preset} ({n:,} parameters), {args.precision}, {args.threads} threads, "
+          f"P={args.prompts} x G={args.group} x "
           f"{args.new_tokens} tokens ({trained} trained), median of runs 3..{args.runs}; load "
-          f"{', '.join(f'{x:.2f}' for x in result['loadavg'])}\n{args.precision} matmul peak {peak / 1e9:.0f} GFLOP/s at "
+          f"{', '.join(f'{x:.2f}' for x in result['loadavg'])}\n"
+          f"{args.precision} matmul peak {peak / 1e9:.0f} GFLOP/s at "
           f"{shape} ({', '.join(f'{k} {v / 1e9:.0f}' for k, v in by_library.items())})")
     for name, side in result["sides"].items():
-        print(f"  {name:10} fwd+bwd {side['seconds']:.2f} s over {side['tokens']} tokens: {side['mfu']:.0%} of peak "
-              f"({side['mfu_trained']:.0%} counting trained tokens only)")
+        print(f"  {name:10} fwd+bwd {side['seconds']:.2f} s over {side['tokens']} tokens: "
+              f"{side['mfu']:.0%} of peak ({side['mfu_trained']:.0%} counting trained tokens only)")
     print(f"  HF forward / ours: {result['hf_over_ours']:.2f}x; optimizer step {optimizer_s:.2f} s")
     if args.json:
         with open(args.json, "w") as f:

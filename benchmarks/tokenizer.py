@@ -1,38 +1,36 @@
 """BPE training time: HF `tokenizers` (what pretrain/tokenizer.py uses) vs rustbpe + an export to HF format.
 
-    python benchmarks/tokenizer.py                          # GSM8K train text, vocab 512 / 2048 / 8192, 5 runs
+    python benchmarks/tokenizer.py                 # GSM8K train text, vocab 512 / 2048 / 8192, 5 runs
     python benchmarks/tokenizer.py --copies 4 --vocab 4096 --runs 3
 
-Protocol: the same corpus (GSM8K train questions + answers from ../shared/data, repeated `--copies`
+Protocol: the same corpus (GSM8K train questions + answers shipped in envs/data/, repeated `--copies`
 times), the same GPT-4 split regex and the same final vocabulary size (256 bytes + 8 special tokens
 + merges; rustbpe gets V - 8 and the specials are added on export). The sides alternate, `runs`
 times each; the median is reported. The rustbpe side is `rustbpe.Tokenizer.train_from_iterator`
 plus the export (`pretrain.tokenizer.from_ranks`: its merge ranks -> a `tokenizers` BPE with our
-pre-tokenizer and special tokens), so both end with the same kind of object. The export is checked: on 500 documents its
-ids equal a tiktoken Encoding built from rustbpe's ranks. Torch is not involved; both trainers use
-every core they are given (rayon / the tokenizers thread pool), and this machine has 2.
+pre-tokenizer and special tokens), so both end with the same kind of object. The export is checked:
+on 500 documents its ids equal a tiktoken Encoding built from rustbpe's ranks. Torch is not involved;
+both trainers use every core they are given (rayon / the tokenizers thread pool).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import rustbpe
 import tiktoken
 
 from answerkey import chat
+from answerkey.envs import gsm8k
+from answerkey.envs.jsonl import jsonl_lines
 from answerkey.pretrain.tokenizer import GPT4_SPLIT, from_ranks, train_bpe
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
 def corpus(copies: int) -> list[str]:
-    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    rows = [row for _, row, _ in jsonl_lines(gsm8k.TRAIN)]
     return [f"{r['question']}\n{r['answer']}" for r in rows] * copies
 
 
@@ -78,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
                "rustbpe_over_hf": med["rustbpe + export"] / med["HF tokenizers"], "export_mismatches": bad,
                "sizes": [len(hf), len(exported)]}
         result["rows"].append(row)
-        print(f"vocab {vocab:5d}: HF tokenizers {row['hf_s']:.2f} s, rustbpe + export {row['rustbpe_s']:.2f} s "
+        print(f"vocab {vocab:5d}: HF tokenizers {row['hf_s']:.2f} s, "
+              f"rustbpe + export {row['rustbpe_s']:.2f} s "
               f"(rustbpe takes {row['rustbpe_over_hf']:.2f}x HF's time); export ids == tiktoken on "
               f"{500 - bad}/500 documents; vocab sizes {row['sizes']}")
     print(f"load after: {os.getloadavg()[0]:.1f}")

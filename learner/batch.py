@@ -4,14 +4,15 @@
     for mb in batch.micro_batches(token_budget=8192):    # each: padded tensors, distinct prompts once
         ...
 
-Each sequence is prompt + completion, exactly the token ids that were sampled (and, for multi-turn
-envs, the env's own tokens with loss mask 0). A micro-batch holds each distinct prompt once, left-padded
+Each sequence is prompt + completion, exactly the token ids that were sampled (and, for multi-turn envs,
+the env's own tokens with loss mask 0). A micro-batch holds each distinct prompt once, left-padded
 (Q, Lp), and every row's completion right-padded (N, Tc) with the index of its prompt: the G completions
-of a group share one prompt, so the learner's forward runs it once, not G times (`learner/forward.py`).
-Per-token tensors are completion-aligned: position t of a row is completion token t, whose logprob is
-taken given the prompt and completion tokens 0..t-1; `loss_mask[:, t]` says whether it is trained.
-Rows are ordered by group, longest group first, so that a micro-batch keeps a group's rows together and
-(distinct prompts x Lp) + (rows x Tc) stays within the token budget.
+of a group share one prompt, so the learner's forward runs it once, not G times
+(`answerkey/model/completion.py`). Per-token tensors are completion-aligned: position t of a row is
+completion token t, whose logprob is taken given the prompt and completion tokens 0..t-1;
+`loss_mask[:, t]` says whether it is trained. Rows are ordered by group, longest group first, so that a
+micro-batch keeps a group's rows together and (distinct prompts x Lp) + (rows x Tc) stays within the token
+budget.
 """
 
 from __future__ import annotations
@@ -72,9 +73,11 @@ class TrainBatch:
 
 def make_batch(groups: Sequence[Sequence[Trajectory]], scale_by_std: bool, drop_uniform_groups: bool,
                mask_truncated: bool, max_new_tokens: int) -> TrainBatch:
-    """Advantages per group, uniform groups dropped (optionally), truncated completions masked (optionally)."""
+    """Advantages per group, uniform groups dropped (optionally), truncated completions masked
+    (optionally)."""
     if not groups or any(len(g) != len(groups[0]) for g in groups):
-        raise ValueError(f"groups must be P lists of G trajectories each, got sizes {[len(g) for g in groups]}")
+        raise ValueError(f"groups must be P lists of G trajectories each, got sizes "
+                         f"{[len(g) for g in groups]}")
     rewards = torch.tensor([[t.score.value for t in g] for g in groups], dtype=torch.float64)  # (P, G)
     advantages = grpo.group_advantages(rewards, scale_by_std)  # (P, G)
     uniform = grpo.uniform_groups(rewards)  # (P,)
@@ -88,12 +91,14 @@ def make_batch(groups: Sequence[Sequence[Trajectory]], scale_by_std: bool, drop_
                 truncated += 1
                 if mask_truncated:
                     mask = [0] * len(mask)
-            rows.append(Row(traj.prompt_ids + traj.completion_ids, len(traj.prompt_ids), mask, list(traj.logprobs),
-                            float(advantages[p, g])))
+            rows.append(Row(traj.prompt_ids + traj.completion_ids, len(traj.prompt_ids), mask,
+                            list(traj.logprobs), float(advantages[p, g])))
     trained = [r for r in rows if any(r.loss_mask)]
-    norm = grpo.Normalizer(tokens=sum(sum(r.loss_mask) for r in rows), sequences=len(trained), max_new_tokens=max_new_tokens)
+    norm = grpo.Normalizer(tokens=sum(sum(r.loss_mask) for r in rows), sequences=len(trained),
+                           max_new_tokens=max_new_tokens)
     metrics = {
-        "learner/groups_kept": float(len(groups) - int(uniform.sum())) if drop_uniform_groups else float(len(groups)),
+        "learner/groups_kept": (float(len(groups) - int(uniform.sum())) if drop_uniform_groups
+                                else float(len(groups))),
         "learner/groups_uniform": float(uniform.sum()),
         "learner/truncated_fraction": truncated / (len(groups) * len(groups[0])),
         "learner/loss_tokens": float(norm.tokens),
@@ -102,7 +107,8 @@ def make_batch(groups: Sequence[Sequence[Trajectory]], scale_by_std: bool, drop_
 
 
 def pack(rows: Sequence[Row], token_budget: int) -> list[list[int]]:
-    """Group row indices so that (distinct prompts x longest prompt) + (rows x longest completion) <= token_budget.
+    """Group row indices so that (distinct prompts x longest prompt) + (rows x longest completion) stays
+    within `token_budget`.
 
     Rows sharing a prompt are kept together (their prompt then runs once), groups longest first, rows of a
     group longest first, so each micro-batch holds sequences of similar length. A row over budget goes alone.
@@ -148,8 +154,9 @@ def collate(rows: Sequence[Row], index: list[int], pad_id: int = 0) -> MicroBatc
         loss_mask[n, :length] = torch.tensor(r.loss_mask, dtype=loss_mask.dtype)
         rollout[n, :length] = torch.tensor(r.rollout_logprobs, dtype=torch.float64)
     advantages = torch.tensor([[r.advantage] for r in rows], dtype=torch.float64)
-    return MicroBatch(prompt_ids, prompt_valid, torch.tensor(prompt_index), targets, loss_mask, rollout, advantages,
-                      list(index), lengths, _place(rows, "old_logprobs", Tc), _place(rows, "ref_logprobs", Tc))
+    return MicroBatch(prompt_ids, prompt_valid, torch.tensor(prompt_index), targets, loss_mask, rollout,
+                      advantages, list(index), lengths, _place(rows, "old_logprobs", Tc),
+                      _place(rows, "ref_logprobs", Tc))
 
 
 def _place(rows: Sequence[Row], attr: str, Tc: int) -> torch.Tensor | None:

@@ -53,8 +53,8 @@ class Checkpoint:
         return (self.path / "dcp").is_dir()
 
 
-def save(root: str | Path, step: int, model, tokenizer, learner_state: dict, run_state: dict, config_json: str,
-         keep: int = 2) -> Path:
+def save(root: str | Path, step: int, model, tokenizer, learner_state: dict, run_state: dict,
+         config_json: str, keep: int = 2) -> Path:
     """Write checkpoint `step` under `root` atomically; returns its final path."""
     tmp, final = begin(root, step)
     model.save_pretrained(tmp / "model")
@@ -66,7 +66,8 @@ def save(root: str | Path, step: int, model, tokenizer, learner_state: dict, run
 
 
 def begin(root: str | Path, step: int) -> tuple[Path, Path]:
-    """(temporary directory to write checkpoint `step` into, its final path); partial ones are cleaned first."""
+    """(temporary directory to write checkpoint `step` into, its final path); partial ones are cleaned
+    first."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     clean_partial(root)
@@ -87,7 +88,8 @@ def commit(tmp: Path, final: Path, keep: int) -> Path:
 
 
 def save_model(directory: str | Path, model, tokenizer) -> Path:
-    """Write a Hugging Face checkpoint directory (model + tokenizer) the same atomic way; replaces an old one."""
+    """Write a Hugging Face checkpoint directory (model + tokenizer) the same atomic way; replaces an old
+    one."""
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
@@ -108,7 +110,8 @@ def complete(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit())
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+                  and p.name[len(PREFIX):].isdigit())
 
 
 def latest(root: str | Path) -> Path | None:
@@ -133,8 +136,8 @@ def load(path: str | Path) -> Checkpoint:
     if missing:
         raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {missing}")
     run_state = torch.load(path / "run.pt", weights_only=True)
-    return Checkpoint(path, int(run_state["step"]), torch.load(path / "learner.pt", weights_only=True), run_state,
-                      json.loads((path / "config.json").read_text()))
+    return Checkpoint(path, int(run_state["step"]), torch.load(path / "learner.pt", weights_only=True),
+                      run_state, json.loads((path / "config.json").read_text()))
 
 
 def _fsync_tree(top: Path) -> None:

@@ -1,8 +1,8 @@
 """Sharded checkpoints of the FSDP learner with torch.distributed.checkpoint (DCP), and their export to HF.
 
-    dcp.save(root, step, learner, run_state, config_json, keep)   # on every rank; rank 0 returns the path
-    dcp.load(path, learner)                                       # on every rank: weights, AdamW, schedule, RNG
-    export(path, out)                                             # one process, no group: an HF directory
+    dcp.save(root, step, learner, run_state, config_json, keep)  # on every rank; rank 0 returns the path
+    dcp.load(path, learner)                                  # on every rank: weights, AdamW, schedule, RNG
+    export(path, out)                                        # one process, no group: an HF directory
     answerkey export runs/r1/checkpoints/step_000010 runs/r1/hf   # the same, from the command line
 
 One checkpoint directory (atomic exactly like learner/checkpoint.py, whose `begin`/`commit` it uses:
@@ -41,16 +41,18 @@ if TYPE_CHECKING:
     from answerkey.learner.fsdp import ShardedLearner
 
 
-def save(root: str | Path, step: int, learner: ShardedLearner, run_state: dict, config_json: str, keep: int) -> Path:
+def save(root: str | Path, step: int, learner: ShardedLearner, run_state: dict, config_json: str,
+         keep: int) -> Path:
     """Write checkpoint `step` under `root` from every rank; every rank returns the final path."""
     rank, inner = dist.get_rank(), learner.learner
     names = [None, None]
     if rank == 0:
-        names = [str(p) for p in checkpoint.begin(root, step)]  # rank 0 cleans partial ones, names the tmp dir
+        names = [str(p) for p in checkpoint.begin(root, step)]  # cleans partial ones, names the tmp dir
     dist.broadcast_object_list(names, src=0)
     tmp, final = Path(names[0]), Path(names[1])
     model_state, optim_state = get_state_dict(learner.model, inner.optimizer)
-    dist_cp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / "dcp")  # fsyncs its files
+    # DCP fsyncs its files
+    dist_cp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / "dcp")
     rngs: list = [None] * dist.get_world_size()
     dist.all_gather_object(rngs, torch.get_rng_state())
     if rank == 0:
@@ -77,10 +79,12 @@ def load(path: Path, learner: ShardedLearner) -> None:
     inner = learner.learner
     if not (path / "dcp" / ".metadata").exists():
         raise FileNotFoundError(f"{path} is not a sharded (FSDP) checkpoint: no dcp/.metadata")
-    model_state, optim_state = get_state_dict(learner.model, inner.optimizer)  # initializes AdamW's state (lr 0)
+    # initializes AdamW's state (lr 0), which the load then overwrites
+    model_state, optim_state = get_state_dict(learner.model, inner.optimizer)
     state = {"model": model_state, "optimizer": optim_state}
     dist_cp.load(state, checkpoint_id=path / "dcp")
-    set_state_dict(learner.model, inner.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    set_state_dict(learner.model, inner.optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
     small = torch.load(path / "learner.pt", weights_only=True)
     if len(small["torch_rng"]) != dist.get_world_size():
         raise ValueError(f"checkpoint {path} was written by {len(small['torch_rng'])} learner ranks, "
@@ -91,7 +95,8 @@ def load(path: Path, learner: ShardedLearner) -> None:
 
 
 def export(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """A sharded checkpoint -> a Hugging Face directory at `out` (config, safetensors, tokenizer), in one process.
+    """A sharded checkpoint -> a Hugging Face directory at `out` (config, safetensors, tokenizer), in one
+    process.
 
     Written to `out.tmp` and renamed, so `out` is either absent or complete.
     """
@@ -99,7 +104,8 @@ def export(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float32
 
     path, out = Path(path), Path(out)
     if not (path / "dcp" / ".metadata").exists():
-        hint = " (a full checkpoint: its model/ already is one)" if (path / "model" / "config.json").exists() else ""
+        full = (path / "model" / "config.json").exists()
+        hint = " (a full checkpoint: its model/ already is one)" if full else ""
         raise FileNotFoundError(f"{path} is not a sharded checkpoint (no dcp/.metadata){hint}")
     if out.exists():
         raise FileExistsError(f"export target {out} exists; choose a new directory")

@@ -2,7 +2,8 @@
 with `torch.distributed.fsdp.fully_shard` and run the same GRPO step as `Learner`. A plain class;
 learner/group.py starts N of them as Ray actors, and tests start them as plain processes.
 
-    learner = ShardedLearner(path, cfg.learner, sampling, total_steps, rank=r, spec=GroupSpec(host, port, N, "gloo"))
+    learner = ShardedLearner(path, cfg.learner, sampling, total_steps, rank=r,
+                             spec=GroupSpec(host, port, N, "gloo"))
     metrics = learner.step(groups)          # on every rank, the same groups; the same metrics come back
     pairs = learner.named_arrays()          # gathered full weights on rank 0 ([] on the others)
     learner.save_checkpoint(root, step, run_state, config_json, keep)   # DCP, learner/dcp.py
@@ -69,7 +70,8 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")  # the KV-cache argument, by HF version
+# the KV-cache argument of a decoder layer, by transformers version
+CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
 
 
 def checkpoint_layers(model: torch.nn.Module) -> None:
@@ -85,7 +87,7 @@ def checkpoint_layers(model: torch.nn.Module) -> None:
 
 
 def _checkpointed(forward, *args, **kwargs):
-    if not torch.is_grad_enabled():  # no backward to recompute for (reference and old logprobs, the sync check)
+    if not torch.is_grad_enabled():  # no backward to recompute for (reference, old logprobs, sync check)
         return forward(*args, **kwargs)
     kwargs |= {k: None for k in CACHE_KWARGS if k in kwargs}
     return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
@@ -116,7 +118,8 @@ def init_group(spec: GroupSpec, rank: int) -> tuple[torch.device, dist.Store]:
     """
     if _JOINED:
         if (_JOINED["spec"], _JOINED["rank"]) != (spec, rank):
-            raise RuntimeError(f"this process already is rank {_JOINED['rank']} of {_JOINED['spec']}; cannot join {spec} as {rank}")
+            raise RuntimeError(f"this process already is rank {_JOINED['rank']} of {_JOINED['spec']}; "
+                               f"cannot join {spec} as {rank}")
         return _JOINED["device"], _JOINED["store"]
     timeout = datetime.timedelta(seconds=spec.timeout_s)
     device = torch.device("cpu")
@@ -132,7 +135,8 @@ def init_group(spec: GroupSpec, rank: int) -> tuple[torch.device, dist.Store]:
 
 
 class ShardedLearner:
-    """Rank `rank` of an FSDP2 learner group; every public method is called on every rank, in the same order."""
+    """Rank `rank` of an FSDP2 learner group; every public method is called on every rank, in the same
+    order."""
 
     def __init__(self, path: str, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int, rank: int,
                  spec: GroupSpec, reference_path: str | None = None, threads: int | None = None,
@@ -151,12 +155,14 @@ class ShardedLearner:
         reference = None
         if cfg.kl_coef > 0:  # the frozen initial policy, sharded the same way
             same = not reference_path or str(reference_path) == str(path)
-            reference = copy.deepcopy(policy) if same else AutoModelForCausalLM.from_pretrained(reference_path, dtype=dtype)
+            reference = (copy.deepcopy(policy) if same
+                         else AutoModelForCausalLM.from_pretrained(reference_path, dtype=dtype))
             shard_model(reference.requires_grad_(False), mesh, cfg.precision)
         if cfg.gradient_checkpointing:
             checkpoint_layers(policy)
         self.model = shard_model(policy, mesh, cfg.precision)
-        self.learner = Learner(self.model, cfg, sampling, total_steps, reference=reference, ranks=Ranks(rank, self.world))
+        self.learner = Learner(self.model, cfg, sampling, total_steps, reference=reference,
+                               ranks=Ranks(rank, self.world))
         self.tokenizer = AutoTokenizer.from_pretrained(path)
 
     # -- the Learner's interface, on every rank ----------------------------------------------------
@@ -188,7 +194,8 @@ class ShardedLearner:
             yield name, (p.full_tensor() if isinstance(p, DTensor) else p).detach()
 
     def join_gathers(self) -> None:
-        """A rank's part in a `full_parameters` pass whose tensors only rank 0 uses: every gather, nothing kept."""
+        """A rank's part in a `full_parameters` pass whose tensors only rank 0 uses: every gather, nothing
+        kept."""
         deque(self.full_parameters(), maxlen=0)
 
     def named_arrays(self) -> list:
@@ -240,4 +247,5 @@ class ShardedLearner:
                     errors[r] = self.store.get(f"{ERROR_KEY}{r}").decode()
             time.sleep(0.05)
         listed = "; ".join(f"rank {r}: {e}" for r, e in sorted(errors.items()))
-        return f"FSDP learner rank {self.rank} of {self.world} failed in {what} (the group is aborted). {listed}"
+        return (f"FSDP learner rank {self.rank} of {self.world} failed in {what} (the group is aborted). "
+                f"{listed}")

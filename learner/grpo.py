@@ -43,9 +43,8 @@ def uniform_groups(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards == rewards[:, :1]).all(dim=1)
 
 
-def clipped_surrogate(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO loss and a mask of tokens where the clip was active. All (N, T); advantages (N, 1) ok."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = ratio * advantages
@@ -59,7 +58,8 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
-def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
+                cap: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Truncated importance weights min(pi_old / pi_rollout, cap) (no gradient), and the raw ratios. (N, T)"""
     ratio = torch.exp(old_logprobs - rollout_logprobs).detach()
     return ratio.clamp(max=cap), ratio
@@ -90,9 +90,3 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: LossAgg, norm: 
     if mode == "dr-grpo":
         return masked.sum() / max(norm.sequences * norm.max_new_tokens, 1)
     raise ValueError(f"unknown loss aggregation {mode!r}; expected token-mean, sequence-mean or dr-grpo")
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean of x over mask (a float for metrics); 0.0 when the mask is empty."""
-    n = mask.sum()
-    return float((x * mask).sum() / n) if n > 0 else 0.0

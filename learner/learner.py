@@ -35,16 +35,16 @@ from answerkey.config import LearnerConfig
 from answerkey.envs.base import Trajectory
 from answerkey.learner import checkpoint, grpo
 from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch
-from answerkey.learner.forward import completion_logits
 from answerkey.learner.shard import Ranks
+from answerkey.model import completion_logits, keep_freed_memory
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import SamplingParams
-from answerkey.rollout.llama_decode import keep_freed_memory
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then cosine or constant."""
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then cosine or
+    constant."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
@@ -53,41 +53,22 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                   precision: str = "fp32", position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits (N, L, V) of a forward pass, under bf16 autocast when `precision == "bf16"`.
-
-    `attention_mask` is (N, L) padding (1 = token), (N, 1, L, L) bool (True = may attend; passed to
-    SDPA as is, e.g. block-diagonal for packed rows) or None (plain causal).
-    """
-    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
-
-
-def nll_sum(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Summed next-token loss: -sum over mask of log p(targets[t] | ..t) at temperature 1 (fp32).
-
-    logits (N, L, V) of the inputs, targets and mask (N, L-1): position t predicts token t+1. The
-    pretraining and SFT stages (pretrain/loop.py) call this; `Learner.sft_step` computes the same loss
-    through the learner's shared-prompt forward.
-    """
-    logp = S.processed_logprobs(logits[:, :-1])  # (N, L-1, V), the model's own distribution
-    return -(S.gather(logp, targets) * mask.to(logp.dtype)).sum()
-
-
 class Learner:
     def __init__(self, model: torch.nn.Module, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int,
                  reference: torch.nn.Module | None = None, ranks: Ranks | None = None,
                  lean: bool = True):
-        """`reference`: the KL reference when kl_coef > 0 (default: a copy of `model`). `ranks`: this process's
-        place in an FSDP group (learner/shard.py): the batch is split across ranks, metrics summed over them."""
+        """`reference`: the KL reference when kl_coef > 0 (default: a copy of `model`). `ranks`: this
+        process's place in an FSDP group (learner/shard.py): the batch is split across ranks, metrics summed
+        over them. `lean`: the lean Llama forward with shared prompts (answerkey/model/completion.py) where
+        the model allows; else Hugging Face's forward."""
         # eval mode: no dropout, so the learner's logprobs are those of the policy the engine samples
         self.model, self.cfg, self.sampling, self.ranks = model.eval(), cfg, sampling, ranks
-        self.lean = lean  # the lean Llama forward with shared prompts (learner/forward.py) where the model allows
+        self.lean = lean
         self.device = next(model.parameters()).device
         if self.device.type == "cpu":
             keep_freed_memory()  # activations of a few MB per layer, recycled instead of page-faulted in
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                           weight_decay=cfg.weight_decay)
         total = total_steps * cfg.passes
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.schedule, cfg.min_lr_ratio))
@@ -114,7 +95,8 @@ class Learner:
     def prepare(self, groups: Sequence[Sequence[Trajectory]]) -> TrainBatch:
         """Advantages and filtering; old logprobs (passes > 1) and reference logprobs (KL) per row."""
         cfg = self.cfg
-        batch = make_batch(groups, cfg.scale_by_std, cfg.drop_uniform_groups, cfg.mask_truncated, self.sampling.max_new_tokens)
+        batch = make_batch(groups, cfg.scale_by_std, cfg.drop_uniform_groups, cfg.mask_truncated,
+                           self.sampling.max_new_tokens)
         if self.ranks is not None:  # FSDP: this rank's rows; the normalizers stay those of the whole batch
             batch = self.ranks.split(batch)
         if batch.norm.tokens and cfg.passes > 1:
@@ -130,11 +112,15 @@ class Learner:
             for i, values in zip(mb.index, completion_values(mb, logprobs), strict=True):
                 setattr(batch.rows[i], attr, values.detach())
 
-    def logprobs(self, model: torch.nn.Module, mb: MicroBatch, sampling: SamplingParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Processed logprobs of the completion tokens (N, Tc) and the per-token entropy (N, Tc, no gradient)."""
+    def logprobs(self, model: torch.nn.Module, mb: MicroBatch,
+                 sampling: SamplingParams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Processed logprobs of the completion tokens (N, Tc) and the per-token entropy (N, Tc, no
+        gradient)."""
         s = sampling or self.sampling
+        dev = next(model.parameters()).device
+        inputs = mb.prompt_ids.to(dev), mb.prompt_valid.to(dev), mb.prompt_index.to(dev), mb.targets.to(dev)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            logits = completion_logits(model, mb, self.lean, self.cfg.compile)  # (N, Tc, V)
+            logits = completion_logits(model, *inputs, self.lean, self.cfg.compile)  # (N, Tc, V)
         return S.target_logprobs(logits, mb.targets.to(self.device), s.temperature, s.top_k, s.top_p)
 
     def backward(self, batch: TrainBatch) -> dict[str, float]:
@@ -167,11 +153,12 @@ class Learner:
             _add(sums, "response_length", mask.sum())
         n = max(batch.norm.tokens, 1)
         metrics = {f"learner/{k}": float(sums[k]) for k in ("loss", "pg_loss")}
-        metrics |= {f"learner/{k}": float(sums[k]) / n for k in ("clip_fraction", "ratio", "entropy", "kl", "tis_ratio") if k in sums}
+        means = ("clip_fraction", "ratio", "entropy", "kl", "tis_ratio")
+        metrics |= {f"learner/{k}": float(sums[k]) / n for k in means if k in sums}
         if "tis_clipped" in sums:
             metrics["learner/tis_clipped_fraction"] = float(sums["tis_clipped"]) / n
-        # the extremes exist only where a token was trained: an FSDP rank may have none (Ranks.reduce takes them
-        # from the ranks that have them)
+        # the extremes exist only where a token was trained: an FSDP rank may have none (Ranks.reduce takes
+        # them from the ranks that have them)
         metrics |= {f"learner/{k}": sums[k] for k in ("tis_ratio_max", "tis_ratio_min") if k in sums}
         metrics["learner/response_length"] = float(sums["response_length"]) / max(batch.norm.sequences, 1)
         return metrics if self.ranks is None else self.ranks.reduce(metrics)
@@ -180,7 +167,8 @@ class Learner:
         """Clip the gradient norm and step AdamW and the schedule; a non-finite gradient skips the update."""
         lr = self.scheduler.get_last_lr()[0]
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # FSDP: the norm over all shards
+        # FSDP: the norm over all shards
+        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return {"learner/grad_norm": grad_norm, "learner/nonfinite_grad": 1.0, "learner/lr": lr}
@@ -200,7 +188,8 @@ class Learner:
         plain = SamplingParams(max_new_tokens=1)  # temperature 1, no truncation: the model's own distribution
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for mb in TrainBatch(rows, grpo.Normalizer(tokens, len(rows), 1)).micro_batches(self.cfg.micro_batch_tokens):
+        batch = TrainBatch(rows, grpo.Normalizer(tokens, len(rows), 1))
+        for mb in batch.micro_batches(self.cfg.micro_batch_tokens):
             logprobs, _ = self.logprobs(self.model, mb, plain)
             loss = -(logprobs * mb.loss_mask.to(self.device, logprobs.dtype)).sum() / tokens
             loss.backward()
@@ -218,7 +207,8 @@ class Learner:
     @torch.no_grad()
     def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int]) -> list[float]:
         """The policy's processed logprobs of one given completion (the sync check's reference)."""
-        row = Row(list(prompt) + list(completion), len(prompt), [1] * len(completion), [0.0] * len(completion), 0.0)
+        row = Row(list(prompt) + list(completion), len(prompt), [1] * len(completion),
+                  [0.0] * len(completion), 0.0)
         mb = collate([row], [0])
         logprobs, _ = self.logprobs(self.model, mb)
         return completion_values(mb, logprobs.float())[0].tolist()
@@ -226,7 +216,8 @@ class Learner:
     # -- checkpoint ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything but the model weights that an exact resume needs (optimizer, schedule, counters, RNG)."""
+        """Everything but the model weights that an exact resume needs (optimizer, schedule, counters,
+        RNG)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()}
 
@@ -240,10 +231,12 @@ class Learner:
         """Write an atomic checkpoint (learner/checkpoint.py) of the policy, this learner and `run_state`."""
         if self.tokenizer is None:
             raise RuntimeError("save_checkpoint needs the tokenizer: build it as a PretrainedLearner")
-        return str(checkpoint.save(root, step, self.model, self.tokenizer, self.state_dict(), run_state, config_json, keep))
+        return str(checkpoint.save(root, step, self.model, self.tokenizer, self.state_dict(), run_state,
+                                   config_json, keep))
 
     def resume(self, path: str) -> None:
-        """Load the optimizer/schedule/RNG state of the checkpoint at `path` (PretrainedLearner loaded its model)."""
+        """Load the optimizer/schedule/RNG state of the checkpoint at `path` (PretrainedLearner loaded its
+        model)."""
         self.load_state_dict(checkpoint.load(path).learner_state)
 
     def weights_nbytes(self) -> int:
@@ -283,5 +276,6 @@ class PretrainedLearner(Learner):
             checkpoint_layers(model)
         super().__init__(model, cfg, sampling, total_steps)
         if self.reference is not None and reference_path and str(reference_path) != str(path):
-            self.reference = AutoModelForCausalLM.from_pretrained(reference_path, dtype=torch.float32).eval().requires_grad_(False)
+            reference = AutoModelForCausalLM.from_pretrained(reference_path, dtype=torch.float32)
+            self.reference = reference.eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(path)

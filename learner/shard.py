@@ -45,7 +45,8 @@ def deal(lengths: Sequence[int], world: int) -> list[list[int]]:
 
 @dataclass
 class RankBatch:
-    """The whole batch's rows (plus one padding row, last) and normalizers; `micro_batches` yields this rank's.
+    """The whole batch's rows (plus one padding row, last) and normalizers; `micro_batches` yields this
+    rank's.
 
     Duck-compatible with `TrainBatch` where the Learner uses it: `rows`, `norm`, `metrics`, `micro_batches`.
     """
@@ -81,7 +82,8 @@ class Ranks:
 
     def split(self, batch: TrainBatch) -> RankBatch:
         shares = deal([len(r.ids) for r in batch.rows], self.world)
-        pad = Row(list(PADDING.ids), PADDING.prompt_len, list(PADDING.loss_mask), list(PADDING.rollout_logprobs), 0.0)
+        pad = Row(list(PADDING.ids), PADDING.prompt_len, list(PADDING.loss_mask),
+                  list(PADDING.rollout_logprobs), 0.0)
         return RankBatch([*batch.rows, pad], batch.norm, shares, self.rank, dict(batch.metrics))
 
     def reduce(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -97,5 +99,6 @@ class Ranks:
         out: dict[str, float] = {}
         for key in sorted({k for m in gathered for k in m}):
             values = [m[key] for m in gathered if key in m]
-            out[key] = max(values) if key.endswith("_max") else min(values) if key.endswith("_min") else sum(values)
+            reduce = max if key.endswith("_max") else min if key.endswith("_min") else sum
+            out[key] = reduce(values)
         return out

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from answerkey import chat
 from answerkey.config import LearnerConfig
 from answerkey.envs.base import Env
-from answerkey.learner.learner import Learner
-from answerkey.pretrain.model import build_model
+from answerkey.learner import Learner
+from answerkey.model import build_model
 from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rollout.engine import SamplingParams
 
 
-def solution_conversations(env: Env, terse_fraction: float = 0.0, seed: int = 0) -> list[list[dict[str, str]]]:
+def solution_conversations(env: Env, terse_fraction: float = 0.0,
+                           seed: int = 0) -> list[list[dict[str, str]]]:
     """Every training problem asked and answered: with its worked solution, or (a `terse_fraction` of them,
     chosen by a hash of the problem id and `seed`) with the bare final answer `#### x`, as a demonstrator
     who does not always show their work would write it."""
@@ -47,7 +48,8 @@ def _unit(text: str) -> float:
 
 def tiny_policy(env: Env, preset: str = "tiny", vocab_size: int = 384, sft_steps: int = 100, lr: float = 3e-3,
                 batch_size: int = 32, seed: int = 0, schedule: str = "constant",
-                on_step: Callable[[int, dict], None] | None = None, device: str = "cpu", terse_fraction: float = 0.0):
+                on_step: Callable[[int, dict], None] | None = None, device: str = "cpu",
+                terse_fraction: float = 0.0):
     """(model, tokenizer): a freshly built policy after `sft_steps` of SFT on the env's training problems,
     answered with worked solutions (a `terse_fraction` of them with the bare answer instead)."""
     conversations = solution_conversations(env, terse_fraction, seed)
@@ -55,7 +57,8 @@ def tiny_policy(env: Env, preset: str = "tiny", vocab_size: int = 384, sft_steps
     if terse_fraction:  # the tokenizer still sees every worked solution, whichever style the warm-up shows
         texts += [p.meta["solution"] for p in env.problems("train") if p.meta.get("solution")]
     tokenizer = train_bpe(texts, vocab_size)
-    model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed)
+    model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id,
+                        seed=seed)
     model = model.to(device)
     cfg = LearnerConfig(lr=lr, warmup_steps=min(20, sft_steps // 10), schedule=schedule, min_lr_ratio=0.05)
     learner = Learner(model, cfg, SamplingParams(), total_steps=sft_steps)

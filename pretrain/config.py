@@ -1,6 +1,7 @@
 """Typed configs of the pretraining and SFT stages, loaded like the RL config: TOML + dotted overrides.
 
-    cfg = load_pretrain_config("examples/pretrain_tiny.toml", ["--data.paths=['corpus.jsonl']", "--train.steps=50"])
+    cfg = load_pretrain_config("examples/pretrain_tiny.toml",
+                               ["--data.paths=['corpus.jsonl']", "--train.steps=50"])
     cfg = PretrainConfig(data=CorpusConfig(paths=["corpus.jsonl"]), train=TrainConfig(steps=50))
     cfg = load_sft_config("examples/sft_tiny.toml", ["--model.path=runs/base/model"])
 
@@ -20,12 +21,13 @@ from typing import ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from answerkey.config import Section, load_config
-from answerkey.pretrain.model import PRESETS
+from answerkey.model import PRESETS
 
 
 class CorpusConfig(Section):
     paths: list[str] = Field(default_factory=list)
-    """Corpus files or directories: .jsonl = one document per line's `text` field; any other file = one document."""
+    """Corpus files or directories: .jsonl = one document per line's `text` field; any other file = one
+    document."""
     heldout_fraction: float = Field(0.05, gt=0, lt=1)
     """Fraction of documents (chosen by a hash of their text) kept out of training for the held-out loss."""
     seq_len: int = Field(256, ge=2)
@@ -34,20 +36,23 @@ class CorpusConfig(Section):
 
 class TokenizerConfig(Section):
     path: str = ""
-    """Tokenizer directory to use (tokenizer.json with the chat special tokens); empty = train one on the corpus."""
+    """Tokenizer directory to use (tokenizer.json with the chat special tokens); empty = train one on the
+    corpus."""
     vocab_size: int = Field(512, ge=264)
     """Vocabulary size of a tokenizer trained here (256 bytes + 8 special tokens + merges)."""
     split_digits: bool = False
     """Give every digit its own token (instead of GPT-4's groups of up to 3) in a tokenizer trained here."""
     trainer: Literal["hf", "rustbpe"] = "hf"
-    """BPE trainer: HF `tokenizers`, or rustbpe (~3x faster here; `pip install rustbpe`), exported to the same HF files."""
+    """BPE trainer: HF `tokenizers`, or rustbpe (faster; `pip install rustbpe`), exported to the same HF
+    files."""
 
 
 class PresetConfig(Section):
     preset: str = "tiny"
-    """Llama size preset of pretrain/model.py (PRESETS: tiny, 1.4m, 28m, ...)."""
+    """Llama size preset of answerkey/model/presets.py (PRESETS: tiny, 1.4m, 28m, ...)."""
     max_positions: int = Field(1024, ge=2)
-    """Context length the model supports (max_position_embeddings); later stages prompt + generate within it."""
+    """Context length the model supports (max_position_embeddings); later stages prompt + generate within
+    it."""
 
     @field_validator("preset")
     @classmethod
@@ -77,9 +82,11 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     """Clip the global gradient norm to this value."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """Compute precision: fp32, or bf16 autocast over fp32 weights (pays from the 1.4m preset up on the dev CPU; README)."""
+    """Compute precision: fp32, or bf16 autocast over fp32 weights (faster from the 1.4m preset up on a CPU
+    with bf16 matmuls; benchmarks/pretrain.py compares the two)."""
     threads: int = Field(0, ge=0)
-    """torch threads on CPU during the run (0 = the caller's setting); on a busy machine 1 can beat 2 for tiny models."""
+    """torch threads on CPU during the run (0 = the caller's setting); for tiny models 1 can beat 2 when
+    other work shares the CPU."""
     seed: int = 0
     """Seed of the initialization, the data order and the printed samples."""
     time_budget_s: float = Field(0.0, ge=0)
@@ -136,7 +143,8 @@ class PretrainConfig(Section):
         if not self.data.paths:
             raise ValueError("data.paths: no corpus files given (e.g. --data.paths=\"['corpus.jsonl']\")")
         if self.model.max_positions < self.data.seq_len:
-            raise ValueError(f"model.max_positions ({self.model.max_positions}) must be >= data.seq_len ({self.data.seq_len})")
+            raise ValueError(f"model.max_positions ({self.model.max_positions}) must be >= data.seq_len "
+                             f"({self.data.seq_len})")
         return self
 
 
@@ -150,7 +158,8 @@ class ConversationsConfig(Section):
     seq_len: int = Field(512, ge=2)
     """Tokens per training row; longer conversations are cut (and counted)."""
     pack: bool = True
-    """Pack several conversations into each row (positions restart per conversation, no attention across them)."""
+    """Pack several conversations into each row (positions restart per conversation, no attention across
+    them)."""
 
 
 class StartConfig(Section):
@@ -168,9 +177,11 @@ class SFTConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:
         if not self.data.paths:
-            raise ValueError("data.paths: no conversation files given (e.g. --data.paths=\"['chats.jsonl']\")")
+            raise ValueError("data.paths: no conversation files given "
+                             "(e.g. --data.paths=\"['chats.jsonl']\")")
         if not self.model.path:
-            raise ValueError("model.path: SFT starts from a checkpoint directory (e.g. --model.path=runs/base/model)")
+            raise ValueError("model.path: SFT starts from a checkpoint directory "
+                             "(e.g. --model.path=runs/base/model)")
         return self
 
 

@@ -38,7 +38,8 @@ class CorpusError(ValueError):
 
 
 def corpus_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The files `paths` name (a directory = every file under it, sorted); raise when a path does not exist."""
+    """The files `paths` name (a directory = every file under it, sorted); raise when a path does not
+    exist."""
     if not paths:
         raise CorpusError("no corpus files given")
     files: list[Path] = []
@@ -83,7 +84,8 @@ def read_nonempty(path: Path) -> bytes:
 
 
 def jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed value) of every non-blank line of a JSONL file, streamed (`envs.jsonl.jsonl_lines`)."""
+    """(line number, parsed value) of every non-blank line of a JSONL file, streamed
+    (`envs.jsonl.jsonl_lines`)."""
     count = 0
     for number, row, _ in jsonl_lines(path, CorpusError):
         count += 1
@@ -97,7 +99,8 @@ def decode_utf8(raw: bytes, path: Path, first_line: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = first_line + raw[: exc.start].count(b"\n")
-        raise CorpusError(f"{path}:{line}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+        raise CorpusError(f"{path}:{line}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start})") from None
 
 
 def is_heldout(text: str, fraction: float) -> bool:
@@ -119,7 +122,8 @@ class Shards:
         directory = Path(directory)
         info = json.loads((directory / "shards.json").read_text())
         dtype = np.dtype(info["dtype"])
-        return cls(directory, *(_memmap(directory / f"{split}.bin", dtype) for split in ("train", "heldout")), info)
+        return cls(directory, *(_memmap(directory / f"{split}.bin", dtype) for split in ("train", "heldout")),
+                   info)
 
 
 def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
@@ -128,7 +132,8 @@ def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def encode_corpus(tokenizer, paths: Sequence[str | Path], out_dir: str | Path, heldout_fraction: float) -> Shards:
+def encode_corpus(tokenizer, paths: Sequence[str | Path], out_dir: str | Path,
+                  heldout_fraction: float) -> Shards:
     """Encode every document of `paths` into `out_dir/{train,heldout}.bin`; returns the opened shards."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,9 +150,11 @@ def encode_corpus(tokenizer, paths: Sequence[str | Path], out_dir: str | Path, h
                 counts[split][0] += 1
                 counts[split][1] += len(ids)
     files = corpus_files(paths)
-    info = {"dtype": np.dtype(dtype).name, "files": [str(f) for f in files], "bytes": [f.stat().st_size for f in files],
+    info = {"dtype": np.dtype(dtype).name, "files": [str(f) for f in files],
+            "bytes": [f.stat().st_size for f in files],
             "heldout_fraction": heldout_fraction, "vocab_size": len(tokenizer),
-            **{f"{split}_{what}": counts[split][i] for split in counts for i, what in enumerate(("documents", "tokens"))}}
+            **{f"{split}_{what}": counts[split][i]
+               for split in counts for i, what in enumerate(("documents", "tokens"))}}
     (out_dir / "shards.json").write_text(json.dumps(info, indent=2))
     return Shards.open(out_dir)
 

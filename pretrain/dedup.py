@@ -3,7 +3,7 @@
     index = DedupIndex(Dedup())
     for text in texts:
         index.add(text)                  # False when it is an exact copy of an earlier doc
-    dropped = index.near_duplicates()    # positions (in add order) of the docs to drop: all but one per cluster
+    dropped = index.near_duplicates()    # positions (add order) of the docs to drop: all but one per cluster
 
 Exact: sha1 of the text with whitespace collapsed (FineWeb itself relied on MinHash alone).
 MinHash (Broder 1997), as datatrove's `MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8,
@@ -18,7 +18,7 @@ cluster, in input order, is kept. Implemented with numpy and hashlib rather than
 (datasketch would add a dependency for ~40 lines, and its permutation order differs from datatrove's).
 
 Memory: per kept doc, one 64-bit key per bucket (14 x 8 bytes in a small numpy array) and a 20-byte
-sha1 in a set: ~390 bytes with Python's overhead (measured), so a million docs take ~0.4 GB.
+sha1 in a set, a few hundred bytes with Python's overhead.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class Dedup(Section):
 
 
 def normalize(text: str) -> str:
-    """datatrove's `simplify_text`: lowercase, collapse whitespace, drop punctuation and diacritics, digits -> 0."""
+    """datatrove's `simplify_text`: lowercase, collapse whitespace, drop punctuation and diacritics,
+    digits -> 0."""
     text = _SPACES.sub(" ", text.lower().strip()).translate(_PUNCTUATION)
     text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
     return _DIGITS.sub("0", text).strip()
@@ -84,18 +85,14 @@ class MinHasher:
 
     def signature(self, text: str) -> np.ndarray:
         with np.errstate(over="ignore"):  # the product wraps at 2^64, as in datatrove
-            return ((self.shingles(text) * self.a + self.b) % MERSENNE).min(axis=0)  # (num_buckets * per_bucket,)
+            # (num_buckets * per_bucket,)
+            return ((self.shingles(text) * self.a + self.b) % MERSENNE).min(axis=0)
 
     def bucket_keys(self, text: str) -> np.ndarray:
         """(num_buckets,) uint64: one 64-bit digest of each band's minima."""
         bands = self.signature(text).reshape(self.cfg.num_buckets, self.cfg.hashes_per_bucket)
         return np.array([int.from_bytes(hashlib.blake2b(band.tobytes(), digest_size=8).digest(), "little")
                          for band in bands], dtype=np.uint64)
-
-
-def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Share of equal minima of two signatures: an unbiased estimate of their shingle sets' Jaccard similarity."""
-    return float(np.mean(a == b))
 
 
 class DedupIndex:

@@ -91,7 +91,8 @@ class DocFilter:
 
     def __init__(self, cfg: FilterConfig):
         self.cfg = cfg
-        self.blocklist = load_blocklist(cfg.url.blocklist_file) if cfg.url.enabled else (frozenset(), frozenset())
+        empty = (frozenset(), frozenset())
+        self.blocklist = load_blocklist(cfg.url.blocklist_file) if cfg.url.enabled else empty
 
     def __call__(self, text: str, url: str | None = None) -> tuple[str, str | None]:
         """(text, None) to keep, with the text as C4 rewrote it; (text, "<stage>/<rule>") to drop."""
@@ -180,7 +181,8 @@ def report(metrics: dict[str, int]) -> Table:
     for key, n in metrics.items():
         if key.startswith("filter/removed/"):
             table.add_row(key.removeprefix("filter/removed/"), str(n), f"{100 * n / total:.1f}")
-    table.add_row("[bold]kept", str(metrics["filter/docs_kept"]), f"{100 * metrics['filter/docs_kept'] / total:.1f}")
+    table.add_row("[bold]kept", str(metrics["filter/docs_kept"]),
+                  f"{100 * metrics['filter/docs_kept'] / total:.1f}")
     pii = ", ".join(f"{n} {kind}" for kind, n in metrics.items() if kind.startswith("filter/pii/") and n)
     if pii:
         table.caption = "PII replaced: " + pii.replace("filter/pii/", "")

@@ -1,11 +1,10 @@
 """The per-document rules of the web-data filter, each a pure function with its own typed settings.
 
-    reason = gopher_quality(text, GopherQuality())        # None = keep, else e.g. "gopher_quality/short_doc"
-    text, reason = c4_lines(text, C4Lines())              # C4 rewrites the text (drops lines) or drops the doc
+    reason = gopher_quality(text, GopherQuality())   # None = keep, else e.g. "gopher_quality/short_doc"
+    text, reason = c4_lines(text, C4Lines())         # C4 rewrites the text (drops lines) or drops the doc
 
-Re-implemented from FineWeb's datatrove pipeline (`examples/fineweb.py`; thresholds as there, see
-../shared/notes/pretrain-data.md section A) in pure Python, so nothing here needs nltk, spaCy, fastText
-or a download. Departures, all deliberate:
+Re-implemented from FineWeb's datatrove pipeline (datatrove's `examples/fineweb.py`; thresholds as there)
+in pure Python, so nothing here needs nltk, spaCy, fastText or a download. Departures, all deliberate:
 - words come from one regex (`WORD`: runs of letters/digits, apostrophes inside, and each punctuation
   mark alone), not nltk's `word_tokenize`; sentences are split at `.`, `!`, `?` followed by a space,
   not nltk's punkt. Counts near a threshold can differ by a word or a sentence.
@@ -55,8 +54,8 @@ BLOCKED_DOMAINS = frozenset({
     "chaturbate.com", "livejasmin.com", "stripchat.com", "malware.wicar.org", "testsafebrowsing.appspot.com",
 })
 BANNED_URL_WORDS = frozenset({"porn", "porno", "xxx", "sex", "hentai", "nsfw", "camgirl", "milf", "escort"})
-SOFT_BANNED_URL_WORDS = frozenset({"adult", "nude", "naked", "hot", "girls", "cam", "cams", "dating", "erotic",
-                                    "sexy", "babes", "casino", "viagra"})
+SOFT_BANNED_URL_WORDS = frozenset({"adult", "nude", "naked", "hot", "girls", "cam", "cams", "dating",
+                                   "erotic", "sexy", "babes", "casino", "viagra"})
 
 
 class UrlRules(Section):
@@ -118,8 +117,8 @@ class English(Section):
     enabled: bool = True
     """Keep only docs that look English (stop-word heuristic; FineWeb: fastText lid.176 score > 0.65)."""
     min_stop_word_ratio: float = Field(0.2, ge=0, le=1)
-    """Share of a doc's words that must be common English function words (measured: English prose and docs
-    0.21-0.40, French, German, Spanish, Italian, Dutch and Portuguese paragraphs 0.00-0.10, Python source 0.14-0.29)."""
+    """Share of a doc's words that must be common English function words (English prose and docs score
+    above it; French, German, Spanish, Italian, Dutch and Portuguese paragraphs and Python source below)."""
 
 
 def english(text: str, cfg: English) -> str | None:
@@ -256,9 +255,11 @@ def gopher_quality(text: str, cfg: GopherQuality) -> str | None:
     if (text.count("...") + text.count("…")) / n > cfg.max_symbol_word_ratio:
         return "gopher_quality/too_many_ellipsis"
     lines = text.splitlines() or [""]
-    if sum(line.lstrip().startswith(("•", "-")) for line in lines) / len(lines) > cfg.max_bullet_lines_ratio:
+    bullets = sum(line.lstrip().startswith(("•", "-")) for line in lines)
+    if bullets / len(lines) > cfg.max_bullet_lines_ratio:
         return "gopher_quality/too_many_bullets"
-    if sum(line.rstrip().endswith(("...", "…")) for line in lines) / len(lines) > cfg.max_ellipsis_lines_ratio:
+    ellipses = sum(line.rstrip().endswith(("...", "…")) for line in lines)
+    if ellipses / len(lines) > cfg.max_ellipsis_lines_ratio:
         return "gopher_quality/too_many_end_ellipsis"
     if sum(any(c.isalpha() for c in w) for w in tokens) / n < cfg.min_alpha_words_ratio:
         return "gopher_quality/below_alpha_threshold"
@@ -272,7 +273,8 @@ def gopher_quality(text: str, cfg: GopherQuality) -> str | None:
 
 
 CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
-POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+                  "use cookies")
 
 
 class C4Lines(Section):
@@ -355,10 +357,12 @@ def fineweb_quality(text: str, cfg: FineWebQuality) -> str | None:
 # PII formatting (datatrove's PIIFormatter: emails and public IPv4 only)
 
 EMAIL = re.compile(
-    r"\b[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@(?:(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+"
-    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?|\[(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|"
-    r"[01]?[0-9][0-9]?|[a-z0-9-]*[a-z0-9]:)])", re.IGNORECASE)
-IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)")
+    r"\b[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+    r"|\[(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?|[a-z0-9-]*[a-z0-9]:)])", re.IGNORECASE)
+IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}"
+                  r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)")
 
 
 class Pii(Section):
@@ -368,7 +372,8 @@ class Pii(Section):
     """Used in turn for each email found."""
     ip_replacements: list[str] = ["22.214.171.124", "126.96.36.199", "188.8.131.52", "184.108.40.206",
                                   "220.127.116.11", "18.104.22.168"]
-    """Used in turn for each public IPv4 found (datatrove's list); private, loopback and reserved ones stay."""
+    """Used in turn for each public IPv4 found (datatrove's list); private, loopback and reserved ones
+    stay."""
 
 
 class PiiFormatter:

@@ -1,4 +1,4 @@
-"""The training loop that pretraining and SFT share: next-token loss over fixed rows, with everything around it.
+"""The training loop that pretraining and SFT share: next-token loss over fixed rows, and all around it.
 
     stage = Stage("pretrain", rows, heldout, prompts, show)       # what differs between the two stages
     model_dir = train(stage, model, tokenizer, cfg, run, console, resume_from=None, on_step=hook)
@@ -8,7 +8,8 @@ training rows (a pure function of the step: the data position is just the step),
 `batch_size / micro_batch_size` forward/backward passes (gradient accumulation: the loss of every
 micro-batch is divided by the step's trained-token count, so the gradient is that of the whole
 batch), and steps the RL `Learner`'s AdamW + warmup/cosine schedule with gradient-norm clipping
-(`Learner.optimizer_step`). The loss is `learner.nll_sum`, the same code as `Learner.sft_step`.
+(`Learner.optimizer_step`; the learner's public API, `answerkey.learner.Learner`). The loss is
+`answerkey.model.nll_sum`, the loss `Learner.sft_step` computes through the learner's own forward.
 
 Around it: a rich progress bar; one metrics row per step in `metrics.jsonl` (`<stage>/loss`,
 `<stage>/lr`, `<stage>/grad_norm`, `<stage>/tokens`, `<stage>/tokens_per_s`, `time/step_s`, and
@@ -43,10 +44,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from answerkey.config import LearnerConfig
-from answerkey.learner import checkpoint
-from answerkey.learner.learner import Learner, forward_logits, nll_sum
+from answerkey.learner import Learner, checkpoint
+from answerkey.model import forward_logits, nll_sum, num_parameters
 from answerkey.pretrain.config import StageRunConfig, TrainConfig
-from answerkey.pretrain.model import num_parameters
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
 from answerkey.rundir import RunDir
@@ -60,7 +60,8 @@ class Batch:
 
     input_ids: torch.Tensor  # (N, L)
     loss_mask: torch.Tensor  # (N, L-1) 1 where target t+1 is trained
-    attention_mask: torch.Tensor | None = None  # (N, L) padding, (N, 1, L, L) bool block-causal, or None (causal)
+    # (N, L) padding, (N, 1, L, L) bool block-causal, or None (causal)
+    attention_mask: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None  # (N, L), or None (0..L-1)
 
     @property
@@ -96,17 +97,22 @@ def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
 
 
-class Loop:
+class StageLoop:
+    """One pretraining or SFT run over a `Stage`'s rows: steps, held-out loss, samples, checkpoints, resume."""
+
     def __init__(self, stage: Stage, model, tokenizer, cfg: TrainConfig, run: RunDir, console: Console):
-        self.stage, self.model, self.tokenizer, self.cfg, self.run, self.console = stage, model, tokenizer, cfg, run, console
+        self.stage, self.model, self.tokenizer, self.cfg = stage, model, tokenizer, cfg
+        self.run, self.console = run, console
         self.run_cfg: StageRunConfig = run.cfg.run
         learner_cfg = LearnerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, adam_betas=cfg.adam_betas,
-                                    warmup_steps=cfg.warmup_steps, schedule="cosine", min_lr_ratio=cfg.min_lr_ratio,
-                                    max_grad_norm=cfg.max_grad_norm, precision=cfg.precision)
+                                    warmup_steps=cfg.warmup_steps, schedule="cosine",
+                                    min_lr_ratio=cfg.min_lr_ratio, max_grad_norm=cfg.max_grad_norm,
+                                    precision=cfg.precision)
         self.learner = Learner(model, learner_cfg, SamplingParams(), total_steps=cfg.steps)
         self.learner.tokenizer = tokenizer
         self.step = 0
@@ -118,13 +124,17 @@ class Loop:
         ckpt = checkpoint.load(path)
         changed = stream_changes(ckpt.config, self.run.cfg.model_dump(mode="json"))
         if changed:
-            raise ValueError(f"--resume: {path} was trained with " + ", ".join(f"{k}={a!r}" for k, a, _ in changed)
-                             + "; this run has " + ", ".join(f"{k}={b!r}" for k, _, b in changed)
-                             + ": the rows it trains on would not continue the run's (set them back, or start a new run.name)")
+            was = ", ".join(f"{k}={a!r}" for k, a, _ in changed)
+            now = ", ".join(f"{k}={b!r}" for k, _, b in changed)
+            raise ValueError(f"--resume: {path} was trained with {was}; this run has {now}: the rows it "
+                             "trains on would not continue the run's (set them back, or start a new "
+                             "run.name)")
         self.learner.load_state_dict(ckpt.learner_state)
         self.step, self.tokens = ckpt.step, int(ckpt.run_state["tokens"])
-        if ckpt.run_state["rows"] != self.step * self.cfg.batch_size or ckpt.run_state["stage"] != self.stage.name:
-            raise ValueError(f"{path}: not a {self.stage.name} checkpoint of this batch size (run state {ckpt.run_state})")
+        state = ckpt.run_state
+        if state["rows"] != self.step * self.cfg.batch_size or state["stage"] != self.stage.name:
+            raise ValueError(f"{path}: not a {self.stage.name} checkpoint of this batch size "
+                             f"(run state {state})")
         self.run.truncate(self.step)
         self.console.print(f"resumed {self.stage.name} from {path} at step {self.step}")
 
@@ -148,8 +158,10 @@ class Loop:
         self.step += 1
         self.tokens += tokens
         seconds = time.perf_counter() - start
-        return {f"{name}/loss": loss_sum, f"{name}/lr": update["learner/lr"], f"{name}/grad_norm": update["learner/grad_norm"],
-                f"{name}/nonfinite_grad": update["learner/nonfinite_grad"], f"{name}/tokens": float(self.tokens),
+        return {f"{name}/loss": loss_sum, f"{name}/lr": update["learner/lr"],
+                f"{name}/grad_norm": update["learner/grad_norm"],
+                f"{name}/nonfinite_grad": update["learner/nonfinite_grad"],
+                f"{name}/tokens": float(self.tokens),
                 f"{name}/tokens_per_s": tokens / seconds, "time/step_s": seconds}
 
     @torch.no_grad()
@@ -177,7 +189,8 @@ class Loop:
     def save(self) -> Path:
         state = {"rows": self.step * self.cfg.batch_size, "tokens": self.tokens, "stage": self.stage.name}
         return Path(self.learner.save_checkpoint(str(self.run.checkpoints), self.step, state,
-                                                 self.run.cfg.model_dump_json(indent=2), self.run_cfg.keep_checkpoints))
+                                                 self.run.cfg.model_dump_json(indent=2),
+                                                 self.run_cfg.keep_checkpoints))
 
     def fit(self, on_step: OnStep | None = None) -> None:
         name, r = self.stage.name, self.run_cfg
@@ -187,7 +200,8 @@ class Loop:
             task = bar.add_task(name, total=self.cfg.steps, completed=self.step, info="")
             while not self.last and self.step < self.cfg.steps:
                 metrics = self.train_step()
-                self.last = self.step == self.cfg.steps or bool(budget and time.perf_counter() - started >= budget)
+                spent = bool(budget and time.perf_counter() - started >= budget)
+                self.last = self.step == self.cfg.steps or spent
                 if self.due(r.eval_every) and self.stage.heldout:
                     metrics[f"{name}/heldout_loss"] = self.heldout_loss()
                 self.run.log(self.step, metrics)
@@ -195,11 +209,13 @@ class Loop:
                     rows = self.samples()
                     self.run.samples(self.step, rows)
                     for row in rows:
-                        bar.console.print(f"step {self.step} sample: {row['shown']}", markup=False, highlight=False)
+                        bar.console.print(f"step {self.step} sample: {row['shown']}", markup=False,
+                                          highlight=False)
                 if self.due(r.checkpoint_every):
                     self.save()
-                info = f"loss {metrics[f'{name}/loss']:.3f}" + (f" held-out {metrics[f'{name}/heldout_loss']:.3f}"
-                                                              if f"{name}/heldout_loss" in metrics else "")
+                info = f"loss {metrics[f'{name}/loss']:.3f}"
+                if f"{name}/heldout_loss" in metrics:
+                    info += f" held-out {metrics[f'{name}/heldout_loss']:.3f}"
                 bar.update(task, completed=self.step, info=info)
                 if on_step:
                     on_step(self.step, metrics)
@@ -208,10 +224,11 @@ class Loop:
         cfg, rows = self.cfg, self.stage.rows
         accum = cfg.batch_size // cfg.micro_batch_size
         epochs = cfg.steps * cfg.batch_size / len(rows)
-        return (f"{type(self.model).__name__}, {num_parameters(self.model):,} parameters; {cfg.batch_size} rows per step "
-                f"({accum} micro-batch(es) of {cfg.micro_batch_size}); {cfg.steps} steps = {epochs:.2f} epochs of "
-                f"{len(rows)} training rows; {sum(b.input_ids.shape[0] for b in self.stage.heldout)} held-out rows; "
-                f"{cfg.precision}, {torch.get_num_threads()} threads")
+        heldout = sum(b.input_ids.shape[0] for b in self.stage.heldout)
+        return (f"{type(self.model).__name__}, {num_parameters(self.model):,} parameters; "
+                f"{cfg.batch_size} rows per step ({accum} micro-batch(es) of {cfg.micro_batch_size}); "
+                f"{cfg.steps} steps = {epochs:.2f} epochs of {len(rows)} training rows; {heldout} held-out "
+                f"rows; {cfg.precision}, {torch.get_num_threads()} threads")
 
 
 @contextlib.contextmanager
@@ -226,7 +243,8 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-STREAM_KEYS = ("data", "train.seed")  # what decides which rows each step trains on (batch_size: checked by row count)
+# what decides which rows each step trains on (batch_size: checked by the checkpoint's row count)
+STREAM_KEYS = ("data", "train.seed")
 
 
 def stream_changes(saved: dict, now: dict) -> list[tuple[str, object, object]]:
@@ -260,7 +278,7 @@ def resume_point(run: RunDir, resume: bool, console: Console) -> Path | None:
 def train(stage: Stage, model, tokenizer, cfg: TrainConfig, run: RunDir, console: Console,
           resume_from: Path | None = None, on_step: OnStep | None = None) -> Path:
     """Run the loop to `cfg.steps` and return `run_dir/model` (an HF checkpoint directory)."""
-    loop = Loop(stage, model, tokenizer, cfg, run, console)
+    loop = StageLoop(stage, model, tokenizer, cfg, run, console)
     if resume_from is not None:
         loop.restore(resume_from)
     console.print(f"[bold]{stage.name}:[/] {loop.describe()}")
@@ -270,5 +288,6 @@ def train(stage: Stage, model, tokenizer, cfg: TrainConfig, run: RunDir, console
     run.metrics.plot(keys, run.path / "loss.png", f"{stage.name}: {run.path.name}")
     final = [row for row in last if f"{stage.name}/heldout_loss" in row]
     if final and math.isfinite(final[-1][f"{stage.name}/heldout_loss"]):
-        console.print(f"{stage.name}: final held-out loss {final[-1][f'{stage.name}/heldout_loss']:.4f} at step {final[-1]['step']}")
+        loss, step = final[-1][f"{stage.name}/heldout_loss"], final[-1]["step"]
+        console.print(f"{stage.name}: final held-out loss {loss:.4f} at step {step}")
     return checkpoint.save_model(run.path / "model", model, tokenizer)

@@ -6,7 +6,7 @@
 1. the tokenizer: `tokenizer.path`, or BPE trained on the training documents (`pretrain/tokenizer.py`);
 2. the corpus encoded once into memory-mapped shards (`pretrain/corpus.py`), documents separated by
    `<|endoftext|>`, a hash-chosen `data.heldout_fraction` of them held out;
-3. a Llama preset (`pretrain/model.py`) trained on windows of `data.seq_len` tokens cut from the
+3. a Llama preset (`answerkey/model/presets.py`) trained on windows of `data.seq_len` tokens cut from the
    training shard (consecutive windows share one token, so every token is a target exactly once per
    epoch; attention runs across document boundaries, as in GPT-2), by the shared loop
    (`pretrain/loop.py`: AdamW, warmup + cosine, accumulation, held-out loss, samples, checkpoints).
@@ -28,10 +28,10 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from answerkey import chat
+from answerkey.model import build_model
 from answerkey.pretrain import corpus
 from answerkey.pretrain.config import PretrainConfig
 from answerkey.pretrain.loop import Batch, OnStep, Rows, Stage, resume_point, torch_threads, train
-from answerkey.pretrain.model import build_model
 from answerkey.pretrain.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from answerkey.rundir import RunDir
 
@@ -65,7 +65,8 @@ def heldout_batches(tokens: np.ndarray, seq_len: int, limit: int, micro_batch: i
 
 
 def prepare_tokenizer(cfg: PretrainConfig, run_dir: Path, resume: bool):
-    """The run's tokenizer in run_dir/tokenizer: the run's own (resume), copied from tokenizer.path, or trained."""
+    """The run's tokenizer in run_dir/tokenizer: the run's own (resume), copied from tokenizer.path, or
+    trained."""
     where = run_dir / "tokenizer"
     if resume and (where / "tokenizer.json").exists():
         return load_tokenizer(where)
@@ -74,7 +75,8 @@ def prepare_tokenizer(cfg: PretrainConfig, run_dir: Path, resume: bool):
     else:
         f = cfg.data.heldout_fraction
         texts = (d for d in corpus.documents(cfg.data.paths) if not corpus.is_heldout(d, f))
-        tokenizer = train_bpe(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.split_digits, cfg.tokenizer.trainer)
+        tokenizer = train_bpe(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.split_digits,
+                              cfg.tokenizer.trainer)
     save_tokenizer(tokenizer, where)
     return tokenizer
 
@@ -87,14 +89,17 @@ def prepare_shards(cfg: PretrainConfig, tokenizer, run_dir: Path, resume: bool) 
         files = corpus.corpus_files(cfg.data.paths)
         info = shards.info
         if (info["files"] == [str(f) for f in files] and info["bytes"] == [f.stat().st_size for f in files]
-                and info["vocab_size"] == len(tokenizer) and info["heldout_fraction"] == cfg.data.heldout_fraction):
+                and info["vocab_size"] == len(tokenizer)
+                and info["heldout_fraction"] == cfg.data.heldout_fraction):
             return shards
-        raise ValueError(f"--resume: data.paths / data.heldout_fraction no longer match the corpus this run encoded "
-                         f"({where / 'shards.json'}); resuming on other data would not continue the run")
+        raise ValueError(f"--resume: data.paths / data.heldout_fraction no longer match the corpus this run "
+                         f"encoded ({where / 'shards.json'}); resuming on other data would not continue the "
+                         "run")
     shards = corpus.encode_corpus(tokenizer, cfg.data.paths, where, cfg.data.heldout_fraction)
     if len(shards.train) < cfg.data.seq_len:
-        raise ValueError(f"data.seq_len ({cfg.data.seq_len}) is longer than the training shard ({len(shards.train)} "
-                         f"tokens of {shards.info['train_documents']} documents in {cfg.data.paths})")
+        raise ValueError(f"data.seq_len ({cfg.data.seq_len}) is longer than the training shard "
+                         f"({len(shards.train)} tokens of {shards.info['train_documents']} documents in "
+                         f"{cfg.data.paths})")
     if len(shards.heldout) < 2:
         raise ValueError(f"data.heldout_fraction ({cfg.data.heldout_fraction}) held out no document of the "
                          f"{shards.info['train_documents']} in {cfg.data.paths}; raise it or add documents")
@@ -102,7 +107,8 @@ def prepare_shards(cfg: PretrainConfig, tokenizer, run_dir: Path, resume: bool) 
 
 
 def sample_prompts(cfg: PretrainConfig, tokenizer, heldout: np.ndarray) -> list[list[int]]:
-    """`<|endoftext|>` + each prefix of run.samples; by default a blank document and a held-out document's start."""
+    """`<|endoftext|>` + each prefix of run.samples; by default a blank document and a held-out document's
+    start."""
     eot = tokenizer.convert_tokens_to_ids(chat.END_OF_TEXT)
     if cfg.run.samples:
         return [[eot, *tokenizer.encode(p, add_special_tokens=False)] for p in cfg.run.samples]
@@ -111,7 +117,8 @@ def sample_prompts(cfg: PretrainConfig, tokenizer, heldout: np.ndarray) -> list[
     return [[eot], [eot, *first]]
 
 
-def run(cfg: PretrainConfig, console: Console | None = None, resume: bool = False, on_step: OnStep | None = None) -> Path:
+def run(cfg: PretrainConfig, console: Console | None = None, resume: bool = False,
+        on_step: OnStep | None = None) -> Path:
     """Pretrain as `cfg` says; returns the final HF checkpoint directory (run_dir/model)."""
     console = console or Console()
     hf_logging.disable_progress_bar()
@@ -126,8 +133,9 @@ def run(cfg: PretrainConfig, console: Console | None = None, resume: bool = Fals
     if resume_from is not None:
         model = AutoModelForCausalLM.from_pretrained(resume_from / "model", dtype=torch.float32)
     else:
-        model = build_model(cfg.model.preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id,
-                            max_positions=cfg.model.max_positions, seed=cfg.train.seed)
+        model = build_model(cfg.model.preset, len(tokenizer), chat.stop_token_ids(tokenizer),
+                            pad_id=tokenizer.pad_token_id, max_positions=cfg.model.max_positions,
+                            seed=cfg.train.seed)
     T = cfg.data.seq_len
     stage = Stage("pretrain", TokenWindows(shards.train, T),
                   heldout_batches(shards.heldout, T, cfg.run.eval_rows, cfg.train.micro_batch_size),

@@ -2,7 +2,7 @@
 
     answerkey tokenize --tokenizer runs/base/tokenizer "What is 12 + 30?"    # pieces and ids
     answerkey sample runs/base/model "Alice has 3 apples" -n 4 --temperature 0.8
-    answerkey chat runs/sft/model                                          # or: echo "What is 2 + 3?" | answerkey chat ...
+    answerkey chat runs/sft/model              # or: echo "What is 2 + 3?" | answerkey chat runs/sft/model
 
 `sample` treats the checkpoint as the document simulator a base model is: the prompt is
 `<|endoftext|>` + the prefix (a document start, as in pretraining) and each continuation stops at
@@ -28,15 +28,18 @@ COLORS = ("on grey23", "on dark_blue", "on dark_green", "on dark_red", "on purpl
 
 
 def pieces(tokenizer, text: str) -> list[tuple[int, str]]:
-    """(id, piece) per token of `text`: a special token as itself, any other as its bytes (escaped if not UTF-8)."""
+    """(id, piece) per token of `text`: a special token as itself, any other as its bytes (escaped if not
+    UTF-8)."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     by_id = {i: b for b, i in vocab_bytes(tokenizer).items()}
-    return [(i, by_id[i].decode("utf-8", errors="backslashreplace") if i in by_id else tokenizer.convert_ids_to_tokens(i))
+    return [(i, by_id[i].decode("utf-8", errors="backslashreplace") if i in by_id
+             else tokenizer.convert_ids_to_tokens(i))
             for i in ids]
 
 
 def token_view(tokenizer, text: str) -> Text:
-    """The text with each token on its own background colour, then `id:'piece'` per token (the talk's token viewer)."""
+    """The text with each token on its own background colour, then `id:'piece'` per token (the talk's token
+    viewer)."""
     out = Text()
     toks = pieces(tokenizer, text)
     for k, (_, piece) in enumerate(toks):
@@ -46,12 +49,14 @@ def token_view(tokenizer, text: str) -> Text:
 
 
 def default_tokenizer():
-    """A tokenizer trained in a second on the synthetic world's conversations (when no --tokenizer is given)."""
+    """A tokenizer trained on the spot on the synthetic world's conversations (when no --tokenizer is
+    given)."""
     from answerkey.envs.synthetic import SyntheticEnv
     from answerkey.pretrain.bootstrap import solution_conversations
     from answerkey.pretrain.tokenizer import train_bpe
 
-    return train_bpe([chat.render(c) for c in solution_conversations(SyntheticEnv(difficulty=2))], vocab_size=384)
+    return train_bpe([chat.render(c) for c in solution_conversations(SyntheticEnv(difficulty=2))],
+                     vocab_size=384)
 
 
 def engine(path: str | Path, seed: int = 0) -> TorchEngine:
@@ -96,7 +101,8 @@ def chat_loop(e: TorchEngine, lines: Iterable[str], write: Callable[[str], None]
             reply = e.generate([prompt], 1, sampling)[0][0]
             # a special token sampled mid-reply cannot be rendered back as content; keep the words around it
             messages.append({"role": "assistant", "content": _plain(reply.text)})
-            write(f"assistant> {reply.text}" + ("" if reply.finish_reason == "stop" else "  [cut at --max-new-tokens]"))
+            cut = "" if reply.finish_reason == "stop" else "  [cut at --max-new-tokens]"
+            write(f"assistant> {reply.text}{cut}")
         ask()
     return messages
 

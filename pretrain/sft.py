@@ -1,6 +1,7 @@
 """`answerkey sft`: an assistant from a base model, trained on conversations (loss on assistant tokens only).
 
-    answerkey sft examples/sft_tiny.toml --model.path=runs/base/model --data.paths="['chats.jsonl']" [--resume]
+    answerkey sft examples/sft_tiny.toml --model.path=runs/base/model \
+        --data.paths="['chats.jsonl']" [--resume]
     model_dir = run(SFTConfig(data=ConversationsConfig(paths=["chats.jsonl"]), model=StartConfig(path=...)))
 
 Conversations are JSONL rows `{"messages": [{"role": ..., "content": ...}, ...]}`, rendered with the
@@ -12,12 +13,12 @@ tokens one after another (next-fit; a conversation that does not fit starts the 
 a row, position ids restart at 0 for each conversation and the attention mask is block-diagonal
 causal — a (N, 1, L, L) bool mask that `transformers` hands to SDPA unchanged — so no token sees
 another conversation and a packed row computes exactly the per-conversation losses (a test
-compares with one conversation per row). Left to itself, transformers 5.24 infers such a mask from
-restarting position ids only when it gets no attention mask and no KV cache — but Llama's config
-has `use_cache=True`, so a plain `model(input_ids, position_ids=...)` builds a cache, skips the
-inference, and attends across conversations without a word (checked: logits differ by ~0.5). So
-this module always passes the explicit mask (and `use_cache=False`, in `learner.forward_logits`).
-A conversation longer than `data.seq_len` is cut, and the count is printed.
+compares with one conversation per row). Left to itself, transformers infers such a mask from
+restarting position ids only when it gets no attention mask and no KV cache, but Llama's config has
+`use_cache=True`, so a plain `model(input_ids, position_ids=...)` builds a cache, skips the
+inference, and silently attends across conversations. So this module always passes the explicit
+mask (and `use_cache=False`, in `answerkey.model.forward_logits`). A conversation longer than
+`data.seq_len` is cut, and the count is printed.
 
 The loop, metrics, checkpoints and resume are the pretraining ones (`pretrain/loop.py`, metrics
 under `sft/`); the output `run_dir/model` is what `answerkey rl --model.path=` starts from.
@@ -56,12 +57,14 @@ def read_conversations(paths: Sequence[str | Path]) -> list[Conversation]:
                 raise corpus.CorpusError(f"{where}: expected an object with a 'messages' list")
             chat.check_messages(messages, where=f"{where}: messages")
             if not any(m["role"] == "assistant" for m in messages):
-                raise corpus.CorpusError(f"{where}: the conversation has no assistant turn (nothing to train on)")
+                raise corpus.CorpusError(f"{where}: the conversation has no assistant turn (nothing to "
+                                         "train on)")
             out.append([{"role": m["role"], "content": m["content"]} for m in messages])
     return out
 
 
-def split(conversations: list[Conversation], fraction: float) -> tuple[list[Conversation], list[Conversation]]:
+def split(conversations: list[Conversation],
+          fraction: float) -> tuple[list[Conversation], list[Conversation]]:
     """(train, held-out) by a hash of each conversation's JSON (stable, duplicates on one side)."""
     heldout = [corpus.is_heldout(json.dumps(c, sort_keys=True), fraction) for c in conversations]
     return ([c for c, h in zip(conversations, heldout, strict=True) if not h],
@@ -71,7 +74,8 @@ def split(conversations: list[Conversation], fraction: float) -> tuple[list[Conv
 class PackedRows(Rows):
     """Encoded conversations laid out in rows of at most `seq_len` tokens, packed or one per row."""
 
-    def __init__(self, examples: Sequence[chat.Encoded], seq_len: int, pad_id: int, packed: bool, seed: int = 0):
+    def __init__(self, examples: Sequence[chat.Encoded], seq_len: int, pad_id: int, packed: bool,
+                 seed: int = 0):
         self.packed, self.seq_len = packed, seq_len
         order = np.random.default_rng(seed).permutation(len(examples)) if packed else range(len(examples))
         rows: list[list[chat.Encoded]] = []
@@ -129,29 +133,36 @@ def heldout_batches(rows: PackedRows, limit: int, micro_batch: int) -> list[Batc
 
 
 def sample_prompts(cfg: SFTConfig, tokenizer, heldout: list[Conversation]) -> list[list[int]]:
-    """run.samples as user messages, or the first two held-out conversations up to their first assistant turn."""
+    """run.samples as user messages, or the first two held-out conversations up to their first assistant
+    turn."""
     if cfg.run.samples:
         return [chat.prompt_ids(tokenizer, [{"role": "user", "content": s}]) for s in cfg.run.samples]
     firsts = [c[: next(i for i, m in enumerate(c) if m["role"] == "assistant")] for c in heldout[:2]]
     return [chat.prompt_ids(tokenizer, c) for c in firsts if c]
 
 
-def load_data(cfg: SFTConfig, tokenizer, console: Console) -> tuple[PackedRows, PackedRows, list[Conversation]]:
+def load_data(cfg: SFTConfig, tokenizer,
+              console: Console) -> tuple[PackedRows, PackedRows, list[Conversation]]:
     d = cfg.data
     conversations = read_conversations(d.paths)
-    train_c, heldout_c = (conversations, read_conversations(d.heldout_paths)) if d.heldout_paths else split(
-        conversations, d.heldout_fraction)
+    if d.heldout_paths:
+        train_c, heldout_c = conversations, read_conversations(d.heldout_paths)
+    else:
+        train_c, heldout_c = split(conversations, d.heldout_fraction)
     if not train_c or not heldout_c:
         raise ValueError(f"data.heldout_fraction ({d.heldout_fraction}) left {len(train_c)} training and "
-                         f"{len(heldout_c)} held-out conversations of {len(conversations)} in {d.paths}; both must be > 0")
+                         f"{len(heldout_c)} held-out conversations of {len(conversations)} in {d.paths}; "
+                         "both must be > 0")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else chat.stop_token_ids(tokenizer)[0]
     train_rows = PackedRows(encode_all(tokenizer, train_c), d.seq_len, pad, d.pack, cfg.train.seed)
     heldout_rows = PackedRows(encode_all(tokenizer, heldout_c), d.seq_len, pad, d.pack)
     console.print(f"conversations: {len(train_c)} training in {len(train_rows)} rows of {d.seq_len} tokens "
-                  f"({train_rows.fill:.0%} filled, {'packed' if d.pack else 'one per row'}), {len(heldout_c)} held out")
+                  f"({train_rows.fill:.0%} filled, {'packed' if d.pack else 'one per row'}), "
+                  f"{len(heldout_c)} held out")
     cut = train_rows.cut + heldout_rows.cut
     if cut:
-        console.print(f"[yellow]warning:[/] {cut} conversation(s) longer than data.seq_len = {d.seq_len} were cut")
+        console.print(f"[yellow]warning:[/] {cut} conversation(s) longer than data.seq_len = {d.seq_len} "
+                      "were cut")
     return train_rows, heldout_rows, heldout_c
 
 
@@ -160,7 +171,8 @@ def last_user(rendered: str) -> str:
     return rendered.rsplit(chat.turn_header("user"), 1)[-1].split(chat.IM_END)[0]
 
 
-def run(cfg: SFTConfig, console: Console | None = None, resume: bool = False, on_step: OnStep | None = None) -> Path:
+def run(cfg: SFTConfig, console: Console | None = None, resume: bool = False,
+        on_step: OnStep | None = None) -> Path:
     """SFT as `cfg` says; returns the final HF checkpoint directory (run_dir/model)."""
     console = console or Console()
     hf_logging.disable_progress_bar()
@@ -169,14 +181,18 @@ def run(cfg: SFTConfig, console: Console | None = None, resume: bool = False, on
         tokenizer.chat_template = chat.CHAT_TEMPLATE
     rundir = RunDir.create(cfg, resume=resume, prefix="sft")
     resume_from = resume_point(rundir, resume, console)
-    model = AutoModelForCausalLM.from_pretrained(resume_from / "model" if resume_from else cfg.model.path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(resume_from / "model" if resume_from else cfg.model.path,
+                                                 dtype=torch.float32)
     limit = model.config.max_position_embeddings
     if cfg.data.seq_len > limit:
-        raise ValueError(f"data.seq_len ({cfg.data.seq_len}) exceeds the model's {limit} positions ({cfg.model.path})")
+        raise ValueError(f"data.seq_len ({cfg.data.seq_len}) exceeds the model's {limit} positions "
+                         f"({cfg.model.path})")
     train_rows, heldout_rows, heldout_c = load_data(cfg, tokenizer, console)
-    stage = Stage("sft", train_rows, heldout_batches(heldout_rows, cfg.run.eval_rows, cfg.train.micro_batch_size),
-                  sample_prompts(cfg, tokenizer, heldout_c),
-                  lambda p, text: f"{last_user(tokenizer.decode(p, skip_special_tokens=False))!r} -> {text!r}")
+    def show(prompt: list[int], text: str) -> str:
+        return f"{last_user(tokenizer.decode(prompt, skip_special_tokens=False))!r} -> {text!r}"
+
+    heldout = heldout_batches(heldout_rows, cfg.run.eval_rows, cfg.train.micro_batch_size)
+    stage = Stage("sft", train_rows, heldout, sample_prompts(cfg, tokenizer, heldout_c), show)
     try:
         with torch_threads(cfg.train.threads):
             return train(stage, model, tokenizer, cfg.train, rundir, console, resume_from, on_step)

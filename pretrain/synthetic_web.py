@@ -35,7 +35,8 @@ OPENINGS = (
 )
 
 
-def web_documents(env: Env, n_docs: int = 6000, junk_fraction: float = 0.1, seed: int = 0) -> list[dict[str, str]]:
+def web_documents(env: Env, n_docs: int = 6000, junk_fraction: float = 0.1,
+                  seed: int = 0) -> list[dict[str, str]]:
     """`n_docs` documents (`url`, `text`) in a shuffled order, about `junk_fraction` of them junk.
 
     The clean part: one worksheet per (number, + or -), then a story page and a Q&A page for each of
@@ -43,11 +44,13 @@ def web_documents(env: Env, n_docs: int = 6000, junk_fraction: float = 0.1, seed
     tell the same problem the same way), then timed drills of random facts to fill the rest.
     """
     if n_docs < 10 or not 0 <= junk_fraction < 1:
-        raise ValueError(f"web_documents needs n_docs >= 10 and 0 <= junk_fraction < 1, got {n_docs}, {junk_fraction}")
+        raise ValueError(f"web_documents needs n_docs >= 10 and 0 <= junk_fraction < 1, got {n_docs}, "
+                         f"{junk_fraction}")
     rng = random.Random(f"web-{seed}")
     train = [p for p in env.problems("train") if p.meta.get("solution")]
     if not train:
-        raise ValueError(f"{type(env).__name__} has no training problems with meta['solution'] to write about")
+        raise ValueError(f"{type(env).__name__} has no training problems with meta['solution'] to write "
+                         "about")
     hi = MAX_NUMBER[getattr(env, "difficulty", 1)]
     n_clean = round(n_docs * (1 - junk_fraction))
     docs = [fact_sheet(a, op, hi) for a in range(2 * hi + 1) for op in "+-" if op == "+" or a > 0]
@@ -62,19 +65,21 @@ def web_documents(env: Env, n_docs: int = 6000, junk_fraction: float = 0.1, seed
 
 def fact_sheet(a: int, op: str, hi: int) -> dict[str, str]:
     """Every sum (or difference) of `a` with 1..hi, in order, as a worksheet."""
-    facts = [f"{a} {op} {b} = {a + b if op == '+' else a - b}." for b in range(1, hi + 1) if op == "+" or b <= a]
+    facts = [f"{a} {op} {b} = {a + b if op == '+' else a - b}."
+             for b in range(1, hi + 1) if op == "+" or b <= a]
     verb = "adding to" if op == "+" else "taking away from"
-    text = (f"{OPENINGS[a % len(OPENINGS)]} These are the facts for {verb} {a}, and there is one on each line.\n"
-            + "\n".join(facts) + f"\nThat is the whole table for {a}. Try to say each one without looking at the answer.")
+    text = (f"{OPENINGS[a % len(OPENINGS)]} These are the facts for {verb} {a}, and there is one on each "
+            "line.\n" + "\n".join(facts)
+            + f"\nThat is the whole table for {a}. Try to say each one without looking at the answer.")
     return {"url": f"https://sheets.example/{'add' if op == '+' else 'sub'}/{a}", "text": text}
 
 
 def drill(rng: random.Random, hi: int, i: int) -> dict[str, str]:
     """Mixed facts in random order, as a timed drill."""
     lines: dict[str, None] = {}  # distinct facts, in drawing order
-    # The bound is redrawn at every check, so most drills hold 9-11 facts (rarely 15-16). Kept on purpose: the
-    # demo's corpus and results come from it. Drills of a uniform 8-16 facts teach the base model so many sums
-    # that SFT alone reaches 0.95 held-out and RL has ~2 points left to add (measured: SFT 0.954, RL 0.978).
+    # The bound is redrawn at every check, so most drills hold 9-11 facts (rarely 15-16). Kept on purpose:
+    # the demo's corpus and results come from it. Drills of a uniform 8-16 facts teach the base model so
+    # many sums that SFT alone nearly saturates the held-out problems and RL has little left to show.
     while len(lines) < rng.randint(8, 16):
         a, b = rng.randint(0, 2 * hi), rng.randint(1, hi)
         lines[f"{a} + {b} = {a + b}." if rng.random() < 0.5 or b > a else f"{a} - {b} = {a - b}."] = None
@@ -87,7 +92,8 @@ def story_page(p: Problem, i: int) -> dict[str, str]:
     """A training problem told as a story that does its sums out loud."""
     steps, answer = p.meta["solution"].split("\n")[0], p.answer
     text = (f"{p.prompt} Let us work it out one step at a time, the way the teacher showed us. {steps} "
-            f"So the answer is {answer}. It is always easier when you write down each step and the number you get.")
+            f"So the answer is {answer}. It is always easier when you write down each step and the number "
+            "you get.")
     return {"url": f"https://stories.example/{i}", "text": text}
 
 
@@ -137,6 +143,7 @@ def _lorem(rng, clean, k):
 
 def leaked(texts: Iterable[str], env: Env) -> list[str]:
     """Ids of held-out problems whose worked steps or prompt appear in any of `texts` (should be empty)."""
-    held_out = [(p.id, p.prompt, p.meta["solution"].split("\n")[0]) for p in env.problems("test") if p.meta.get("solution")]
+    held_out = [(p.id, p.prompt, p.meta["solution"].split("\n")[0])
+                for p in env.problems("test") if p.meta.get("solution")]
     blob = "\n".join(texts)
     return [pid for pid, prompt, steps in held_out if prompt in blob or steps in blob]

@@ -3,7 +3,7 @@
     tok = train_tokenizer([Path("corpus.jsonl"), "or a text"], vocab_size=512, out_dir="runs/tok")
     tok = load_tokenizer("runs/tok")         # checks the special tokens, naming the file
     AutoTokenizer.from_pretrained("runs/tok").apply_chat_template(messages)
-    tok = train_bpe(texts, vocab_size=512)   # in memory, nothing written (trainer="rustbpe": ~3x faster)
+    tok = train_bpe(texts, vocab_size=512)   # in memory, nothing written (trainer="rustbpe": faster)
 
 `save_tokenizer` writes `tokenizer.json`, `tokenizer_config.json` + `chat_template.jinja` (the chat
 template) and `generation_config.json` whose `eos_token_id` lists `<|im_end|>` and `<|endoftext|>`,
@@ -30,7 +30,8 @@ from answerkey.pretrain.corpus import file_documents
 
 # The split pattern of GPT-4's cl100k_base (tiktoken), with case-insensitive contractions.
 GPT4_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
 
@@ -39,18 +40,20 @@ def split_pattern(split_digits: bool = False) -> str:
     return GPT4_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}") if split_digits else GPT4_SPLIT
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, split_digits: bool = False, trainer: str = "hf") -> PreTrainedTokenizerFast:
+def train_bpe(texts: Iterable[str], vocab_size: int, split_digits: bool = False,
+              trainer: str = "hf") -> PreTrainedTokenizerFast:
     """Train BPE merges on `texts` until the vocabulary (256 bytes + specials + merges) has `vocab_size`.
 
     `split_digits` makes every digit its own token (as Llama 2 and DeepSeek do) instead of GPT-4's
     groups of up to three: small models then learn arithmetic digit by digit and generalize to
     unseen numbers, where a token per number forces them to memorize each pair. `trainer` is "hf"
-    (HF `tokenizers`' BpeTrainer) or "rustbpe" (nanochat's trainer, ~3x faster here, see
-    benchmarks/tokenizer.py; its merge ranks are exported to the same HF tokenizer by `from_ranks`).
+    (HF `tokenizers`' BpeTrainer) or "rustbpe" (nanochat's trainer, faster, see benchmarks/tokenizer.py;
+    its merge ranks are exported to the same HF tokenizer by `from_ranks`).
     """
     min_size = 256 + len(chat.SPECIAL_TOKENS)
     if vocab_size < min_size:
-        raise ValueError(f"vocab_size must be at least {min_size} (256 bytes + special tokens), got {vocab_size}")
+        raise ValueError(f"vocab_size must be at least {min_size} (256 bytes + special tokens), got "
+                         f"{vocab_size}")
     if trainer == "rustbpe":
         return _train_rustbpe(texts, vocab_size, split_pattern(split_digits))
     if trainer != "hf":
@@ -68,9 +71,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int, split_digits: bool = False,
 
 
 def _byte_level(tok: Tokenizer, pattern: str) -> None:
-    """Split with `pattern` (merges never cross its pieces), then map bytes to BPE symbols, and back on decode."""
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    """Split with `pattern` (merges never cross its pieces), then map bytes to BPE symbols, and back on
+    decode."""
+    split = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                 use_regex=False)])
     tok.decoder = decoders.ByteLevel()
 
 
@@ -98,7 +103,8 @@ def from_ranks(ranks: dict[bytes, int], pattern: str = GPT4_SPLIT) -> PreTrained
     vocab = {t: i for i, t in enumerate(chat.SPECIAL_TOKENS)} | {text(b): r + n for b, r in ranks.items()}
     merges = []
     for token, _ in sorted(ranks.items(), key=lambda kv: kv[1]):
-        splits = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        splits = [(token[:i], token[i:]) for i in range(1, len(token))
+                  if token[:i] in ranks and token[i:] in ranks]
         merges += [(text(a), text(b)) for a, b in sorted(splits, key=lambda s: (ranks[s[0]], ranks[s[1]]))]
     tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
     _byte_level(tok, pattern)
@@ -121,16 +127,19 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | Path) -> Path:
-    """Write the tokenizer files, the chat template and a `generation_config.json` stopping at `<|im_end|>`."""
+    """Write the tokenizer files, the chat template and a `generation_config.json` stopping at
+    `<|im_end|>`."""
     directory = Path(directory)
     tokenizer.save_pretrained(str(directory))
-    GenerationConfig(eos_token_id=chat.stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id).save_pretrained(directory)
+    stop_ids, pad_id = chat.stop_token_ids(tokenizer), tokenizer.pad_token_id
+    GenerationConfig(eos_token_id=stop_ids, pad_token_id=pad_id).save_pretrained(directory)
     return directory
 
 
 def train_tokenizer(corpus: Iterable[str | Path], vocab_size: int, out_dir: str | Path | None = None,
                     split_digits: bool = False, trainer: str = "hf") -> PreTrainedTokenizerFast:
-    """Train on `corpus` (each item a text, or a `Path` to a corpus file read as documents) and save to `out_dir`."""
+    """Train on `corpus` (each item a text, or a `Path` to a corpus file read as documents) and save to
+    `out_dir`."""
     tokenizer = train_bpe(_texts(corpus), vocab_size, split_digits, trainer)
     if out_dir is not None:
         save_tokenizer(tokenizer, out_dir)
@@ -159,7 +168,8 @@ def load_tokenizer(directory: str | Path):
 def check_special_tokens(tokenizer, source: str | Path) -> None:
     """Raise naming `source` when a token the pipeline needs is missing or not one special token."""
     added = {t.content for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values() if t.special}
-    missing = [t for t in REQUIRED_TOKENS if t not in added or len(tokenizer.encode(t, add_special_tokens=False)) != 1]
+    missing = [t for t in REQUIRED_TOKENS if t not in added
+               or len(tokenizer.encode(t, add_special_tokens=False)) != 1]
     if missing:
         raise ValueError(f"{source}: missing the special token(s) {missing}; the chat format and the corpus "
                          f"shards need {list(REQUIRED_TOKENS)} (train one with `train_tokenizer`)")

@@ -1,5 +1,6 @@
 """HOW completions are sampled: the engine protocol, the torch engine, the sampling distribution and
-weight transfer with checksums. vLLM lives behind the same protocol (optional extra, imported lazily)."""
+weight transfer with checksums. vLLM lives behind the same protocol (optional extra, imported lazily).
+The torch engine's lean Llama forward is `answerkey.model` (shared with the learner and pretraining)."""
 
 from answerkey.rollout.engine import Completion, RolloutEngine, SamplingParams
 

@@ -10,7 +10,7 @@ everything vLLM-specific stays behind it.
 Logprobs are "processed": taken from the distribution the token was actually sampled from, after
 temperature, top-k and top-p (renormalized over the kept tokens), like vLLM's
 `logprobs_mode="processed_logprobs"`. The learner computes its logprobs with the same processing
-(`rollout.sampling.processed_logprobs`), so on one machine in fp32 the two agree to ~1e-6.
+(`rollout.sampling.processed_logprobs`), so on one machine in fp32 the two agree to float rounding.
 
 Weight updates are three calls so a GPU engine can stream tensors without holding two copies:
 `begin_weight_update()`, `update_weights(pairs)` (any number of times), `finish_weight_update(version)`.
@@ -69,7 +69,8 @@ class Completion:
 class RolloutEngine(Protocol):
     """What a rollout worker needs from an inference engine."""
 
-    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Sequence[int]], n: int,
+                 sampling: SamplingParams) -> list[list[Completion]]:
         """`n` completions for each prompt (token ids), as a (P, n) nested list."""
         ...
 

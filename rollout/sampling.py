@@ -2,7 +2,7 @@
 
     logp = processed_logprobs(logits, temperature=0.7, top_k=20, top_p=0.95)   # (..., V)
     token = sample(logp, generator)
-    token, logprob = sample_token(logits, 0.7, 20, 0.95, generator)    # the engine's per-step call: both at once
+    token, logprob = sample_token(logits, 0.7, 20, 0.95, generator)    # the engine's per-step call
     logprob, entropy = target_logprobs(logits, targets, 0.7, 20, 0.95)  # the learner's
 
 The engine samples from this distribution and reports the sampled token's logprob under it; the
@@ -12,9 +12,12 @@ Top-p keeps the smallest set of most-likely tokens whose mass reaches `top_p` (t
 crosses the threshold is kept), as in HF `TopPLogitsWarper` and vLLM.
 
 Sampling is inverse-CDF (one uniform per row against the cumulative probabilities, like
-`torch.multinomial`, which is several times slower on CPU): on CPU, `rand`, `log` and `argmax` over
-(B, V) each cost more than a softmax. Without top-k/top-p (the usual RL setting) `target_logprobs` is
-one fused cross-entropy, so the learner keeps no (..., V) log-softmax for autograd.
+`torch.multinomial`, which is slower on CPU), rather than Gumbel-max: on CPU, `rand`, `log` and
+`argmax` over (B, V) each cost more than a softmax. Without top-k/top-p (the usual RL setting)
+`target_logprobs` is one fused cross-entropy, so the learner keeps no (..., V) log-softmax for autograd.
+
+Used by the torch engine (`sample_token`), the learner (`target_logprobs`) and the next-token loss of
+pretraining and SFT (`answerkey.model.nll_sum`), so all three compute the same distribution.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 
-def processed_logprobs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def processed_logprobs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                       top_p: float = 1.0) -> torch.Tensor:
     """Log-probabilities over the last dim after temperature / top-k / top-p; same shape as `logits`."""
     logits = _scaled(logits, temperature)
     if top_k > 0 and top_k < logits.shape[-1]:
@@ -55,7 +59,8 @@ def sample(logprobs: torch.Tensor, generator: torch.Generator | None = None) -> 
 def sample_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                  generator: torch.Generator | None = None,
                  forced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample (or take `forced`) one token per row of (B, V) logits; (token (B,), its processed logprob (B,))."""
+    """Sample (or take `forced`) one token per row of (B, V) logits; (token (B,), its processed logprob
+    (B,))."""
     logp = processed_logprobs(logits, temperature, top_k, top_p)
     token = sample(logp, generator) if forced is None else forced
     return token, gather(logp, token)
@@ -63,7 +68,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
 
 def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
                     top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Processed logprob of each target (...,) under (..., V) logits, and the entropy (no gradient). (...), (...)
+    """Processed logprob of each target under (..., V) logits, and the entropy (no gradient); (...) each.
 
     Without top-k/top-p it is one fused cross-entropy (its backward is softmax - onehot, no (..., V)
     log-softmax is kept for autograd) plus a no-grad entropy; with them, `processed_logprobs`.
@@ -71,7 +76,8 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: fl
     if top_k == 0 and top_p >= 1.0:
         z = _scaled(logits, temperature)
         V = z.shape[-1]
-        logprobs = -F.cross_entropy(z.reshape(-1, V), targets.reshape(-1), reduction="none").view(targets.shape)
+        logprobs = -F.cross_entropy(z.reshape(-1, V), targets.reshape(-1),
+                                    reduction="none").view(targets.shape)
         with torch.no_grad():
             p = torch.softmax(z.detach(), dim=-1)
             ent = torch.logsumexp(z.detach(), dim=-1) - (p * z.detach()).sum(dim=-1)

@@ -1,6 +1,6 @@
 """A batched sampling engine over any Hugging Face causal LM, with a preallocated KV cache.
 
-    engine = TorchEngine.from_pretrained("runs/sft")          # or TorchEngine(model, tokenizer, precision="bf16")
+    engine = TorchEngine.from_pretrained("runs/sft")     # or TorchEngine(model, tokenizer, precision="bf16")
     groups = engine.generate([prompt_ids], n=8, sampling=SamplingParams(temperature=1.0, max_new_tokens=64))
     groups[0][0].token_ids, groups[0][0].logprobs, groups[0][0].text, groups[0][0].finish_reason
 
@@ -11,7 +11,7 @@ How it works: the P prompts are left-padded to the longest, with position ids co
 first real token (so a prompt has the same positions as in the learner's forward), and each is run
 once: its keys and values fill the cache rows of all n of its completions (B = P·n rows). The KV
 cache, sized prompt + max_new_tokens, is allocated once per call — the lean Llama forward's own
-(`rollout/llama_decode.py`, used for plain Llama models) or a `transformers.StaticCache` under HF's
+(`answerkey/model/decode.py`, used for plain Llama models) or a `transformers.StaticCache` under HF's
 forward (any other model, or `lean=False`; there the prompts are repeated n times). Each step feeds
 one token per row, samples from `rollout.sampling.processed_logprobs` with the engine's seeded
 generator, and records the sampled token's processed logprob. Rows that finished keep decoding
@@ -36,22 +36,23 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StaticCache
 
 from answerkey import chat
+from answerkey.model import LlamaDecoder, keep_freed_memory
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import Completion, SamplingParams
-from answerkey.rollout.llama_decode import LlamaDecoder, keep_freed_memory
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class TorchEngine:
-    def __init__(self, model: torch.nn.Module, tokenizer, stop_token_ids: Sequence[int] | None = None, seed: int = 0,
-                 lean: bool = True, precision: str | None = None):
+    def __init__(self, model: torch.nn.Module, tokenizer, stop_token_ids: Sequence[int] | None = None,
+                 seed: int = 0, lean: bool = True, precision: str | None = None):
         self.model = model.eval()
-        # the lean Llama forward (rollout/llama_decode.py) when the model is a plain Llama; else HF's forward
+        # the lean Llama forward (answerkey/model/decode.py) for a plain Llama; else HF's forward
         self.decoder = LlamaDecoder.for_model(model) if lean else None
         if precision is not None and precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)} or None (the model's dtype), got {precision!r}")
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)} or None (the model's dtype), "
+                             f"got {precision!r}")
         self.dtype = PRECISIONS.get(precision)  # of generate's matmuls; None: the model's own dtype
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_token_ids if stop_token_ids is not None else chat.stop_token_ids(tokenizer))
@@ -65,15 +66,16 @@ class TorchEngine:
         self.asleep = False
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0,
-                        precision: str | None = None) -> TorchEngine:
+    def from_pretrained(cls, path: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                        seed: int = 0, precision: str | None = None) -> TorchEngine:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
         return cls(model, AutoTokenizer.from_pretrained(path), seed=seed, precision=precision)
 
     # -- sampling ---------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Sequence[int]], n: int,
+                 sampling: SamplingParams) -> list[list[Completion]]:
         if self.asleep:
             raise RuntimeError("TorchEngine.generate called while asleep; call wake() first")
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -90,7 +92,8 @@ class TorchEngine:
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     @torch.inference_mode()
-    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int], sampling: SamplingParams) -> list[float]:
+    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int],
+                    sampling: SamplingParams) -> list[float]:
         """Processed logprobs of a given completion, decoded through the same cached loop as `generate`.
 
         The driver compares these with the learner's after every weight sync: they agree only if the
@@ -102,7 +105,8 @@ class TorchEngine:
         _, logprobs, _ = self._sample([list(prompt)], 1, fixed, forced=forced)
         return logprobs[0].tolist()
 
-    def _sample(self, prompts: list[list[int]], n: int, sampling: SamplingParams, forced: torch.Tensor | None = None,
+    def _sample(self, prompts: list[list[int]], n: int, sampling: SamplingParams,
+                forced: torch.Tensor | None = None,
                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Decode up to max_new_tokens for n rows per prompt. Returns tokens (B, T), logprobs (B, T), lengths.
 
@@ -112,7 +116,8 @@ class TorchEngine:
         B = P * n
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and limit < L + T:
-            raise ValueError(f"prompt ({L} tokens) + max_new_tokens ({T}) exceeds the model's {limit} positions")
+            raise ValueError(f"prompt ({L} tokens) + max_new_tokens ({T}) exceeds the model's {limit} "
+                             "positions")
         dev = self.device
         input_ids = torch.full((P, L), self.pad_id, dtype=torch.long, device=dev)
         valid = torch.ones((P, L + T), dtype=torch.bool, device=dev)  # False on left padding
@@ -127,7 +132,8 @@ class TorchEngine:
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.full((B,), T, dtype=torch.long, device=dev)
         stop_check = _StopStrings(self.tokenizer, sampling.stop) if sampling.stop else None
-        can_stop = not sampling.ignore_eos or stop_check is not None  # else skip the per-step bookkeeping and sync
+        # without a stop token or string to look for, skip the per-step bookkeeping and its sync
+        can_stop = not sampling.ignore_eos or stop_check is not None
 
         forward = self._lean(input_ids, valid, positions, n, dtype) if self.decoder is not None else \
             self._hf(input_ids, valid, positions, n, dtype)
@@ -144,7 +150,8 @@ class TorchEngine:
                 if stop_check is not None:
                     finished |= stop_check.hit(out_tokens[:, : t + 1], done)
                 newly = finished & ~done
-                lengths = torch.where(newly, t + 1, lengths)  # not lengths[newly] = ...: a bool index syncs on GPU
+                # not lengths[newly] = ...: a bool index syncs on GPU
+                lengths = torch.where(newly, t + 1, lengths)
                 done |= newly
             if t == T - 1 or (can_stop and bool(done.all())):
                 break
@@ -152,14 +159,17 @@ class TorchEngine:
         return out_tokens.cpu(), out_logprobs.cpu(), lengths.tolist()  # one copy, not one per row
 
     def _lean(self, input_ids, valid, positions, n: int, dtype):
-        """The lean Llama forward as a coroutine: yields logits (B, V); is sent (tokens, positions, slot) per step."""
+        """The lean Llama forward as a coroutine: yields logits (B, V); is sent (tokens, positions, slot) per
+        step."""
         step = yield self.decoder.prefill(input_ids, valid, positions, valid.shape[1], n, dtype)
         while True:
             step = yield self.decoder.step(*step)
 
     def _hf(self, input_ids, valid, positions, n: int, dtype):
-        """HF's forward with a `StaticCache` over every row (prompts repeated n times), the same coroutine shape."""
-        autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None and dtype != torch.float32)
+        """HF's forward with a `StaticCache` over every row (prompts repeated n times), the same coroutine
+        shape."""
+        autocast = torch.autocast(self.device.type, dtype=dtype,
+                                  enabled=dtype is not None and dtype != torch.float32)
         mask = valid.long().repeat_interleave(n, dim=0)
         cache = StaticCache(config=self.model.config, max_cache_len=valid.shape[1])
         with autocast:
@@ -170,8 +180,8 @@ class TorchEngine:
         while True:
             tokens, pos, _ = step
             with autocast:
-                out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None], cache=cache,
-                                 use_cache=True)
+                out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
+                                 cache=cache, use_cache=True)
             step = yield out.logits[:, -1]
 
     def _completion(self, ids: list[int], logprobs: list[float], sampling: SamplingParams) -> Completion:
@@ -179,7 +189,8 @@ class TorchEngine:
         text = self.tokenizer.decode(ids[:-1] if stopped_by_token else ids, skip_special_tokens=False)
         cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
         finish = "stop" if stopped_by_token or cut >= 0 else "length"
-        return Completion(token_ids=ids, logprobs=logprobs, text=text[:cut] if cut >= 0 else text, finish_reason=finish)
+        return Completion(token_ids=ids, logprobs=logprobs, text=text[:cut] if cut >= 0 else text,
+                          finish_reason=finish)
 
     # -- weights ----------------------------------------------------------------------------------
 
@@ -197,7 +208,8 @@ class TorchEngine:
         missing = sorted(set(dict(self.model.named_parameters())) - self._updating)
         self._updating = None
         if missing:
-            raise RuntimeError(f"weight update {version} left {len(missing)} parameter(s) unchanged, e.g. {missing[:3]}")
+            raise RuntimeError(f"weight update {version} left {len(missing)} parameter(s) unchanged, e.g. "
+                               f"{missing[:3]}")
         self.version = version
 
     def weights_checksum(self) -> dict[str, str]:

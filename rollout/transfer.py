@@ -4,12 +4,13 @@
     refs = transport.push({0: worker_0, 1: worker_1}, version=3)   # {index: ref -> {name: checksum}}
     # the driver compares each worker's checksums with the learner's (Driver._load_and_verify)
 
-| transport      | where                          | how the bytes move                                        | ran here |
-|----------------|--------------------------------|-----------------------------------------------------------|----------|
-| `object_store` | CPU (any)                      | `learner.named_arrays()` -> one Ray object -> `load_weights` | yes (CPU tests) |
-| `gloo`         | CPU processes, any nodes       | `BroadcastGroup`: torch.distributed broadcast from rank 0 | yes (tests/test_transfer.py) |
-| `nccl`         | GPUs, disaggregated            | the same `BroadcastGroup` code with backend "nccl"        | **never run** (no GPU + Ray here) |
-| CUDA IPC       | learner and vLLM on one GPU    | `ipc_handles` / `open_ipc_handles` (no copy, same memory) | **never run** |
+- `object_store` (CPU, any): `learner.named_arrays()` -> one Ray object -> `load_weights`. Run by the CPU
+  tests.
+- `gloo` (CPU processes, any nodes): `BroadcastGroup`, a torch.distributed broadcast from rank 0. Run by
+  tests/test_transfer.py.
+- `nccl` (GPUs, disaggregated): the same `BroadcastGroup` code with backend "nccl". **Never run.**
+- CUDA IPC (learner and vLLM on one GPU): `ipc_handles` / `open_ipc_handles` (no copy, same memory).
+  **Never run.**
 
 The broadcast protocol is self-describing: rank 0 sends a JSON header (version, names, shapes, dtypes)
 and then the tensors packed into flat buckets of one dtype (`bucket_plan`), so a receiver needs only
@@ -20,19 +21,24 @@ learner's FSDP (or to vLLM inside its workers).
 Checksums (`rollout.weights.checksum`: blake2b of the float32 bytes, per Hugging Face parameter name)
 are computed by each side from what it actually holds, never from the bytes in flight:
 
-| learner holds (HF name)                            | engine holds                          | engine checksums                        |
-|----------------------------------------------------|---------------------------------------|-----------------------------------------|
-| `...self_attn.{q,k,v}_proj.weight` / `.bias`        | vLLM `...self_attn.qkv_proj.weight`   | rows split in q, k, v order (`hf_views`) |
-| `...mlp.{gate,up}_proj.weight`                      | vLLM `...mlp.gate_up_proj.weight`     | rows split in gate, up order            |
-| `model.embed_tokens.weight`, `lm_head.weight` (V rows) | vLLM: rows padded to a multiple of 64 | the first V rows                        |
-| `lm_head.weight` tied to the embedding             | not a separate parameter (both sides) | listed once, under the embedding        |
-| fp32 master weights                                | bf16 (vLLM, GPU torch engine)         | learner: `expected_checksums(model, bf16)` (cast, then hash) |
+- `...self_attn.{q,k,v}_proj.weight` / `.bias`: vLLM holds one `...self_attn.qkv_proj.weight`; its rows
+  are split in q, k, v order (`hf_views`) and checksummed under the HF names.
+- `...mlp.{gate,up}_proj.weight`: vLLM's `...mlp.gate_up_proj.weight`, rows split in gate, up order.
+- `model.embed_tokens.weight`, `lm_head.weight` (V rows): vLLM pads the rows to a multiple of 64; the
+  first V rows are checksummed.
+- `lm_head.weight` tied to the embedding: not a separate parameter on either side; listed once, under
+  the embedding.
+- fp32 master weights, bf16 engine (vLLM, GPU torch engine): the learner's side is
+  `expected_checksums(model, torch.bfloat16)` (cast, then hash).
 
-So with a bf16 engine the learner's side is `expected_checksums(model, torch.bfloat16)`; the driver on
-CPU compares fp32 with fp32. vLLM with tensor parallelism > 1 shards these rows across ranks; `hf_views`
-handles tensor_parallel_size = 1 only (the vLLM adapter refuses more, rather than verify half a model).
+On CPU the driver compares fp32 with fp32. vLLM with tensor parallelism > 1 shards these rows across ranks;
+`hf_views` handles tensor_parallel_size = 1 only (the vLLM adapter refuses more, rather than verify half a
+model).
 
 Not here: Ray Direct Transport, vLLM's native `weight_transfer_config` backends, delta/sparse updates.
+
+Used by the driver (`make_transport`), the rollout worker and vLLM engine (the receiving end), and the
+FSDP learner (`GroupSpec` for its own process group's rendezvous).
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ def expected_checksums(model: torch.nn.Module, dtype: torch.dtype = torch.float3
     return {name: weights.checksum(p.detach().to(dtype)) for name, p in model.named_parameters()}
 
 
-def hf_views(engine_params: Iterable[tuple[str, torch.Tensor]], shapes: Mapping[str, Sequence[int]]) -> Iterator[tuple[str, torch.Tensor]]:
+def hf_views(engine_params: Iterable[tuple[str, torch.Tensor]],
+             shapes: Mapping[str, Sequence[int]]) -> Iterator[tuple[str, torch.Tensor]]:
     """An engine's parameters as (HF name, view): fused vLLM tensors split, padded vocab rows cut.
 
     `shapes` are the learner's {HF name: shape}. A fused parameter (`qkv_proj`, `gate_up_proj`) is split
@@ -80,7 +87,8 @@ def hf_views(engine_params: Iterable[tuple[str, torch.Tensor]], shapes: Mapping[
         for part in FUSED[fused]:
             hf_name = name.replace(f".{fused}.", f".{part}.")
             if hf_name not in shapes:
-                raise KeyError(f"engine parameter {name!r} is fused from {FUSED[fused]}, but the learner has no {hf_name!r}")
+                raise KeyError(f"engine parameter {name!r} is fused from {FUSED[fused]}, but the learner "
+                               f"has no {hf_name!r}")
             rows = shapes[hf_name][0]
             yield hf_name, tensor[start : start + rows]
             start += rows
@@ -88,7 +96,8 @@ def hf_views(engine_params: Iterable[tuple[str, torch.Tensor]], shapes: Mapping[
             raise ValueError(f"engine parameter {name!r} has {tensor.shape[0]} rows, its HF parts {start}")
 
 
-def engine_checksums(engine_params: Iterable[tuple[str, torch.Tensor]], shapes: Mapping[str, Sequence[int]]) -> dict[str, str]:
+def engine_checksums(engine_params: Iterable[tuple[str, torch.Tensor]],
+                     shapes: Mapping[str, Sequence[int]]) -> dict[str, str]:
     """{HF name: checksum} of what an engine holds (see `hf_views`)."""
     return {name: weights.checksum(view) for name, view in hf_views(engine_params, shapes)}
 
@@ -115,7 +124,8 @@ class Entry:
 
 
 def bucket_plan(entries: Sequence[Entry], bucket_bytes: int = BUCKET_BYTES) -> list[list[Entry]]:
-    """Consecutive entries of one dtype, packed until a bucket would exceed `bucket_bytes` (a larger tensor gets its own)."""
+    """Consecutive entries of one dtype, packed until a bucket would exceed `bucket_bytes` (a larger tensor
+    gets its own)."""
     buckets: list[list[Entry]] = []
     size = 0
     for entry in entries:
@@ -141,7 +151,8 @@ class BroadcastGroup:
             raise ValueError(f"weight group backend must be 'gloo' or 'nccl', got {spec.backend!r}")
         self.spec, self.rank = spec, rank
         timeout = datetime.timedelta(seconds=spec.timeout_s)
-        store = torch.distributed.TCPStore(spec.host, spec.port, spec.world_size, is_master=False, timeout=timeout)
+        store = torch.distributed.TCPStore(spec.host, spec.port, spec.world_size, is_master=False,
+                                           timeout=timeout)
         if spec.backend == "gloo":
             self.device = torch.device("cpu")
             self.pg = torch.distributed.ProcessGroupGloo(store, rank, spec.world_size, timeout)
@@ -185,7 +196,8 @@ class BroadcastGroup:
         entries = [Entry(n, tuple(s), d) for n, s, d in header["entries"]]
         out = []
         for bucket in bucket_plan(entries, header["bucket_bytes"]):
-            flat = torch.empty(sum(_numel(e.shape) for e in bucket), dtype=DTYPES[bucket[0].dtype], device=self.device)
+            flat = torch.empty(sum(_numel(e.shape) for e in bucket), dtype=DTYPES[bucket[0].dtype],
+                               device=self.device)
             self._broadcast(flat)
             offset = 0
             for e in bucket:
@@ -221,7 +233,8 @@ def ipc_handles(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, An
     return [(name, reduce_tensor(t.detach().contiguous())) for name, t in named]
 
 
-def open_ipc_handles(handles: Iterable[tuple[str, Any]], device_index: int) -> Iterator[tuple[str, torch.Tensor]]:
+def open_ipc_handles(handles: Iterable[tuple[str, Any]],
+                     device_index: int) -> Iterator[tuple[str, torch.Tensor]]:
     """NEVER RUN. The receiving end of `ipc_handles`, on the receiver's own view of the same GPU."""
     for name, (rebuild, args) in handles:
         args = list(args)
@@ -233,7 +246,8 @@ def open_ipc_handles(handles: Iterable[tuple[str, Any]], device_index: int) -> I
 
 
 class Transport(Protocol):
-    """Moves the learner actor's weights into worker actors; each returned ref resolves to the worker's checksums."""
+    """Moves the learner actor's weights into worker actors; each returned ref resolves to the worker's
+    checksums."""
 
     def publish(self) -> None:
         """Called once per sync, before `push`: take the learner's current weights."""
@@ -299,7 +313,8 @@ class BroadcastTransport:
         import ray
 
         host = ray.util.get_node_ip_address()
-        self.store = torch.distributed.TCPStore(host, 0, len(workers) + 1, is_master=True, wait_for_workers=False,
+        self.store = torch.distributed.TCPStore(host, 0, len(workers) + 1, is_master=True,
+                                                wait_for_workers=False,
                                                 timeout=datetime.timedelta(seconds=self.timeout_s))
         spec = GroupSpec(host, self.store.port, len(workers) + 1, self.backend, self.timeout_s)
         refs = [self.learner.__ray_call__.remote(_join, spec, 0)]
@@ -313,7 +328,7 @@ class BroadcastTransport:
 
 def _join(holder: Any, spec: GroupSpec, rank: int) -> None:
     if getattr(holder, "full_parameters", None) and holder.rank != 0:
-        return  # an FSDP learner (learner/fsdp.py) is called on every rank; only its rank 0 is in the weight group
+        return  # an FSDP learner (learner/fsdp.py) is called on every rank; rank 0 alone is in the group
     engine = getattr(holder, "engine", None)
     if hasattr(engine, "join_weight_group"):  # vLLM: the receiving end lives in its GPU worker process
         engine.join_weight_group(spec, rank)

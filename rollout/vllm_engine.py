@@ -6,10 +6,10 @@
     engine.begin_weight_update(); engine.update_weights(pairs); engine.finish_weight_update(step)
     engine.weights_checksum()                          # {HF name: checksum}, computed inside vLLM's worker
 
-NEVER RUN: this machine has no GPU and the PyPI vLLM wheel cannot generate on CPU. What is checked in
-CI is the contract: tests/test_vllm_contract.py reads the pinned wheel's source and checks that every
-vLLM name, keyword and method used here exists there (`VLLM_ATTRIBUTES` lists the attributes read
-from vLLM's objects, which an AST cannot type). `import vllm` happens on first use only.
+NEVER RUN: no test runs it (the PyPI vLLM wheel cannot generate on CPU, and tests/gpu/ does not use it). What
+is checked in CI is the contract: tests/test_vllm_contract.py reads the pinned wheel's source and checks that
+every vLLM name, keyword and method used here exists there (`VLLM_ATTRIBUTES` lists the attributes read from
+vLLM's objects, which an AST cannot type). `import vllm` happens on first use only.
 
 Only public vLLM RL APIs: `LLM(...)` with `logprobs_mode="processed_logprobs"` (logprobs after
 temperature / top-k / top-p, like the torch engine), `enable_sleep_mode`, `enable_prefix_caching`
@@ -56,9 +56,11 @@ def _vllm():
     try:
         import vllm
     except ImportError as exc:
-        raise ImportError(f"the vLLM engine needs vllm=={VLLM_VERSION}: pip install 'answerkey[vllm]' ({exc})") from None
+        raise ImportError(f"the vLLM engine needs vllm=={VLLM_VERSION}: pip install 'answerkey[vllm]' "
+                          f"({exc})") from None
     if vllm.__version__ != VLLM_VERSION:
-        raise ImportError(f"answerkey's vLLM engine is written against vllm=={VLLM_VERSION}; found {vllm.__version__}")
+        raise ImportError(f"answerkey's vLLM engine is written against vllm=={VLLM_VERSION}; found "
+                          f"{vllm.__version__}")
     return vllm
 
 
@@ -72,11 +74,13 @@ def hf_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
 
 
 class VLLMEngine:
-    def __init__(self, model_path: str, seed: int = 0, dtype: str = "float32", gpu_memory_utilization: float = 0.5,
-                 max_model_len: int | None = None, enable_sleep_mode: bool = True, tensor_parallel_size: int = 1):
+    def __init__(self, model_path: str, seed: int = 0, dtype: str = "float32",
+                 gpu_memory_utilization: float = 0.5, max_model_len: int | None = None,
+                 enable_sleep_mode: bool = True, tensor_parallel_size: int = 1):
         if tensor_parallel_size != 1:
-            raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: the vLLM engine verifies weights on one GPU "
-                             "only (each rank would checksum a shard); use 1 and more rollout workers")
+            raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: the vLLM engine verifies weights "
+                             "on one GPU only (each rank would checksum a shard); use 1 and more rollout "
+                             "workers")
         from transformers import GenerationConfig
 
         vllm = _vllm()
@@ -98,14 +102,17 @@ class VLLMEngine:
             top_k=sampling.top_k, stop=list(sampling.stop) or None, stop_token_ids=self.stop_token_ids,
             ignore_eos=sampling.ignore_eos, seed=sampling.seed, skip_special_tokens=True, **extra)
 
-    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Sequence[int]], n: int,
+                 sampling: SamplingParams) -> list[list[Completion]]:
         vllm = _vllm()
         requests = [vllm.TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         outputs = self.llm.generate(requests, self._params(sampling, n, logprobs=0), use_tqdm=False)
         return [[_completion(c) for c in out.outputs] for out in outputs]
 
-    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int], sampling: SamplingParams) -> list[float]:
-        """Logprobs of a given completion, read as prompt logprobs of prompt + completion (the driver's sync check)."""
+    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int],
+                    sampling: SamplingParams) -> list[float]:
+        """Logprobs of a given completion, read as prompt logprobs of prompt + completion (the driver's sync
+        check)."""
         ids = list(prompt) + list(completion)
         params = self._params(sampling, 1, prompt_logprobs=0)
         out = self.llm.generate([_vllm().TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
@@ -142,7 +149,8 @@ class VLLMEngine:
         missing = sorted(set(self.shapes) - self._loaded)
         self._loaded = None
         if missing:
-            raise RuntimeError(f"weight update {version} left {len(missing)} parameter(s) unchanged, e.g. {missing[:3]}")
+            raise RuntimeError(f"weight update {version} left {len(missing)} parameter(s) unchanged, e.g. "
+                               f"{missing[:3]}")
         self.version = version
 
     def weights_checksum(self) -> dict[str, str]:
@@ -151,7 +159,8 @@ class VLLMEngine:
     # -- memory -----------------------------------------------------------------------------------
 
     def sleep(self, level: int = 1) -> None:
-        """Level 1 offloads the weights to CPU and drops the KV cache; level 2 drops both (reload all weights after)."""
+        """Level 1 offloads the weights to CPU and drops the KV cache; level 2 drops both (reload all weights
+        after)."""
         self.llm.sleep(level=level)
 
     def wake(self) -> None:
@@ -163,15 +172,18 @@ class VLLMEngine:
 
 def _completion(c) -> Completion:
     if c.finish_reason not in ("stop", "length"):
-        raise RuntimeError(f"vLLM finished a completion with {c.finish_reason!r} (expected 'stop' or 'length')")
+        raise RuntimeError(f"vLLM finished a completion with {c.finish_reason!r} (expected 'stop' or "
+                           "'length')")
     ids = list(c.token_ids)
-    return Completion(token_ids=ids, logprobs=[step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)],
+    return Completion(token_ids=ids,
+                      logprobs=[step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)],
                       text=c.text, finish_reason=c.finish_reason)
 
 
 class WorkerExtension:
-    """Mixed into vLLM's GPU worker (`worker_extension_cls`); each method runs in every worker via `collective_rpc`.
-    `self` is vLLM's `Worker`: `self.get_model()` is the torch model, `self.device` its GPU."""
+    """Mixed into vLLM's GPU worker (`worker_extension_cls`); each method runs in every worker via
+    `collective_rpc`. `self` is vLLM's `Worker`: `self.get_model()` is the torch model, `self.device` its
+    GPU."""
 
     def answerkey_load(self, pairs: list[tuple[str, np.ndarray]]) -> list[str]:
         tensors = [(name, torch.as_tensor(a).to(self.device)) for name, a in pairs]

@@ -6,8 +6,9 @@
 
 A checksum is blake2b over the parameter's bytes as float32, per parameter name, so both ends hash
 exactly what they hold. Tied parameters (an embedding shared with the LM head) appear once, under
-the first name `named_parameters()` gives. The object-store transfer (Ray) and the GPU transports
-build on these two functions (driver and GPU issues).
+the first name `named_parameters()` gives. Used by the learner (`named_arrays`, `checksums`), the
+engines (`load_into`, `checksums`) and the weight transports (rollout/transfer.py), which build on
+these functions.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def named_arrays(model: torch.nn.Module) -> list[tuple[str, np.ndarray]]:
 def checksum(array: np.ndarray | torch.Tensor) -> str:
     if isinstance(array, torch.Tensor):
         array = array.detach().float().cpu().numpy()
-    return hashlib.blake2b(np.ascontiguousarray(array, dtype=np.float32).tobytes(), digest_size=16).hexdigest()
+    return hashlib.blake2b(np.ascontiguousarray(array, dtype=np.float32).tobytes(),
+                           digest_size=16).hexdigest()
 
 
 def checksums(model: torch.nn.Module) -> dict[str, str]:
@@ -46,13 +48,15 @@ def load_into(model: torch.nn.Module, named_weights) -> set[str]:
     with torch.no_grad():
         for name, value in named_weights:
             if name not in params:
-                raise KeyError(f"weight update names parameter {name!r}, which the engine's model does not have")
+                raise KeyError(f"weight update names parameter {name!r}, which the engine's model does not "
+                               "have")
             param = params[name]
             with warnings.catch_warnings():  # a read-only view from Ray's object store: we only read it
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 tensor = torch.as_tensor(value)
             if tuple(tensor.shape) != tuple(param.shape):
-                raise ValueError(f"weight update for {name!r} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
+                raise ValueError(f"weight update for {name!r} has shape {tuple(tensor.shape)}, expected "
+                                 f"{tuple(param.shape)}")
             param.copy_(tensor)
             loaded.add(name)
     return loaded

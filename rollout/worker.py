@@ -1,6 +1,6 @@
 """RolloutWorker: one engine behind the driver. A plain class; the driver wraps it in a Ray actor.
 
-    worker = RolloutWorker("runs/sft/policy", seed=1, threads=1)   # or RolloutWorker(engine): one built by the caller
+    worker = RolloutWorker("runs/sft/policy", seed=1, threads=1)   # or RolloutWorker(engine), built by the caller
     groups = worker.generate([prompt_ids, ...], n=8, sampling=SamplingParams(...))     # (P, G) Completion
     held = worker.load_weights(named_arrays, version=3)     # {name: checksum} of what it now generates with
     worker.logprobs_of(prompt_ids, completion_ids, sampling) # for the driver's logprob check
@@ -31,9 +31,9 @@ from answerkey.rollout.torch_engine import TorchEngine
 
 
 class RolloutWorker:
-    def __init__(self, model: str | RolloutEngine, seed: int = 0, threads: int | None = None, engine: str = "torch",
-                 precision: str = "fp32"):
-        """`model`: a checkpoint directory to build the `engine` kind from, or an engine built by the caller."""
+    def __init__(self, model: str | RolloutEngine, seed: int = 0, threads: int | None = None,
+                 engine: str = "torch", precision: str = "fp32"):
+        """`model`: a checkpoint directory to build an `engine` kind from, or an engine built by the caller."""
         self._env = None
         if not isinstance(model, str):
             self.engine = model
@@ -51,7 +51,8 @@ class RolloutWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Sequence[int]], n: int,
+                 sampling: SamplingParams) -> list[list[Completion]]:
         return self.engine.generate(prompts, n, sampling)
 
     def rollout(self, env_path: str, env_kwargs: Mapping[str, Any], problems: Sequence[Problem], n: int,
@@ -79,7 +80,8 @@ class RolloutWorker:
         engine.reset_prefix_cache()
         return engine.weights_checksum()
 
-    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int], sampling: SamplingParams) -> list[float]:
+    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int],
+                    sampling: SamplingParams) -> list[float]:
         return self.engine.logprobs_of(prompt, completion, sampling)
 
     def rng_state(self) -> torch.Tensor:

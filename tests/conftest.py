@@ -12,8 +12,8 @@ import torch
 
 from answerkey import chat
 from answerkey.envs.synthetic import SyntheticEnv
+from answerkey.model import build_model
 from answerkey.pretrain.bootstrap import solution_conversations
-from answerkey.pretrain.model import build_model
 from answerkey.pretrain.tokenizer import train_bpe
 
 # The suite's models are tiny (0.1-1.4M parameters): overhead-bound, as fast on 1 thread as on 2, and 1 thread
@@ -34,7 +34,8 @@ def tokenizer(synthetic_env):
 @pytest.fixture
 def make_model(tokenizer):
     def make(seed: int = 0, dtype: torch.dtype = torch.float32, preset: str = "tiny"):
-        model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed)
+        model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id,
+                            seed=seed)
         return model.to(dtype)
 
     return make
@@ -42,7 +43,8 @@ def make_model(tokenizer):
 
 @pytest.fixture(scope="session")
 def policy_dir(tmp_path_factory, synthetic_env) -> Path:
-    """A tiny policy warmed up on the synthetic world's worked solutions (it earns some reward), saved in HF format."""
+    """A tiny policy warmed up on the synthetic world's worked solutions (it earns some reward), saved in HF
+    format."""
     from answerkey.pretrain.bootstrap import tiny_policy
 
     model, tok = tiny_policy(synthetic_env, sft_steps=150, seed=0)
@@ -62,8 +64,8 @@ def ray_session():
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    context = ray.init(address="local", num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False,
-                       log_to_driver=False)
+    context = ray.init(address="local", num_cpus=2, object_store_memory=256 * 1024**2,
+                       include_dashboard=False, log_to_driver=False)
     session = Path(context.address_info["session_dir"]).name
     yield context.address_info["gcs_address"]
     ray.shutdown()
@@ -72,7 +74,8 @@ def ray_session():
 
 
 def _processes_mentioning(text: str, wait_s: float) -> list[str]:
-    """Command lines of live processes whose command line contains `text`, after waiting up to wait_s for them to exit."""
+    """Command lines of live processes whose command line contains `text`, after waiting up to wait_s for them
+    to exit."""
     deadline = time.monotonic() + wait_s
     while True:
         found = []

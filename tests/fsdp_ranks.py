@@ -2,9 +2,9 @@
 
     python -m tests.fsdp_ranks JOB RANK WORLD PORT OUT POLICY BACKEND     # `run_ranks` starts WORLD of them
 
-The ranks rendezvous on the test's TCPStore at 127.0.0.1:PORT (gloo on CPU, nccl on GPUs: tests/gpu). Inputs (pickled trajectory groups,
-configs) are read from OUT; rank 0 writes what it measured there (full gradients, parameters, metrics,
-logits) for the test to compare with one process. Jobs:
+The ranks rendezvous on the test's TCPStore at 127.0.0.1:PORT (gloo on CPU, nccl on GPUs: tests/gpu).
+Inputs (pickled trajectory groups, configs) are read from OUT; rank 0 writes what it measured there (full
+gradients, parameters, metrics, logits) for the test to compare with one process. Jobs:
 
 - `grads`:   for each config in OUT/grads_cases.pt: one `step` on the same groups; gradients, parameters
              and metrics. Then rank 1 alone gets malformed groups: rank 0's error must name rank 1's.
@@ -51,8 +51,10 @@ def snapshot(learner: ShardedLearner) -> dict:
     return out
 
 
-def make(policy: str, cfg: dict, rank: int, spec: GroupSpec, dtype=torch.float32, total_steps: int = 10) -> ShardedLearner:
-    return ShardedLearner(policy, LearnerConfig(**cfg), SAMPLING, total_steps, rank, spec, threads=1, dtype=dtype)
+def make(policy: str, cfg: dict, rank: int, spec: GroupSpec, dtype=torch.float32,
+         total_steps: int = 10) -> ShardedLearner:
+    return ShardedLearner(policy, LearnerConfig(**cfg), SAMPLING, total_steps, rank, spec, threads=1,
+                          dtype=dtype)
 
 
 def job_grads(rank: int, spec: GroupSpec, out: Path, policy: str) -> None:
@@ -65,7 +67,8 @@ def job_grads(rank: int, spec: GroupSpec, out: Path, policy: str) -> None:
     if rank == 0:
         torch.save(results, out / "grads_results.pt")
     if spec.backend == "nccl" or spec.world_size < 2:
-        return  # NCCL: a peer's abort does not reach a rank waiting in a collective (it waits for the timeout)
+        # NCCL: a peer's abort does not reach a rank waiting in a collective (it waits for the timeout)
+        return
     # rank 1 alone gets groups of unequal size: make_batch raises there, rank 0 waits in a collective
     learner = make(policy, {"lr": 1e-3}, rank, spec, dtype=torch.float64)
     groups = cases["groups"] if rank == 0 else [cases["groups"][0], cases["groups"][1][:2]]
@@ -83,7 +86,7 @@ def job_resume(rank: int, spec: GroupSpec, out: Path, policy: str) -> None:
     root = out / "checkpoints"
     first = make(policy, cfg, rank, spec, total_steps=4)
     metrics = [first.step(steps[0]), first.step(steps[1])]
-    first.logprobs_of([5, 6, 7], [8, 9])  # what a sync does between a step and a save (a forward without backward)
+    first.logprobs_of([5, 6, 7], [8, 9])  # what a sync does between a step and a save (no backward)
     first.named_arrays(), first.weights_checksum()
     path = first.save_checkpoint(str(root), 2, {"sampler_position": 16}, '{"run": "test"}', keep=2)
     with torch.no_grad():
@@ -92,7 +95,8 @@ def job_resume(rank: int, spec: GroupSpec, out: Path, policy: str) -> None:
     straight = snapshot(first) | {"metrics": metrics, "logits_at_2": logits, "path": path}
     second = make(policy, cfg, rank, spec, total_steps=4)
     second.resume(path)
-    resumed = {"optimizer_steps": second.learner.optimizer_steps, "lr": second.learner.scheduler.get_last_lr()[0]}
+    resumed = {"optimizer_steps": second.learner.optimizer_steps,
+               "lr": second.learner.scheduler.get_last_lr()[0]}
     metrics = [second.step(steps[2]), second.step(steps[3])]
     resumed |= snapshot(second) | {"metrics": metrics}
     if rank == 0:
@@ -109,15 +113,16 @@ def job_crash(rank: int, spec: GroupSpec, out: Path, policy: str) -> None:
             (out / "saved.txt").write_text(str(step))
 
 
-def run_ranks(job: str, out: Path, policy: Path, world: int = 2, backend: str = "gloo", timeout_s: float = 400,
-              until=None) -> None:
+def run_ranks(job: str, out: Path, policy: Path, world: int = 2, backend: str = "gloo",
+              timeout_s: float = 400, until=None) -> None:
     """Run `job` on `world` rank processes; with `until`, SIGKILL them all once `until()` is true."""
     store = torch.distributed.TCPStore("127.0.0.1", 0, world + 1, is_master=True, wait_for_workers=False)
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     logs = [open(out / f"rank{r}.log", "w") for r in range(world)]  # noqa: SIM115
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.fsdp_ranks", job, str(r), str(world), str(store.port),
-                               str(out), str(policy), backend], cwd=ROOT, env=env, stdout=logs[r], stderr=subprocess.STDOUT)
-             for r in range(world)]
+    commands = [[sys.executable, "-m", "tests.fsdp_ranks", job, str(r), str(world), str(store.port), str(out),
+                 str(policy), backend] for r in range(world)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logs[r], stderr=subprocess.STDOUT)
+             for r, cmd in enumerate(commands)]
     deadline = time.monotonic() + timeout_s
     try:
         while any(p.poll() is None for p in procs):
@@ -137,7 +142,8 @@ def run_ranks(job: str, out: Path, policy: Path, world: int = 2, backend: str = 
             f.close()
     if until is None:
         for r, p in enumerate(procs):
-            assert p.returncode == 0, f"rank {r} exited {p.returncode}:\n{(out / f'rank{r}.log').read_text()[-4000:]}"
+            log = (out / f"rank{r}.log").read_text()[-4000:]
+            assert p.returncode == 0, f"rank {r} exited {p.returncode}:\n{log}"
 
 
 JOBS = {"grads": job_grads, "resume": job_resume, "crash": job_crash}

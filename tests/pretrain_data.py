@@ -34,7 +34,8 @@ def document(rng: random.Random) -> str:
 
 def conversation(rng: random.Random) -> list[dict[str, str]]:
     a, b = rng.sample(NAMES, 2)
-    return [{"role": "user", "content": f"who does {a} see?"}, {"role": "assistant", "content": f"{a} sees {b}."}]
+    return [{"role": "user", "content": f"who does {a} see?"},
+            {"role": "assistant", "content": f"{a} sees {b}."}]
 
 
 def write_corpus(path: Path, documents: int = 600, conversations: int = 200, seed: int = 0) -> Path:
@@ -52,7 +53,8 @@ def write_conversations(path: Path, n: int = 300, seed: int = 0) -> Path:
         for _ in range(n):
             c = conversation(rng)
             if rng.random() < 0.3:  # some multi-turn
-                c += [{"role": "user", "content": "and then?"}, {"role": "assistant", "content": document(rng)}]
+                c += [{"role": "user", "content": "and then?"},
+                      {"role": "assistant", "content": document(rng)}]
             f.write(json.dumps({"messages": c}) + "\n")
     return path
 

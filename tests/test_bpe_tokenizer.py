@@ -1,4 +1,5 @@
-"""The BPE tokenizer: round trips, the special tokens, ids equal to an independent tiktoken encoder, saved files."""
+"""The BPE tokenizer: round trips, the special tokens, ids equal to an independent tiktoken encoder, saved
+files."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from answerkey.pretrain.tokenizer import (
 )
 from tests.pretrain_data import TEXTS, plain_tokenizer_dir
 
-VARIED = TEXTS[:4] + ["", " ", "\n", "a", "🙂", "''", "I'LL we'Re", "x" * 100, "1 22 333 4444 55555", "\x00\x01\x7f"]
+VARIED = TEXTS[:4] + ["", " ", "\n", "a", "🙂", "''", "I'LL we'Re", "x" * 100, "1 22 333 4444 55555",
+                      "\x00\x01\x7f"]
 
 
 @pytest.fixture(scope="module", params=["hf", "rustbpe"])
@@ -30,7 +32,8 @@ def tok(request):
 
 
 def reference_encoder(tokenizer) -> tiktoken.Encoding:
-    """tiktoken over the saved merges (as ranks = ids) and the same split regex: an independent BPE encoder."""
+    """tiktoken over the saved merges (as ranks = ids) and the same split regex: an independent BPE
+    encoder."""
     specials = {t: tokenizer.convert_tokens_to_ids(t) for t in chat.SPECIAL_TOKENS}
     return tiktoken.Encoding("answerkey-test", pat_str=GPT4_SPLIT, mergeable_ranks=vocab_bytes(tokenizer),
                              special_tokens=specials)
@@ -61,9 +64,11 @@ def test_text_mixed_with_special_tokens_round_trips_and_matches_tiktoken(tok, pa
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(list("ab 1\n\t'sé日🙂.,-_") + ["'s", "ll", "  ", "fox", "99"]), max_size=40).map("".join))
+@given(st.lists(st.sampled_from(list("ab 1\n\t'sé日🙂.,-_") + ["'s", "ll", "  ", "fox", "99"]),
+                max_size=40).map("".join))
 def test_ids_equal_an_independent_tiktoken_encoder_built_from_the_merges(tok, text):
-    assert tok.encode(text, add_special_tokens=False) == reference_encoder(tok).encode(text, disallowed_special=())
+    want = reference_encoder(tok).encode(text, disallowed_special=())
+    assert tok.encode(text, add_special_tokens=False) == want
 
 
 @pytest.mark.parametrize("trainer", ["hf", "rustbpe"])
@@ -81,7 +86,8 @@ def test_saved_directory_loads_in_transformers_with_template_and_stop_ids(tmp_pa
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     (tmp_path / "book.txt").write_text(TEXTS[0] * 5)
-    tok = train_tokenizer([corpus, tmp_path / "book.txt", "and a text"], vocab_size=400, out_dir=tmp_path / "tok")
+    tok = train_tokenizer([corpus, tmp_path / "book.txt", "and a text"], vocab_size=400,
+                          out_dir=tmp_path / "tok")
     assert tok.get_vocab() == train_bpe([*TEXTS, TEXTS[0] * 5, "and a text"], 400).get_vocab()
     hf = AutoTokenizer.from_pretrained(tmp_path / "tok")
     messages = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "#### 5"}]
@@ -93,7 +99,8 @@ def test_saved_directory_loads_in_transformers_with_template_and_stop_ids(tmp_pa
 
 def test_a_tokenizer_without_the_chat_tokens_is_refused_naming_the_file(tmp_path, capsys):
     path = plain_tokenizer_dir(tmp_path / "plain")
-    with pytest.raises(ValueError, match=r"plain/tokenizer.json: missing the special token\(s\) \['<\|im_start\|>', '<\|im_end\|>'\]"):
+    missing = r"plain/tokenizer.json: missing the special token\(s\) \['<\|im_start\|>', '<\|im_end\|>'\]"
+    with pytest.raises(ValueError, match=missing):
         load_tokenizer(path)
     assert cli.main(["tokenize", "--tokenizer", str(path), "hello"]) == 2
     out = " ".join(capsys.readouterr().out.split())

@@ -17,14 +17,17 @@ def test_render_matches_the_saved_chat_template(tokenizer, tmp_path):
     save_tokenizer(tokenizer, tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     for add in (False, True):
-        assert loaded.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=add) == chat.render(CONVERSATION, add)
-        ids = loaded.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=add, return_dict=True)["input_ids"]
+        text = loaded.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=add)
+        assert text == chat.render(CONVERSATION, add)
+        ids = loaded.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=add,
+                                         return_dict=True)["input_ids"]
         assert chat.encode(loaded, CONVERSATION, add).ids == list(ids)
 
 
 def test_special_tokens_are_single_ids_and_stop_tokens_are_known(tokenizer):
     for token in chat.SPECIAL_TOKENS:
-        assert tokenizer(token, add_special_tokens=False)["input_ids"] == [tokenizer.convert_tokens_to_ids(token)]
+        ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+        assert ids == [tokenizer.convert_tokens_to_ids(token)]
     assert tokenizer.convert_tokens_to_ids(chat.IM_END) in chat.stop_token_ids(tokenizer)
     assert tokenizer.eos_token == chat.IM_END
 
@@ -48,7 +51,8 @@ def test_prompt_ends_with_the_assistant_header(tokenizer):
         ([], "at least one message"),
         ([{"role": "robot", "content": "hi"}], r"messages\[0\].role"),
         ([{"role": "user", "content": 3}], r"messages\[0\].content: expected a string"),
-        ([{"role": "user", "content": "hi"}, {"role": "user", "content": "<|im_end|>"}], r"messages\[1\].content: contains"),
+        ([{"role": "user", "content": "hi"}, {"role": "user", "content": "<|im_end|>"}],
+         r"messages\[1\].content: contains"),
         (["hello"], r"messages\[0\]: expected an object"),
     ],
 )

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from answerkey.cli import main
 from answerkey.config import ConfigError, build_config
 from answerkey.envs import gsm8k
 from answerkey.envs.jsonl import jsonl_lines
-from answerkey.pretrain.dedup import Dedup, DedupIndex, MinHasher, estimated_jaccard, normalize
+from answerkey.pretrain.dedup import Dedup, DedupIndex, MinHasher, normalize
 from answerkey.pretrain.filter import DocFilter, FilterConfig, InputError, filter_file
 from answerkey.pretrain.filter_rules import C4Lines, Pii, PiiFormatter, c4_lines
 
@@ -43,10 +44,11 @@ CLEAN = [
     "The most important thing is to keep going to the pool, even when progress feels slow.",
 ]
 BASE = CLEAN[0]
-FRENCH = ("La ville de Lyon est située au confluent du Rhône et de la Saône. Elle est connue pour sa gastronomie, "
-          "son histoire et son architecture.\nLes habitants aiment se promener le long des quais le dimanche, et "
-          "les marchés sont pleins de fromages, de fruits et de légumes frais.\nAu cours des siècles, la ville a été "
-          "un centre important pour le commerce de la soie. Aujourd'hui, elle attire des visiteurs du monde entier.")
+FRENCH = ("La ville de Lyon est située au confluent du Rhône et de la Saône. Elle est connue pour sa "
+          "gastronomie, son histoire et son architecture.\nLes habitants aiment se promener le long des "
+          "quais le dimanche, et les marchés sont pleins de fromages, de fruits et de légumes frais.\nAu "
+          "cours des siècles, la ville a été un centre important pour le commerce de la soie. "
+          "Aujourd'hui, elle attire des visiteurs du monde entier.")
 PII_DOC = ("The support team answers questions about the new library system during office hours.\n"
            "Readers who cannot log in should write to Help.Desk@City-Library.org with their card number.\n"
            "The catalogue server moved to 93.184.216.34 last week, and the old address no longer works.\n"
@@ -56,20 +58,21 @@ PII_DOC = ("The support team answers questions about the new library system duri
 LIST_WORDS = ["internationalization", "telecommunications", "misunderstandings", "responsibilities",
               "characteristically", "incomprehensibility", "unquestionably", "environmentalists"]
 NO_WORD_RULES = {stage: {"enabled": False} for stage in ("english", "gopher_quality", "c4")}
-GERMAN = ("Die Stadt liegt am Ufer eines großen Flusses und ist für ihre alten Brücken bekannt. Im Sommer kommen "
-          "viele Besucher, um die Museen zu besichtigen und in den Parks spazieren zu gehen. Die Menschen hier sind "
-          "stolz auf ihre Geschichte, und jedes Jahr findet im Herbst ein großes Fest statt, bei dem Musik gespielt "
-          "und gut gegessen wird.")
+GERMAN = ("Die Stadt liegt am Ufer eines großen Flusses und ist für ihre alten Brücken bekannt. Im Sommer "
+          "kommen viele Besucher, um die Museen zu besichtigen und in den Parks spazieren zu gehen. Die "
+          "Menschen hier sind stolz auf ihre Geschichte, und jedes Jahr findet im Herbst ein großes Fest "
+          "statt, bei dem Musik gespielt und gut gegessen wird.")
 
 
 def lines_of(words: list[str], per_line: int, seed: int, end: str = ".") -> str:
     """Distinct lines of `per_line` words drawn from `words` (seeded), each ending in `end`."""
     rng = random.Random(seed)
-    return "\n".join(" ".join(rng.choice(words) for _ in range(per_line)).capitalize() + end for _ in range(12))
+    return "\n".join(" ".join(rng.choice(words) for _ in range(per_line)).capitalize() + end
+                     for _ in range(12))
 
 
-SHORT_WORDS = ["a", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no", "of",
-               "on", "or", "so", "to", "up", "us", "we", "am", "ox"]
+SHORT_WORDS = ["a", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no",
+               "of", "on", "or", "so", "to", "up", "us", "we", "am", "ox"]
 LONG_WORDS = ["internationalization", "characteristically", "unquestionably", "responsibilities",
               "incomprehensible", "telecommunication", "misunderstanding", "the", "of", "and"]
 GOPHER_FREE = ["is", "a", "in", "it", "for", "on", "are", "as", "this", "was", "by", "at", "from", "or", "an",
@@ -86,8 +89,8 @@ ROWS = [
     ("url_word_inside_a_name_is_fine", BASE, "https://www.essex.ac.uk/news", {}, None),
     ("url_two_soft_words", BASE, "https://hot-dating.example.net/", {}, "url/soft_banned_words"),
     ("url_one_soft_word", BASE, "https://hot-recipes.example.net/", {}, None),
-    ("url_threshold_from_config", BASE, "https://hot-recipes.example.net/", {"url": {"soft_word_threshold": 1}},
-     "url/soft_banned_words"),
+    ("url_threshold_from_config", BASE, "https://hot-recipes.example.net/",
+     {"url": {"soft_word_threshold": 1}}, "url/soft_banned_words"),
     ("french", FRENCH, None, {}, "language/not_english"),
     ("german", GERMAN, None, {}, "language/not_english"),
     ("dup_para_frac", "\n\n".join(PARAS[:4] + PARAS[:3]), None, {}, "gopher_repetition/dup_para_frac"),
@@ -95,9 +98,10 @@ ROWS = [
      "gopher_repetition/dup_para_char_frac"),
     ("dup_line_frac", "\n".join(PARAS + PARAS[:4]), None, {}, "gopher_repetition/dup_line_frac"),
     ("dup_line_char_frac", "\n".join(PARAS + PARAS[:2]), None, {}, "gopher_repetition/dup_line_char_frac"),
-    ("top_2_gram", "\n".join(f"{p.rstrip('.')} and of the of the of the of the of the." for p in PARAS), None, {},
-     "gopher_repetition/top_2_gram"),
-    ("duplicated_n_grams", BASE.replace("Visitors often", f"Some say that {REPEAT} and also {REPEAT}. Visitors often"),
+    ("top_2_gram", "\n".join(f"{p.rstrip('.')} and of the of the of the of the of the." for p in PARAS), None,
+     {}, "gopher_repetition/top_2_gram"),
+    ("duplicated_n_grams",
+     BASE.replace("Visitors often", f"Some say that {REPEAT} and also {REPEAT}. Visitors often"),
      None, {}, "gopher_repetition/duplicated_5_n_grams"),
     ("short_doc", "\n".join(PARAS[2:4]), None, {}, "gopher_quality/short_doc"),
     ("long_doc", BASE, None, {"gopher_quality": {"max_doc_words": 60}}, "gopher_quality/long_doc"),
@@ -107,29 +111,34 @@ ROWS = [
     ("too_many_ellipsis", BASE.replace(" the ", " the… "), None, {},
      "gopher_quality/too_many_ellipsis"),
     ("too_many_bullets", "\n".join(f"- {p}" for p in PARAS), None, {}, "gopher_quality/too_many_bullets"),
-    ("too_many_end_ellipsis", "\n".join(p.rstrip(".") + ("..." if i % 2 else ".") for i, p in enumerate(PARAS)),
+    ("too_many_end_ellipsis",
+     "\n".join(p.rstrip(".") + ("..." if i % 2 else ".") for i, p in enumerate(PARAS)),
      None, {}, "gopher_quality/too_many_end_ellipsis"),
     ("below_alpha_threshold", "\n".join(f"{p} " + " ".join(str(i * 97 + j * 13) for j in range(12)) + "."
                                          for i, p in enumerate(PARAS)), None, {},
      "gopher_quality/below_alpha_threshold"),
     ("too_few_stop_words", lines_of(GOPHER_FREE, 10, 3), None, {"english": {"enabled": False}},
      "gopher_quality/too_few_stop_words"),
-    ("lorem_ipsum", BASE + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.", None, {}, "c4/lorem_ipsum"),
+    ("lorem_ipsum", BASE + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.", None, {},
+     "c4/lorem_ipsum"),
     ("curly_bracket", BASE + "\nThe code reads if (x) { return the value of y; } at the end.", None, {},
      "c4/curly_bracket"),
     ("too_few_sentences", " ".join(PARAS[:3]).replace(".", ",") + " and that is all we know about the town.",
      None, {}, "c4/too_few_sentences"),
     ("c4_min_sentences_from_config", BASE, None, {"c4": {"min_sentences": 8}}, "c4/too_few_sentences"),
     ("line_punct_ratio", "\n".join(p.rstrip(".") for p in PARAS), None, {}, "fineweb/line_punct_ratio"),
-    ("short_line_ratio", "The bread is warm.\nThe river runs north.\nA market opens early.\nCheese comes from "
+    ("short_line_ratio",
+     "The bread is warm.\nThe river runs north.\nA market opens early.\nCheese comes from "
      "farms.\nThe bridge is narrow.\nBoats pass below it.\nLamps are lit at dusk.\nThe library has maps.\n"
      "Children swim in summer.\nThe mill still turns.\nVisitors take photos.\nThe cathedral is grey.\n"
      "Farmers sell apples too.\nThe square fills up.\nMost shops close at six.", None, {},
      "fineweb/short_line_ratio"),
-    ("char_dup_ratio", "\n".join(PARAS[:3] + ["The market is open daily."] + PARAS[3:] + ["The market is open daily."]),
+    ("char_dup_ratio",
+     "\n".join(PARAS[:3] + ["The market is open daily."] + PARAS[3:] + ["The market is open daily."]),
      None, {}, "fineweb/char_dup_ratio"),
-    ("list_ratio", "\n".join(f"{a} {b}" + ("." if (i + j) % 4 == 0 else "") for i, a in enumerate(LIST_WORDS)
-                             for j, b in enumerate(LIST_WORDS) if a != b), None, NO_WORD_RULES, "fineweb/list_ratio"),
+    ("list_ratio", "\n".join(f"{a} {b}" + ("." if (i + j) % 4 == 0 else "")
+                             for i, a in enumerate(LIST_WORDS) for j, b in enumerate(LIST_WORDS) if a != b),
+     None, NO_WORD_RULES, "fineweb/list_ratio"),
 ]
 
 
@@ -173,7 +182,8 @@ def test_a_user_blocklist_adds_domains_and_urls(tmp_path):
 
 
 def test_c4_drops_boilerplate_lines_and_strips_citations():
-    text = (BASE + "\nPlease enable JavaScript to see the comments below.\nRead our privacy policy and terms of use."
+    text = (BASE + "\nPlease enable JavaScript to see the comments below."
+            "\nRead our privacy policy and terms of use."
             "\nHome\nThe bridge was rebuilt in 1850 after a flood.[3][citation needed]")
     kept, reason = c4_lines(text, C4Lines())
     assert reason is None
@@ -185,8 +195,9 @@ def test_pii_replaces_emails_and_public_ips_only_in_turn():
     pii = PiiFormatter(Pii())
     text = ("Write to Jane.Doe@Example.org or bob@mail.example.com. Server 93.184.216.34 and 8.8.8.8, "
             "router 192.168.1.1, loopback 127.0.0.1, office 10.0.0.7.")
-    assert pii(text) == ("Write to email@example.com or firstname.lastname@example.org. Server 22.214.171.124 and "
-                         "126.96.36.199, router 192.168.1.1, loopback 127.0.0.1, office 10.0.0.7.")
+    assert pii(text) == ("Write to email@example.com or firstname.lastname@example.org. "
+                         "Server 22.214.171.124 and 126.96.36.199, router 192.168.1.1, loopback 127.0.0.1, "
+                         "office 10.0.0.7.")
     assert pii("again a@b.org at 1.1.1.1") == "again email@example.com at 188.8.131.52"  # the turn carries on
     assert pii.counts == {"emails": 3, "ips": 3}
 
@@ -214,6 +225,12 @@ def test_near_duplicates_are_removed_and_unrelated_docs_kept():
     assert index.near_duplicates() == {151, 152}  # both edited copies; the first (original) is kept
 
 
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of equal minima of two signatures: an unbiased estimate of their shingle sets' Jaccard
+    similarity."""
+    return float(np.mean(a == b))
+
+
 def test_minhash_estimates_the_exact_jaccard_of_5_gram_sets():
     hasher = MinHasher(Dedup())
     base = "\n".join(CLEAN)
@@ -236,19 +253,23 @@ def write_jsonl(path, rows) -> None:
 def test_counts_add_up_and_kept_docs_are_written_with_their_fields(tmp_path):
     rows = [{"text": text, "url": url, "id": name} for name, text, url, overrides, _ in ROWS if not overrides]
     rows += [{"text": PII_DOC, "id": "pii"}, {"text": CLEAN[1] + "\n ", "id": "exact_copy"},
-             {"text": few_words_changed("\n".join(CLEAN), 2, 5), "id": "edited"}, {"text": "\n".join(CLEAN), "id": "joined"}]
+             {"text": few_words_changed("\n".join(CLEAN), 2, 5), "id": "edited"},
+             {"text": "\n".join(CLEAN), "id": "joined"}]
     write_jsonl(tmp_path / "in.jsonl", rows)
     metrics = filter_file(tmp_path / "in.jsonl", tmp_path / "out.jsonl", FilterConfig())
     kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    removed = {k.removeprefix("filter/removed/"): v for k, v in metrics.items() if k.startswith("filter/removed/")}
+    removed = {k.removeprefix("filter/removed/"): v
+               for k, v in metrics.items() if k.startswith("filter/removed/")}
     assert metrics["filter/docs_in"] == len(rows) == metrics["filter/docs_kept"] + sum(removed.values())
     assert metrics["filter/docs_kept"] == len(kept)
     assert [r["id"] for r in kept] == ["clean0", "clean1", "clean2", "pii", "edited"]
     # the two URL rows that pass carry clean0's text, so they are exact copies, as is the padded clean1
-    assert removed["dedup/exact"] == 3 and removed["dedup/minhash"] == 1  # "joined" is a near copy of "edited"
+    # "joined" is a near copy of "edited"
+    assert removed["dedup/exact"] == 3 and removed["dedup/minhash"] == 1
     assert sum(v for k, v in removed.items() if not k.startswith("dedup/")) == len(rows) - 9
     assert "Help.Desk@City-Library.org" not in kept[3]["text"] and "93.184.216.34" not in kept[3]["text"]
-    assert "192.168.10.20" in kept[3]["text"] and metrics["filter/pii/emails"] == metrics["filter/pii/ips"] == 1
+    assert "192.168.10.20" in kept[3]["text"]
+    assert metrics["filter/pii/emails"] == metrics["filter/pii/ips"] == 1
 
 
 @pytest.mark.parametrize("content, message", [
@@ -268,7 +289,8 @@ def test_bad_input_is_named_by_file_and_line_and_leaves_no_output(tmp_path, cont
 def test_the_cli_filters_with_a_config_and_overrides_and_reports_per_rule(tmp_path, capsys):
     write_jsonl(tmp_path / "in.jsonl", [{"text": doc} for doc in CLEAN] + [{"text": FRENCH}])
     (tmp_path / "f.toml").write_text("[c4]\nmin_sentences = 8\n")
-    argv = ["filter", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), "--config", str(tmp_path / "f.toml")]
+    argv = ["filter", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), "--config",
+            str(tmp_path / "f.toml")]
     assert main(argv + ["--c4.min_sentences=5"]) == 0
     out = capsys.readouterr().out
     assert "language/not_english" in out and "kept" in out

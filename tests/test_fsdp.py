@@ -42,9 +42,10 @@ def policy_path(make_model_module, tokenizer, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def make_model_module(tokenizer):
     from answerkey import chat
-    from answerkey.pretrain.model import build_model
+    from answerkey.model import build_model
 
-    return lambda seed=0: build_model("tiny", len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, seed=seed)
+    return lambda seed=0: build_model("tiny", len(tokenizer), chat.stop_token_ids(tokenizer),
+                                      pad_id=tokenizer.pad_token_id, seed=seed)
 
 
 def test_deal_balances_tokens_and_covers_every_row_once():
@@ -68,11 +69,12 @@ def test_every_rank_gets_the_same_number_of_micro_batches(tokenizer, synthetic_e
 
 def reference(policy: Path, cfg: dict, groups, dtype=torch.float64) -> dict:
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=dtype)
-    # the HF forward, as on the ranks (the lean forward needs plain tensors; in fp64 it also skips HF's fp32 RMSNorm)
+    # the HF forward, as on the ranks (the lean forward needs plain tensors; in fp64 it also skips HF's
+    # fp32 RMSNorm)
     learner = Learner(model, LearnerConfig(**cfg), SAMPLING, total_steps=10, lean=False)
     metrics = learner.step(groups)
-    return {"grads": {n: p.grad for n, p in model.named_parameters()}, "params": dict(model.named_parameters()),
-            "metrics": metrics}
+    return {"grads": {n: p.grad for n, p in model.named_parameters()},
+            "params": dict(model.named_parameters()), "metrics": metrics}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,8 @@ def grads_run(policy_path, tokenizer, synthetic_env, tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp-grads")
     groups = make_groups(tokenizer, synthetic_env, REWARDS, truncated={(0, 1)})
     cases = {f"{agg}": {"cfg": {"lr": 1e-3, "loss_agg": agg}, "dtype": torch.float64} for agg in AGGS}
-    cases |= {f"{agg}+kl+passes": {"cfg": {"lr": 1e-3, "loss_agg": agg, **HARD}, "dtype": torch.float64} for agg in AGGS}
+    cases |= {f"{agg}+kl+passes": {"cfg": {"lr": 1e-3, "loss_agg": agg, **HARD}, "dtype": torch.float64}
+              for agg in AGGS}
     cases["checkpointing"] = {"cfg": {"lr": 1e-3, "micro_batch_tokens": 120, "gradient_checkpointing": True},
                               "dtype": torch.float64}
     cases["fp32"] = {"cfg": {"lr": 1e-3, **HARD}, "dtype": torch.float32}
@@ -95,13 +98,16 @@ def test_two_ranks_give_one_process_gradient_update_and_metrics(grads_run, polic
     _, groups, cases, results = grads_run
     got = results[case]
     cfg = dict(cases[case]["cfg"])
-    cfg.pop("gradient_checkpointing", None)  # the reference without it: checkpointing must not change the gradient
+    # the reference without it: checkpointing must not change the gradient
+    cfg.pop("gradient_checkpointing", None)
     want = reference(policy_path, cfg, groups, cases[case]["dtype"])
-    tol = {"rtol": 1e-10, "atol": 1e-13} if cases[case]["dtype"] == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
+    fp64 = cases[case]["dtype"] == torch.float64
+    tol = {"rtol": 1e-10, "atol": 1e-13} if fp64 else {"rtol": 1e-4, "atol": 1e-6}
     assert set(got["grads"]) == set(want["grads"]) and len(got["grads"]) == len(dict(want["params"]))
     for name, grad in want["grads"].items():
         torch.testing.assert_close(got["grads"][name], grad, **tol, msg=f"gradient of {name}")
-        torch.testing.assert_close(got["params"][name], want["params"][name].detach(), **tol, msg=f"updated {name}")
+        torch.testing.assert_close(got["params"][name], want["params"][name].detach(), **tol,
+                                   msg=f"updated {name}")
     assert set(got["metrics"]) == set(want["metrics"])
     for key, value in want["metrics"].items():
         assert got["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
@@ -161,12 +167,13 @@ def test_export_gives_a_transformers_model_with_identical_logits(resume_run, tmp
     out, results = resume_run
     ckpt = results["straight"]["path"]
     assert cli.main(["export", ckpt, str(tmp_path / "hf")]) == 0
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    written = {p.name for p in (tmp_path / "hf").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= written
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
     with torch.no_grad():
         logits = model(input_ids=PROBE_IDS).logits
     assert torch.equal(logits, results["straight"]["logits_at_2"])
-    assert cli.main(["export", ckpt, str(tmp_path / "hf")]) == 2  # the target exists: refused, not overwritten
+    assert cli.main(["export", ckpt, str(tmp_path / "hf")]) == 2  # the target exists: refused, kept
 
 
 def test_a_kill_during_a_dcp_save_leaves_the_last_checkpoint_complete(policy_path, tmp_path):

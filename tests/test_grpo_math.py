@@ -51,7 +51,8 @@ def test_uniform_groups():
 )
 def test_clipped_surrogate(ratio, advantage, loss, clipped):
     old = T([[-1.0]])
-    got, was_clipped = grpo.clipped_surrogate(old + math.log(ratio), old, T([[advantage]]), clip_low=0.2, clip_high=0.28)
+    got, was_clipped = grpo.clipped_surrogate(old + math.log(ratio), old, T([[advantage]]), clip_low=0.2,
+                                              clip_high=0.28)
     assert got.item() == pytest.approx(loss)
     assert was_clipped.item() == clipped
 

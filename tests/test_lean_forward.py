@@ -1,5 +1,6 @@
-"""The fast paths against their references: oneDNN `linear` vs `F.linear`, the learner's shared-prompt forward vs
-the Hugging Face forward, inverse-CDF sampling vs the distribution, and the engine's bf16 precision."""
+"""The fast paths against their references: oneDNN `linear` vs `F.linear` (answerkey/model/onednn.py), the
+learner's shared-prompt forward vs the Hugging Face forward (answerkey/model/completion.py), inverse-CDF
+sampling vs the distribution, and the engine's bf16 precision."""
 
 import math
 import random
@@ -12,13 +13,13 @@ import torch.nn.functional as F
 from answerkey import chat
 from answerkey.config import LearnerConfig
 from answerkey.envs import Trajectory
-from answerkey.learner import forward
 from answerkey.learner.batch import completion_values
 from answerkey.learner.learner import Learner
+from answerkey.model import completion
+from answerkey.model.onednn import ONEDNN, keep_freed_memory, linear
 from answerkey.rewards import Score, Status
 from answerkey.rollout import sampling as S
 from answerkey.rollout.engine import SamplingParams
-from answerkey.rollout.llama_decode import ONEDNN, keep_freed_memory, linear
 from answerkey.rollout.torch_engine import TorchEngine
 
 
@@ -38,18 +39,20 @@ def test_linear_equals_f_linear_forward_and_backward(shape, residual):
     for a, b in zip(ours_grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
     with torch.inference_mode():  # the engine's path (fused residual add)
-        torch.testing.assert_close(linear(x, w, residual=r if residual else None), ref.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(linear(x, w, residual=r if residual else None), ref.detach(), rtol=1e-5,
+                                   atol=1e-5)
     bf16 = linear(x.detach().bfloat16(), w.detach().bfloat16())
     assert bf16.dtype == torch.bfloat16 and (bf16.float() - F.linear(x, w)).abs().max() < 0.5
 
 
 def test_onednn_is_used_on_this_cpu():
-    """The speed of the CPU engine and learner rests on it; a torch without it falls back silently otherwise."""
+    """The speed of the CPU engine and learner rests on it; a torch without it falls back silently
+    otherwise."""
     assert ONEDNN
 
 
 def test_glibc_keeps_freed_memory_on_linux():
-    """Without it a few-MB activation page-faults back in on most calls (a 3 MB GEMM output: ~5 ms, not 0.4)."""
+    """Without it a few-MB activation page-faults back in on most calls."""
     assert keep_freed_memory() and keep_freed_memory()  # takes effect, and again (idempotent)
 
 
@@ -61,8 +64,9 @@ def make_groups(tokenizer, env, P=3, G=4, seed=0):
         group = []
         for g in range(G):
             n = 2 + (p * G + g) * 7 % 11
-            group.append(Trajectory(prompt, [rng.randrange(10, len(tokenizer)) for _ in range(n)], [1] * n, [-2.0] * n,
-                                    Score(float(g % 2), Status.correct if g % 2 else Status.wrong), "stop"))
+            ids = [rng.randrange(10, len(tokenizer)) for _ in range(n)]
+            score = Score(float(g % 2), Status.correct if g % 2 else Status.wrong)
+            group.append(Trajectory(prompt, ids, [1] * n, [-2.0] * n, score, "stop"))
         groups.append(group)
     return groups
 
@@ -74,7 +78,8 @@ def test_micro_batches_run_each_distinct_prompt_once(tokenizer, synthetic_env, m
     (mb,) = batch.micro_batches(10**6)
     assert mb.prompt_ids.shape[0] == 3 and mb.targets.shape[0] == 12
     lengths = [len(t.prompt_ids) for g in groups for t in g]
-    assert mb.num_tokens == 3 * max(lengths) + 12 * mb.targets.shape[1] < 12 * (max(lengths) + mb.targets.shape[1])
+    Tc = mb.targets.shape[1]
+    assert mb.num_tokens == 3 * max(lengths) + 12 * Tc < 12 * (max(lengths) + Tc)
     for n, i in enumerate(mb.index):  # every row's prompt and completion are where its index says
         row = batch.rows[i]
         prompt = mb.prompt_ids[mb.prompt_index[n]][mb.prompt_valid[mb.prompt_index[n]]].tolist()
@@ -83,19 +88,21 @@ def test_micro_batches_run_each_distinct_prompt_once(tokenizer, synthetic_env, m
 
 @pytest.mark.parametrize("preset", ["tiny", "1.4m"])  # tiny: grouped-query attention
 @pytest.mark.parametrize("explicit_max", [256, 0])  # attention by two matmuls (short sequences), or by SDPA
-def test_learner_lean_forward_equals_the_hf_forward(tokenizer, synthetic_env, make_model, monkeypatch, preset, explicit_max):
-    monkeypatch.setattr(forward, "EXPLICIT_ATTENTION_MAX", explicit_max)
+def test_learner_lean_forward_equals_the_hf_forward(tokenizer, synthetic_env, make_model, monkeypatch, preset,
+                                                    explicit_max):
+    monkeypatch.setattr(completion, "EXPLICIT_ATTENTION_MAX", explicit_max)
     groups = make_groups(tokenizer, synthetic_env)
     results = []
     for lean in (True, False):
         model = make_model(seed=2, preset=preset)
-        learner = Learner(model, LearnerConfig(lr=1e-3, tis_cap=None), SamplingParams(max_new_tokens=16, temperature=0.8),
-                          total_steps=1, lean=lean)
+        learner = Learner(model, LearnerConfig(lr=1e-3, tis_cap=None),
+                          SamplingParams(max_new_tokens=16, temperature=0.8), total_steps=1, lean=lean)
         batch = learner.prepare(groups)
         values = {}
         for mb in batch.micro_batches(10**6):
             logprobs, entropy = learner.logprobs(model, mb)
-            for i, v, e in zip(mb.index, completion_values(mb, logprobs), completion_values(mb, entropy), strict=True):
+            for i, v, e in zip(mb.index, completion_values(mb, logprobs), completion_values(mb, entropy),
+                               strict=True):
                 values[i] = (v.detach(), e)
         learner.backward(batch)
         results.append((values, {n: p.grad for n, p in model.named_parameters()}))
@@ -109,32 +116,37 @@ def test_learner_lean_forward_equals_the_hf_forward(tokenizer, synthetic_env, ma
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_elementwise_equals_eager_forward_and_backward(dtype):
-    """On this machine torch.compile must work (a failure would fall back to eager silently, ~5% slower)."""
+    """torch.compile must work here (a failure would fall back to eager silently, and slower)."""
     torch.manual_seed(0)
     gate_up = torch.randn(37, 2 * 24, dtype=dtype, requires_grad=True)  # an odd row count: dynamic shapes
     dy = torch.randn(37, 24, dtype=dtype)
-    ours = forward.swiglu(gate_up, compile=True)
+    ours = completion.swiglu(gate_up, compile=True)
     gate, up = gate_up.chunk(2, dim=-1)
     ref = F.silu(gate) * up
     torch.testing.assert_close(ours, ref)
-    torch.testing.assert_close(torch.autograd.grad(ours, gate_up, dy)[0], torch.autograd.grad(ref, gate_up, dy)[0])
-    x, weight = torch.randn(3, 37, 24, dtype=dtype, requires_grad=True), torch.randn(24, dtype=dtype, requires_grad=True)
-    ours, ref = forward.norm(x, weight, 1e-5, compile=True), F.rms_norm(x, (24,), weight, 1e-5)
+    torch.testing.assert_close(torch.autograd.grad(ours, gate_up, dy)[0],
+                               torch.autograd.grad(ref, gate_up, dy)[0])
+    x = torch.randn(3, 37, 24, dtype=dtype, requires_grad=True)
+    weight = torch.randn(24, dtype=dtype, requires_grad=True)
+    ours, ref = completion.norm(x, weight, 1e-5, compile=True), F.rms_norm(x, (24,), weight, 1e-5)
     torch.testing.assert_close(ours, ref)
     dy = torch.randn_like(ref)
-    for a, b in zip(torch.autograd.grad(ours, (x, weight), dy), torch.autograd.grad(ref, (x, weight), dy), strict=True):
+    for a, b in zip(torch.autograd.grad(ours, (x, weight), dy), torch.autograd.grad(ref, (x, weight), dy),
+                    strict=True):
         torch.testing.assert_close(a, b)
-    assert not forward._compile_failed
+    assert not completion._compile_failed
 
 
 def test_learner_logprobs_of_equals_a_full_forward(tokenizer, make_model):
     model = make_model(seed=4)
-    learner = Learner(model, LearnerConfig(lr=1e-3), SamplingParams(max_new_tokens=8, temperature=0.7, top_k=20), 1)
-    prompt, completion = chat.prompt_ids(tokenizer, [{"role": "user", "content": "What is 4 + 4?"}]), [40, 41, 42, 43]
+    learner = Learner(model, LearnerConfig(lr=1e-3),
+                      SamplingParams(max_new_tokens=8, temperature=0.7, top_k=20), 1)
+    prompt = chat.prompt_ids(tokenizer, [{"role": "user", "content": "What is 4 + 4?"}])
+    ids = [40, 41, 42, 43]
     with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
-    want = S.gather(S.processed_logprobs(logits, 0.7, 20), torch.tensor(completion))
-    np.testing.assert_allclose(learner.logprobs_of(prompt, completion), want.numpy(), atol=1e-5)
+        logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1]
+    want = S.gather(S.processed_logprobs(logits, 0.7, 20), torch.tensor(ids))
+    np.testing.assert_allclose(learner.logprobs_of(prompt, ids), want.numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (2, 1.0), (0, 0.6)])
@@ -146,7 +158,8 @@ def test_inverse_cdf_sampling_follows_the_processed_distribution(top_k, top_p):
     freq = torch.bincount(tokens, minlength=5).double() / len(tokens)
     assert ((freq - want).abs() <= 4 * (want * (1 - want) / len(tokens)).sqrt() + 1e-12).all(), (freq, want)
     assert torch.isfinite(logprobs).all()  # a filtered-out token (-inf) is never sampled
-    torch.testing.assert_close(logprobs, S.processed_logprobs(logits, 0.9, top_k, top_p).gather(-1, tokens[:, None])[:, 0])
+    want = S.processed_logprobs(logits, 0.9, top_k, top_p).gather(-1, tokens[:, None])[:, 0]
+    torch.testing.assert_close(logprobs, want)
 
 
 def test_target_logprobs_fused_path_equals_the_log_softmax_path():
@@ -164,7 +177,8 @@ def test_target_logprobs_fused_path_equals_the_log_softmax_path():
 
 def test_bf16_engine_samples_near_the_fp32_policy_and_verifies_in_fp32(tokenizer, make_model):
     model = make_model(seed=6, preset="1.4m")
-    fp32, bf16 = TorchEngine(model, tokenizer, seed=1), TorchEngine(model, tokenizer, seed=1, precision="bf16")
+    fp32 = TorchEngine(model, tokenizer, seed=1)
+    bf16 = TorchEngine(model, tokenizer, seed=1, precision="bf16")
     prompts = [chat.prompt_ids(tokenizer, [{"role": "user", "content": q}]) for q in ("What is 2 + 3?", "Hi")]
     sampling = SamplingParams(max_new_tokens=16, temperature=1.0)
     diffs = []
@@ -179,16 +193,19 @@ def test_bf16_engine_samples_near_the_fp32_policy_and_verifies_in_fp32(tokenizer
 
 
 def test_prompt_sharing_gives_each_completion_its_prompts_context(tokenizer, make_model):
-    """n completions of one prompt (one prefill, cache rows shared) equal n separate calls of that prompt, greedily."""
+    """n completions of one prompt (one prefill, cache rows shared) equal n separate calls of that prompt,
+    greedily."""
     model = make_model(seed=7)
     engine = TorchEngine(model, tokenizer)
-    prompts = [chat.prompt_ids(tokenizer, [{"role": "user", "content": q}]) for q in ("What is 12 + 30?", "Hi there")]
+    prompts = [chat.prompt_ids(tokenizer, [{"role": "user", "content": q}])
+               for q in ("What is 12 + 30?", "Hi there")]
     greedy = SamplingParams(max_new_tokens=10, top_k=1, ignore_eos=True)
     shared = engine.generate(prompts, 3, greedy)
     for prompt, group in zip(prompts, shared, strict=True):
         alone = engine.generate([prompt], 1, greedy)[0][0]
         assert all(c.token_ids == alone.token_ids for c in group)
-        assert all(math.isclose(a, b, abs_tol=1e-5) for c in group for a, b in zip(c.logprobs, alone.logprobs, strict=True))
+        assert all(math.isclose(a, b, abs_tol=1e-5)
+                   for c in group for a, b in zip(c.logprobs, alone.logprobs, strict=True))
 
 
 # chi-square critical values at p = 0.001 (the samples are seeded, so the test is deterministic; a wrong
@@ -211,15 +228,16 @@ def test_inverse_cdf_sampling_passes_a_chi_square_test(temperature, top_k, top_p
 
 
 def test_inverse_cdf_maps_each_uniform_to_the_token_whose_interval_holds_it():
-    """Exact: replaying the generator's uniforms, each draw is the token i with cdf[i-1] <= u < cdf[i] (fp64 cdf of
-    the true probabilities), zero-mass tokens (first, middle, last) never included."""
+    """Exact: replaying the generator's uniforms, each draw is the token i with cdf[i-1] <= u < cdf[i]
+    (fp64 cdf of the true probabilities), zero-mass tokens (first, middle, last) never included."""
     probs = torch.tensor([0.0, 0.1, 0.25, 0.0, 0.3, 0.35, 0.0], dtype=torch.float64)
     logp = probs.log().float()[None].expand(50_000, 7)
     tokens = S.sample(logp, torch.Generator().manual_seed(5))
     u = torch.rand((50_000, 1), generator=torch.Generator().manual_seed(5)).double()[:, 0]  # the same draws
     cdf = probs.cumsum(0)
     want = torch.searchsorted(cdf, u, right=True)
-    near_edge = (u[:, None] - cdf[None]).abs().min(dim=1).values < 1e-6  # fp32 rounding may go either way there
+    # fp32 rounding may go either way near an edge
+    near_edge = (u[:, None] - cdf[None]).abs().min(dim=1).values < 1e-6
     assert near_edge.sum() < 10
     assert torch.equal(tokens[~near_edge], want[~near_edge])
     assert set(tokens.tolist()) == {1, 2, 4, 5}
@@ -227,13 +245,14 @@ def test_inverse_cdf_maps_each_uniform_to_the_token_whose_interval_holds_it():
 
 @pytest.mark.parametrize("index", [[0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 0, 1, 2, 2, 2], [2, 2, 0, 0, 1, 1]])
 def test_per_row_equals_indexing_forward_and_backward(index):
-    """Equal consecutive groups take the expand path, any other index plain indexing: the same values and gradients."""
+    """Equal consecutive groups take the expand path, any other index plain indexing: the same values and
+    gradients."""
     t = torch.randn(3, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     index = torch.tensor(index)
     weights = torch.randn(len(index), 2, 5, 4, dtype=torch.float64)
-    group = forward.group_size(index, 3)
+    group = completion.group_size(index, 3)
     assert (group is not None) == (index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2])
-    ours = forward.per_row(t, index, group)
+    ours = completion.per_row(t, index, group)
     (grad,) = torch.autograd.grad((ours * weights).sum(), t)
     (expected,) = torch.autograd.grad((t[index] * weights).sum(), t)
     assert torch.equal(ours, t[index]) and torch.allclose(grad, expected, rtol=0, atol=1e-12)

@@ -53,7 +53,8 @@ REWARDS = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0], [0.
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "sequence-mean", "dr-grpo"])
 @pytest.mark.parametrize("extras", [{}, {"kl_coef": 0.1, "passes": 2, "mask_truncated": True}])
-def test_micro_batched_gradient_equals_full_batch_gradient_fp64(tokenizer, synthetic_env, make_model, loss_agg, extras):
+def test_micro_batched_gradient_equals_full_batch_gradient_fp64(tokenizer, synthetic_env, make_model,
+                                                                loss_agg, extras):
     groups = make_groups(tokenizer, synthetic_env, REWARDS, truncated={(0, 1)})
     results = []
     for budget in (10**6, 120):
@@ -74,7 +75,8 @@ def test_micro_batched_gradient_equals_full_batch_gradient_fp64(tokenizer, synth
         torch.testing.assert_close(split[name], full[name], rtol=1e-10, atol=1e-13, msg=name)
 
 
-def test_uniform_groups_are_dropped_and_an_all_uniform_step_is_skipped_loudly(tokenizer, synthetic_env, make_model):
+def test_uniform_groups_are_dropped_and_an_all_uniform_step_is_skipped_loudly(tokenizer, synthetic_env,
+                                                                              make_model):
     model = make_model()
     learner = learner_for(model)
     metrics = learner.step(make_groups(tokenizer, synthetic_env, REWARDS))
@@ -106,8 +108,10 @@ def true_logprobs(learner, batch):
     return out
 
 
-@pytest.mark.parametrize("offset, scale, clipped_fraction", [(0.0, 1.0, 0.0), (math.log(1.5), 1.5, 0.0), (math.log(3.0), 2.0, 1.0)])
-def test_tis_weights_the_gradient_by_the_truncated_ratio(tokenizer, synthetic_env, make_model, offset, scale, clipped_fraction):
+@pytest.mark.parametrize("offset, scale, clipped_fraction",
+                         [(0.0, 1.0, 0.0), (math.log(1.5), 1.5, 0.0), (math.log(3.0), 2.0, 1.0)])
+def test_tis_weights_the_gradient_by_the_truncated_ratio(tokenizer, synthetic_env, make_model, offset, scale,
+                                                         clipped_fraction):
     """rollout logprob = learner logprob - offset -> ratio exp(offset), truncated at the cap of 2."""
     groups = make_groups(tokenizer, synthetic_env, REWARDS)
     baseline_model, model = make_model(dtype=torch.float64), make_model(dtype=torch.float64)
@@ -126,7 +130,8 @@ def test_tis_weights_the_gradient_by_the_truncated_ratio(tokenizer, synthetic_en
 
 
 def test_clipping_through_injected_old_logprobs(tokenizer, synthetic_env, make_model):
-    """old = current + log 2 -> ratio 0.5 < 1 - clip_low: A > 0 rows train at half weight, A < 0 rows are clipped."""
+    """old = current + log 2 -> ratio 0.5 < 1 - clip_low: A > 0 rows train at half weight, A < 0 rows are
+    clipped."""
     groups = make_groups(tokenizer, synthetic_env, REWARDS)
     ref_model, model = make_model(dtype=torch.float64), make_model(dtype=torch.float64)
     reference = learner_for(ref_model, tis_cap=None)
@@ -177,7 +182,8 @@ def test_kl_is_zero_before_the_first_update_and_positive_after(tokenizer, synthe
 def test_sft_step_trains_only_assistant_tokens(tokenizer, synthetic_env, make_model):
     model = make_model(dtype=torch.float64)
     learner = learner_for(model, lr=3e-3)
-    messages = synthetic_env.problems("train")[0].messages() + [{"role": "assistant", "content": "1 + 2 = 3.\n#### 3"}]
+    answer = {"role": "assistant", "content": "1 + 2 = 3.\n#### 3"}
+    messages = synthetic_env.problems("train")[0].messages() + [answer]
     enc = chat.encode(tokenizer, messages)
     with torch.no_grad():
         logp = model(torch.tensor([enc.ids])).logits[0, :-1].log_softmax(-1)

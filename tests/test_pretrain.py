@@ -1,4 +1,5 @@
-"""Pretraining: beats a bigram model, writes a loadable HF checkpoint that `answerkey rl` accepts, resumes exactly.
+"""Pretraining: beats a bigram model, writes a loadable HF checkpoint that `answerkey rl` accepts, resumes
+exactly.
 
 The corpus (tests/pretrain_data.py) is made here: short documents whose second sentence repeats the
 names of the first (a bigram model cannot know which) plus some rendered conversations.
@@ -30,16 +31,18 @@ QUIET = Console(quiet=True)
 
 
 def overrides(corpus_path: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [f"--data.paths=['{corpus_path}']", f"--run.out_dir={out}", f"--run.name={name}", "--tokenizer.vocab_size=300",
-            "--data.seq_len=64", "--train.batch_size=8", "--train.micro_batch_size=8", "--train.lr=1e-2",
-            "--train.warmup_steps=5", "--run.sample_every=30", "--run.eval_every=30", "--train.threads=1", *extra]
+    return [f"--data.paths=['{corpus_path}']", f"--run.out_dir={out}", f"--run.name={name}",
+            "--tokenizer.vocab_size=300", "--data.seq_len=64", "--train.batch_size=8",
+            "--train.micro_batch_size=8", "--train.lr=1e-2", "--train.warmup_steps=5",
+            "--run.sample_every=30", "--run.eval_every=30", "--train.threads=1", *extra]
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """The run directory of 60 pretraining steps on the tiny corpus."""
     tmp = tmp_path_factory.mktemp("pretrain")
-    cfg = load_pretrain_config(EXAMPLE, overrides(write_corpus(tmp / "corpus.jsonl"), tmp, "base", "--train.steps=60"))
+    cfg = load_pretrain_config(EXAMPLE, overrides(write_corpus(tmp / "corpus.jsonl"), tmp, "base",
+                                                  "--train.steps=60"))
     assert pretrain.run(cfg, QUIET) == tmp / "base" / "model"
     return tmp / "base"
 
@@ -88,15 +91,17 @@ def test_the_checkpoint_loads_in_transformers_and_generate_stops_at_im_end(base)
     tok = AutoTokenizer.from_pretrained(base / "model")
     im_end = tok.convert_tokens_to_ids(chat.IM_END)
     assert im_end in model.generation_config.eos_token_id
-    prompt = tok.apply_chat_template([{"role": "user", "content": "who does carol see?"}], add_generation_prompt=True,
-                                     return_tensors="pt", return_dict=True)
-    out = model.generate(**prompt, max_new_tokens=30, do_sample=False)[0, prompt["input_ids"].shape[1]:].tolist()
+    prompt = tok.apply_chat_template([{"role": "user", "content": "who does carol see?"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    generated = model.generate(**prompt, max_new_tokens=30, do_sample=False)
+    out = generated[0, prompt["input_ids"].shape[1]:].tolist()
     assert out[-1] == im_end and len(out) < 30, tok.decode(out)  # the corpus' conversations taught it to stop
 
 
 def test_answerkey_rl_accepts_the_pretrain_checkpoint(ray_session, base, tmp_path, capsys):
     args = [f"--model.path={base / 'model'}", f"--run.out_dir={tmp_path}", "--run.name=rl", "--run.steps=1",
-            "--rollout.problems_per_step=4", "--rollout.group_size=2", "--rollout.workers=1", "--rollout.max_new_tokens=8"]
+            "--rollout.problems_per_step=4", "--rollout.group_size=2", "--rollout.workers=1",
+            "--rollout.max_new_tokens=8"]
     assert cli.main(["config", "examples/tiny_cpu.toml", *args]) == 0
     capsys.readouterr()
     cfg = load_config("examples/tiny_cpu.toml", args)
@@ -120,7 +125,8 @@ def interrupt_at(step: int):
 
 def test_a_resumed_run_equals_an_uninterrupted_one(base, tmp_path):
     extra = [f"--tokenizer.path={base / 'tokenizer'}", "--train.steps=6", "--run.checkpoint_every=3",
-             "--run.eval_every=2", "--run.sample_every=3", "--train.batch_size=4", "--train.micro_batch_size=2"]
+             "--run.eval_every=2", "--run.sample_every=3", "--train.batch_size=4",
+             "--train.micro_batch_size=2"]
     args = lambda name: overrides(base.parent / "corpus.jsonl", tmp_path, name, *extra)  # noqa: E731
     pretrain.run(load_pretrain_config(EXAMPLE, args("whole")), QUIET)
     with pytest.raises(KeyboardInterrupt):
@@ -128,7 +134,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(base, tmp_path):
     assert [r["step"] for r in rows(tmp_path / "split") if "pretrain/loss" in r] == [1, 2, 3, 4]
     pretrain.run(load_pretrain_config(EXAMPLE, args("split")), QUIET, resume=True)
     keys = ("pretrain/loss", "pretrain/heldout_loss", "pretrain/lr", "pretrain/grad_norm", "pretrain/tokens")
-    whole, split = ([{k: r.get(k) for k in ("step", *keys)} for r in rows(tmp_path / name)] for name in ("whole", "split"))
+    whole, split = ([{k: r.get(k) for k in ("step", *keys)} for r in rows(tmp_path / name)]
+                    for name in ("whole", "split"))
     assert split == whole and len(whole) == 6
     a, b = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("whole", "split"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -139,12 +146,14 @@ def test_a_resumed_run_equals_an_uninterrupted_one(base, tmp_path):
             pretrain.run(load_pretrain_config(EXAMPLE, [*args("split"), change]), QUIET, resume=True)
     other = write_corpus(tmp_path / "other.jsonl", documents=300, seed=5)
     with pytest.raises(ValueError, match="--resume: data.paths / data.heldout_fraction no longer match"):
-        pretrain.run(load_pretrain_config(EXAMPLE, overrides(other, tmp_path, "split", *extra)), QUIET, resume=True)
+        pretrain.run(load_pretrain_config(EXAMPLE, overrides(other, tmp_path, "split", *extra)), QUIET,
+                     resume=True)
 
 
 def test_answerkey_pretrain_and_sample_from_the_cli(base, tmp_path, capsys):
-    argv = ["pretrain", str(EXAMPLE), *overrides(base.parent / "corpus.jsonl", tmp_path, "cli", "--train.steps=2",
-                                                 f"--tokenizer.path={base / 'tokenizer'}")]
+    args = overrides(base.parent / "corpus.jsonl", tmp_path, "cli", "--train.steps=2",
+                     f"--tokenizer.path={base / 'tokenizer'}")
+    argv = ["pretrain", str(EXAMPLE), *args]
     assert cli.main(argv) == 0
     assert (tmp_path / "cli" / "model" / "config.json").exists()
     assert cli.main(["sample", str(base / "model"), "alice likes", "-n", "2", "--max-new-tokens", "12"]) == 0
@@ -158,7 +167,8 @@ def test_answerkey_pretrain_and_sample_from_the_cli(base, tmp_path, capsys):
     (b"", "bad.jsonl: empty file"),
     (b'{"text": "ok"}\n\n{"text": "a\xff"}\n', "bad.jsonl:3: not valid UTF-8 (byte 0xff"),
     (b'{"text": "ok"}\nnot json\n', "bad.jsonl:2: not valid JSON"),
-    (b'{"text": "ok"}\n{"body": "x"}\n', "bad.jsonl:2: expected an object with a string 'text' field, it has no 'text' field"),
+    (b'{"text": "ok"}\n{"body": "x"}\n',
+     "bad.jsonl:2: expected an object with a string 'text' field, it has no 'text' field"),
     (b'{"text": 3}\n', "bad.jsonl:1: expected an object with a string 'text' field, 'text' is int"),
     (b"   \n", "bad.jsonl: empty file"),
 ])
@@ -190,7 +200,8 @@ def test_shards_hold_every_document_after_an_end_of_text_token(tmp_path):
     held_docs = [d for d in docs if corpus.is_heldout(d, 0.2)]
     assert decoded["train"] == "".join(chat.END_OF_TEXT + d for d in train_docs)
     assert decoded["heldout"] == "".join(chat.END_OF_TEXT + d for d in held_docs) and 0 < len(held_docs) < 25
-    assert shards.train.dtype == np.uint16 and int(shards.train[0]) == eot and isinstance(shards.train, np.memmap)
+    assert shards.train.dtype == np.uint16 and int(shards.train[0]) == eot
+    assert isinstance(shards.train, np.memmap)
     windows = pretrain.TokenWindows(shards.train, 8)
     batch = windows.batch([0, 1])  # consecutive windows share one token: each token is a target once
     assert batch.input_ids.tolist() == [shards.train[0:8].tolist(), shards.train[7:15].tolist()]
@@ -201,10 +212,11 @@ def test_a_time_budget_ends_the_run_early_with_the_final_evaluation_and_checkpoi
     extra = [f"--tokenizer.path={base / 'tokenizer'}", "--train.steps=1000", "--train.time_budget_s=1.0",
              "--run.eval_every=0", "--run.sample_every=0", "--run.checkpoint_every=0"]
     slow = lambda step, metrics: time.sleep(0.3)  # noqa: E731 - every step takes >= 0.3 s of wall time
-    pretrain.run(load_pretrain_config(EXAMPLE, overrides(base.parent / "corpus.jsonl", tmp_path, "budget", *extra)),
-                 QUIET, on_step=slow)
+    cfg = load_pretrain_config(EXAMPLE, overrides(base.parent / "corpus.jsonl", tmp_path, "budget", *extra))
+    pretrain.run(cfg, QUIET, on_step=slow)
     trained = [r for r in rows(tmp_path / "budget") if "pretrain/loss" in r]
     assert 3 <= len(trained) <= 20  # stopped by the budget, long before 1000 steps
-    assert "pretrain/heldout_loss" in trained[-1] and all("pretrain/heldout_loss" not in r for r in trained[:-1])
+    assert "pretrain/heldout_loss" in trained[-1]
+    assert all("pretrain/heldout_loss" not in r for r in trained[:-1])
     assert (tmp_path / "budget" / "checkpoints" / f"step_{len(trained):06d}").is_dir()
     assert (tmp_path / "budget" / "model" / "model.safetensors").is_file()

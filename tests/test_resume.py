@@ -73,7 +73,7 @@ WRITER = textwrap.dedent("""
     from answerkey.learner.learner import Learner
     from answerkey.config import LearnerConfig
     from answerkey.rollout.engine import SamplingParams
-    from answerkey.pretrain.model import build_model
+    from answerkey.model import build_model
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(sys.argv[2])
     model = build_model("1.4m", len(tok), [tok.eos_token_id or 0], pad_id=tok.pad_token_id)

@@ -12,11 +12,10 @@ from rich.console import Console
 from safetensors.numpy import load_file
 
 from answerkey import chat, cli
-from answerkey.learner.learner import forward_logits, nll_sum
+from answerkey.model import build_model, forward_logits, nll_sum
 from answerkey.pretrain import sft
 from answerkey.pretrain.config import load_sft_config
 from answerkey.pretrain.loop import Batch
-from answerkey.pretrain.model import build_model
 from answerkey.pretrain.tokenizer import save_tokenizer, train_bpe
 from tests.pretrain_data import conversation, document, plain_tokenizer_dir, write_conversations
 
@@ -39,7 +38,8 @@ def start(tmp_path_factory) -> Path:
     rng = random.Random(1)
     texts = [document(rng) for _ in range(200)] + [chat.render(conversation(rng)) for _ in range(200)]
     tok = train_bpe(texts, 320)
-    model = build_model("tiny", len(tok), chat.stop_token_ids(tok), pad_id=tok.pad_token_id, max_positions=256)
+    model = build_model("tiny", len(tok), chat.stop_token_ids(tok), pad_id=tok.pad_token_id,
+                        max_positions=256)
     path = tmp_path_factory.mktemp("start")
     model.save_pretrained(path)
     save_tokenizer(tok, path)
@@ -56,15 +56,16 @@ def test_the_mask_trains_assistant_content_and_im_end_only_at_hand_counted_posit
     assert enc.ids[23] == tok.convert_tokens_to_ids(chat.IM_END) and tok.decode(enc.ids[21:23]) == "ok"
     two = hi + [{"role": "user", "content": "and?"}, {"role": "assistant", "content": "no"}]
     enc2 = chat.encode(tok, two)
-    # second turn: 25 <|im_start|>, 26-30 user\n, 31-34 and?, 35 <|im_end|>, 36 \n, 37 <|im_start|>, 38-47 assistant\n,
-    # 48-49 no, 50 <|im_end|>, 51 \n
+    # second turn: 25 <|im_start|>, 26-30 user\n, 31-34 and?, 35 <|im_end|>, 36 \n, 37 <|im_start|>,
+    # 38-47 assistant\n, 48-49 no, 50 <|im_end|>, 51 \n
     assert [i for i, m in enumerate(enc2.mask) if m] == [21, 22, 23, 48, 49, 50] and len(enc2.ids) == 52
 
-    rows = sft.PackedRows([enc, enc2], seq_len=80, pad_id=tok.pad_token_id, packed=True, seed=SEED_KEEPING_ORDER)
+    rows = sft.PackedRows([enc, enc2], seq_len=80, pad_id=tok.pad_token_id, packed=True,
+                          seed=SEED_KEEPING_ORDER)
     assert len(rows) == 1 and rows.length[0] == 77 and rows.ids[0, :77].tolist() == enc.ids + enc2.ids
     assert rows.position[0, :77].tolist() == list(range(25)) + list(range(52))  # positions restart
     batch = rows.batch([0])
-    trained = [t + 1 for t in torch.nonzero(batch.loss_mask[0]).flatten().tolist()]  # target t+1 of position t
+    trained = [t + 1 for t in torch.nonzero(batch.loss_mask[0]).flatten().tolist()]  # target of position t
     assert trained == [21, 22, 23] + [25 + p for p in (21, 22, 23, 48, 49, 50)]
     mask = batch.attention_mask[0, 0]  # (L, L) True = may attend
     assert torch.equal(mask[:25, :25], torch.ones(25, 25, dtype=torch.bool).tril())
@@ -80,7 +81,8 @@ def conversations_of_varied_length(n: int = 12) -> list[list[dict]]:
     for _ in range(n):
         c = conversation(rng)
         for _ in range(rng.randint(0, 2)):
-            c += [{"role": "user", "content": "more"}, {"role": "assistant", "content": document(rng)[: rng.randint(5, 60)]}]
+            c += [{"role": "user", "content": "more"},
+                  {"role": "assistant", "content": document(rng)[: rng.randint(5, 60)]}]
         out.append(c)
     return out
 
@@ -117,10 +119,10 @@ def test_packed_and_one_per_row_losses_and_gradients_are_equal(start):
 
 
 def sft_args(start: Path, chats: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [f"--model.path={start}", f"--data.paths=['{chats}']", f"--run.out_dir={out}", f"--run.name={name}",
-            "--data.seq_len=128", "--train.batch_size=4", "--train.micro_batch_size=2", "--train.lr=3e-3",
-            "--train.warmup_steps=2", "--run.eval_every=3", "--run.sample_every=3", "--run.sample_tokens=12", "--train.threads=1",
-            *extra]
+    return [f"--model.path={start}", f"--data.paths=['{chats}']", f"--run.out_dir={out}",
+            f"--run.name={name}", "--data.seq_len=128", "--train.batch_size=4", "--train.micro_batch_size=2",
+            "--train.lr=3e-3", "--train.warmup_steps=2", "--run.eval_every=3", "--run.sample_every=3",
+            "--run.sample_tokens=12", "--train.threads=1", *extra]
 
 
 def rows_of(run: Path) -> list[dict]:
@@ -142,12 +144,14 @@ def test_sft_resumes_exactly_and_writes_a_checkpoint_for_rl(start, tmp_path):
     whole, split = rows_of(tmp_path / "whole"), rows_of(tmp_path / "split")
     keys = ("step", "sft/loss", "sft/heldout_loss", "sft/lr", "sft/grad_norm", "sft/tokens")
     assert [{k: r.get(k) for k in keys} for r in split] == [{k: r.get(k) for k in keys} for r in whole]
-    assert [r["step"] for r in whole] == [1, 2, 3, 4, 5, 6] and whole[-1]["sft/heldout_loss"] < whole[2]["sft/heldout_loss"]
+    assert [r["step"] for r in whole] == [1, 2, 3, 4, 5, 6]
+    assert whole[-1]["sft/heldout_loss"] < whole[2]["sft/heldout_loss"]
     a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("whole", "split"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     before = load_file(start / "model.safetensors")
     assert any(not np.array_equal(before[k], a[k]) for k in a)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "chat_template.jinja"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
+                 "chat_template.jinja"):
         assert (out / name).exists(), name
     assert (tmp_path / "whole" / "loss.png").stat().st_size > 10_000
     samples = [json.loads(line) for line in (tmp_path / "whole" / "samples.jsonl").read_text().splitlines()]
@@ -162,8 +166,9 @@ def test_answerkey_sft_and_chat_from_the_cli(start, tmp_path, capsys):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "answerkey.cli", "chat", str(model), "--max-new-tokens", "8"],
-                          input="who does alice see?\n/reset\nhello\n", capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, "-m", "answerkey.cli", "chat", str(model), "--max-new-tokens", "8"]
+    proc = subprocess.run(argv, input="who does alice see?\n/reset\nhello\n", capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("assistant> ") == 2 and "(conversation reset)" in proc.stdout
 
@@ -171,9 +176,11 @@ def test_answerkey_sft_and_chat_from_the_cli(start, tmp_path, capsys):
 @pytest.mark.parametrize("line, message", [
     ('{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}',
      "bad.jsonl:2: messages[0].role: expected one of ('system', 'user', 'assistant', 'tool'), got 'robot'"),
-    ('{"messages": [{"role": "user", "content": "hi"}]}', "bad.jsonl:2: the conversation has no assistant turn"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}',
+     "bad.jsonl:2: the conversation has no assistant turn"),
     ('{"messages": "hi"}', "bad.jsonl:2: expected an object with a 'messages' list"),
-    ('{"messages": [{"role": "user", "content": 3}]}', "bad.jsonl:2: messages[0].content: expected a string, got int"),
+    ('{"messages": [{"role": "user", "content": 3}]}',
+     "bad.jsonl:2: messages[0].content: expected a string, got int"),
     ("[1, 2", "bad.jsonl:2: not valid JSON"),
 ])
 def test_a_bad_conversation_fails_naming_the_file_and_line(start, tmp_path, capsys, line, message):

@@ -25,7 +25,8 @@ def test_no_held_out_problem_appears_in_the_corpus_or_the_conversations(env):
     assert leaked(texts, env) == []
     # the check itself finds a leak: one held-out worked solution planted in a page
     planted = env.problems("test")[7]
-    same_steps = [p.id for p in env.problems("test") if p.meta["solution"] == planted.meta["solution"]]  # chain + story
+    # chain + story
+    same_steps = [p.id for p in env.problems("test") if p.meta["solution"] == planted.meta["solution"]]
     assert planted.id in same_steps
     assert leaked([*texts, f"Answer: {planted.meta['solution']}"], env) == same_steps
 
@@ -49,6 +50,7 @@ def test_conversations_mix_terse_and_worked_answers_deterministically(env):
     terse = [c for c in a if c[-1]["content"].startswith("####")]
     assert 0.45 < len(terse) / len(a) < 0.55
     assert all(c[-1]["content"] == f"#### {c[-1]['content'].split()[-1]}" for c in terse)
-    assert all(not c[-1]["content"].startswith("####") for c in solution_conversations(env, terse_fraction=0.0))
+    assert all(not c[-1]["content"].startswith("####")
+               for c in solution_conversations(env, terse_fraction=0.0))
     with pytest.raises(ValueError, match="terse_fraction"):
         solution_conversations(env, terse_fraction=1.5)

@@ -10,7 +10,8 @@ from answerkey.rollout import weights
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
 
-PROMPTS = ["What is 2 + 3?", "Emily buys 3 apples and 2 oranges. Each orange costs $2 and the total is $13.", "Hi"]
+PROMPTS = ["What is 2 + 3?",
+           "Emily buys 3 apples and 2 oranges. Each orange costs $2 and the total is $13.", "Hi"]
 
 
 def prompts(tokenizer):
@@ -41,7 +42,8 @@ def test_sampled_logprobs_match_a_full_forward_pass(tokenizer, make_model, sampl
             ids = torch.tensor([prompt + c.token_ids])
             with torch.no_grad():
                 logits = model(ids).logits[0, len(prompt) - 1 : -1]
-            expected = S.gather(S.processed_logprobs(logits, sampling.temperature, sampling.top_k, sampling.top_p), ids[0, len(prompt):])
+            expected = S.gather(S.processed_logprobs(logits, sampling.temperature, sampling.top_k,
+                                                     sampling.top_p), ids[0, len(prompt):])
             assert torch.isfinite(expected).all()
             np.testing.assert_allclose(c.logprobs, expected.numpy(), atol=1e-4)
             checked += len(c.token_ids)
@@ -55,8 +57,8 @@ def test_greedy_matches_hf_generate_for_each_prompt_alone(tokenizer, make_model)
     greedy = SamplingParams(max_new_tokens=20, top_k=1)
     ours = engine.generate(batch, n=2, sampling=greedy)
     for prompt, group in zip(batch, ours, strict=True):
-        ref = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20, eos_token_id=engine.stop_ids,
-                             pad_token_id=tokenizer.pad_token_id)
+        ref = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20,
+                             eos_token_id=engine.stop_ids, pad_token_id=tokenizer.pad_token_id)
         assert group[0].token_ids == ref[0, len(prompt):].tolist()
         assert group[1].token_ids == group[0].token_ids
 
@@ -70,7 +72,8 @@ def test_stops_on_im_end_and_reports_length_otherwise(tokenizer, make_model):
     engine = TorchEngine(model, tokenizer)
     batch = prompts(tokenizer)
     stopped = engine.generate(batch, 1, SamplingParams(max_new_tokens=8, top_k=1))
-    assert all(g[0].token_ids == [im_end] and g[0].finish_reason == "stop" and g[0].text == "" for g in stopped)
+    assert all(g[0].token_ids == [im_end] and g[0].finish_reason == "stop" and g[0].text == ""
+               for g in stopped)
     forced = engine.generate(batch, 1, SamplingParams(max_new_tokens=8, top_k=1, ignore_eos=True))
     assert all(len(g[0].token_ids) == 8 and g[0].finish_reason == "length" for g in forced)
 
@@ -81,7 +84,8 @@ def test_stop_strings_end_the_completion_and_cut_the_text(tokenizer, make_model)
     free = engine.generate(batch, 1, SamplingParams(max_new_tokens=16, top_k=1, ignore_eos=True))
     text = free[0][0].text
     stop = text[4:6]  # a string the greedy completion is known to produce
-    cut = engine.generate(batch[:1], 1, SamplingParams(max_new_tokens=16, top_k=1, ignore_eos=True, stop=(stop,)))[0][0]
+    cut = engine.generate(batch[:1], 1,
+                          SamplingParams(max_new_tokens=16, top_k=1, ignore_eos=True, stop=(stop,)))[0][0]
     assert cut.finish_reason == "stop" and stop not in cut.text and text.startswith(cut.text)
     assert len(cut.token_ids) < 16 and free[0][0].token_ids[: len(cut.token_ids)] == cut.token_ids
 
@@ -106,7 +110,8 @@ def test_weight_update_changes_what_it_generates_with_and_checksums_agree(tokeni
     engine.finish_weight_update(version=7)
     assert engine.version == 7 and engine.weights_checksum() == weights.checksums(source)
     greedy = SamplingParams(max_new_tokens=10, top_k=1)
-    assert engine.generate(prompts(tokenizer), 1, greedy) == TorchEngine(source, tokenizer).generate(prompts(tokenizer), 1, greedy)
+    want = TorchEngine(source, tokenizer).generate(prompts(tokenizer), 1, greedy)
+    assert engine.generate(prompts(tokenizer), 1, greedy) == want
 
 
 def test_partial_or_malformed_weight_updates_fail_loudly(tokenizer, make_model):
@@ -188,12 +193,13 @@ def test_the_lean_path_sees_weight_changes_between_calls(tokenizer, make_model):
 @pytest.mark.parametrize("chunk_tokens, explicit_max", [(10**6, 10**6), (40, 10**6), (40, 8)])
 def test_prefill_chunks_and_both_attention_paths_equal_the_hf_forward(tokenizer, make_model, monkeypatch,
                                                                        chunk_tokens, explicit_max):
-    """Prompts run in row chunks of about PREFILL_TOKENS tokens; prompts longer than EXPLICIT_ATTENTION_MAX attend
-    by SDPA, shorter ones by two matmuls. Every combination gives the HF forward's logprobs, for n = 1 and n > 1."""
-    from answerkey.rollout import llama_decode
+    """Prompts run in row chunks of about PREFILL_TOKENS tokens; prompts longer than
+    EXPLICIT_ATTENTION_MAX attend by SDPA, shorter ones by two matmuls. Every combination gives the HF
+    forward's logprobs, for n = 1 and n > 1."""
+    from answerkey.model import decode
 
-    monkeypatch.setattr(llama_decode, "PREFILL_TOKENS", chunk_tokens)
-    monkeypatch.setattr(llama_decode, "EXPLICIT_ATTENTION_MAX", explicit_max)
+    monkeypatch.setattr(decode, "PREFILL_TOKENS", chunk_tokens)
+    monkeypatch.setattr(decode, "EXPLICIT_ATTENTION_MAX", explicit_max)
     ids = prompts(tokenizer) * 3  # 9 prompts of up to ~30 tokens: 40 tokens per chunk is one prompt per chunk
     model = make_model(seed=3, preset="tiny")
     sampling = SamplingParams(max_new_tokens=10, temperature=1.0, ignore_eos=True)

@@ -1,9 +1,9 @@
 """vLLM contract: every vLLM name, keyword and method the adapter (rollout/vllm_engine.py) uses exists in
 the pinned vLLM, read statically from the wheel's own source (no `import vllm`, no CUDA, no torch 2.14).
 
-The wheel (`pip download vllm==<pin> --no-deps`, ~336 MB, ~30 s) is unpacked once to
-~/.cache/answerkey/vllm-<pin>-src (its .py files and METADATA only, ~60 MB) and reused. The test skips
-only when PyPI cannot be reached; any other download failure fails it.
+The wheel (`pip download vllm==<pin> --no-deps`, a few hundred MB) is unpacked once to
+~/.cache/answerkey/vllm-<pin>-src (its .py files and METADATA only) and reused. The test skips only when
+PyPI cannot be reached; any other download failure fails it.
 
 What is checked, by walking the adapter's AST:
 - `vllm.X` / `_vllm().X` names are exported by `vllm/__init__.py`;
@@ -48,7 +48,8 @@ def vllm_src() -> Path:
     except (urllib.error.URLError, OSError) as exc:
         pytest.skip(f"PyPI is unreachable ({exc}); the vLLM contract test needs it once to fetch vllm=={PIN}")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", f"vllm=={PIN}", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp]
+        cmd = [sys.executable, "-m", "pip", "download", f"vllm=={PIN}", "--no-deps", "--only-binary=:all:",
+               "-q", "-d", tmp]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         wheels = list(Path(tmp).glob("vllm-*.whl"))
         assert done.returncode == 0 and wheels, f"pip download vllm=={PIN} failed:\n{done.stderr[-2000:]}"
@@ -79,10 +80,12 @@ class Source:
         return found[0]
 
     def members(self, rel: str, name: str) -> dict[str, ast.AST]:
-        """Methods, class-level annotated fields and `self.x = ...` attributes, with bases in the same file."""
+        """Methods, class-level annotated fields and `self.x = ...` attributes, with bases in the same
+        file."""
         node, out = self.cls(rel, name), {}
         for base in node.bases:
-            if isinstance(base, ast.Name) and any(isinstance(n, ast.ClassDef) and n.name == base.id for n in self.tree(rel).body):
+            if isinstance(base, ast.Name) and any(isinstance(n, ast.ClassDef) and n.name == base.id
+                                                  for n in self.tree(rel).body):
                 out |= self.members(rel, base.id)
         for item in node.body:
             if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -90,7 +93,10 @@ class Source:
             elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
                 out[item.target.id] = item
         for sub in ast.walk(node):
-            targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target] if isinstance(sub, ast.AnnAssign) else []
+            if isinstance(sub, ast.Assign):
+                targets = sub.targets
+            else:
+                targets = [sub.target] if isinstance(sub, ast.AnnAssign) else []
             for t in targets:
                 if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
                     out.setdefault(t.attr, sub)
@@ -106,7 +112,8 @@ def params(fn: ast.FunctionDef) -> tuple[list[str], bool]:
 
 def exports(src: Source) -> set[str]:
     tree = src.tree("vllm/__init__.py")
-    names = {alias.asname or alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for alias in n.names}
+    names = {alias.asname or alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+             for alias in n.names}
     for n in ast.walk(tree):
         if isinstance(n, ast.Dict):
             names |= {k.value for k in n.keys if isinstance(k, ast.Constant)}
@@ -121,7 +128,9 @@ def _vllm_attr(func: ast.AST) -> str | None:
     if not isinstance(func, ast.Attribute):
         return None
     v = func.value
-    if isinstance(v, ast.Name) and v.id == "vllm" or isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "_vllm":
+    module = isinstance(v, ast.Name) and v.id == "vllm"
+    loader = isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "_vllm"
+    if module or loader:
         return func.attr
     return None
 
@@ -134,8 +143,11 @@ def contract_problems(adapter: str, src: Source) -> list[str]:
     engine_args = set(src.members("vllm/engine/arg_utils.py", "EngineArgs"))
     sampling = set(src.members("vllm/sampling_params.py", "SamplingParams"))
     tokens_prompt = set(src.members("vllm/inputs/llm.py", "TokensPrompt"))
-    extension = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "WorkerExtension"}
-    ext_methods = {f.name: f for f in extension["WorkerExtension"].body if isinstance(f, ast.FunctionDef)} if extension else {}
+    extension = {n.name: n for n in ast.walk(tree)
+                 if isinstance(n, ast.ClassDef) and n.name == "WorkerExtension"}
+    ext_methods = {}
+    if extension:
+        ext_methods = {f.name: f for f in extension["WorkerExtension"].body if isinstance(f, ast.FunctionDef)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and (name := _vllm_attr(node)) and name not in exported:
             problems.append(f"vllm.{name} is not exported by vllm=={PIN}")
@@ -158,14 +170,16 @@ def contract_problems(adapter: str, src: Source) -> list[str]:
             names, var_kw = params(llm[method])
             problems += [f"LLM.{method} has no keyword {k!r}" for k in kws if k not in names and not var_kw]
             if len(node.args) > len(names):
-                problems.append(f"LLM.{method} takes {len(names)} arguments, called with {len(node.args)} positional")
+                problems.append(f"LLM.{method} takes {len(names)} arguments, called with {len(node.args)} "
+                                "positional")
             if method == "collective_rpc":
                 problems += _rpc_problems(node, ext_methods)
     return problems
 
 
 def _is_self_call(func: ast.AST, name: str) -> bool:
-    return isinstance(func, ast.Attribute) and func.attr == name and isinstance(func.value, ast.Name) and func.value.id == "self"
+    return (isinstance(func, ast.Attribute) and func.attr == name and isinstance(func.value, ast.Name)
+            and func.value.id == "self")
 
 
 def _llm_method(func: ast.AST) -> str | None:
@@ -182,7 +196,9 @@ def _rpc_problems(call: ast.Call, ext_methods: dict[str, ast.FunctionDef]) -> li
     args = next((k.value for k in call.keywords if k.arg == "args"), None)
     given = len(args.elts) if isinstance(args, ast.Tuple) else 0
     wanted, _ = params(ext_methods[name])
-    return [] if given == len(wanted) else [f"collective_rpc({name!r}) passes {given} args, the method takes {len(wanted)}"]
+    if given == len(wanted):
+        return []
+    return [f"collective_rpc({name!r}) passes {given} args, the method takes {len(wanted)}"]
 
 
 # -- the tests ------------------------------------------------------------------------------------------
@@ -208,17 +224,20 @@ def test_every_vllm_name_keyword_and_method_the_adapter_uses_exists(src):
             missing = [a for a in attrs if a not in members]
             assert not missing, f"vllm=={PIN} {rel}:{cls} lacks {missing}"
     modes = src.tree("vllm/config/model.py")
-    literal = next(n for n in ast.walk(modes) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "LogprobsMode")
+    literal = next(n for n in ast.walk(modes)
+                   if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "LogprobsMode")
     assert "processed_logprobs" in {c.value for c in ast.walk(literal) if isinstance(c, ast.Constant)}
 
 
 @pytest.mark.parametrize(("change", "problem"), [
-    (('logprobs_mode="processed_logprobs", worker', 'logprob_mode="processed_logprobs", worker'), "LLM(...) keyword 'logprob_mode'"),
+    (('logprobs_mode="processed_logprobs", worker', 'logprob_mode="processed_logprobs", worker'),
+     "LLM(...) keyword 'logprob_mode'"),
     (("max_tokens=sampling", "max_new_tokens=sampling"), "SamplingParams keyword 'max_new_tokens'"),
     (("self.llm.wake_up(tags=None)", "self.llm.wake(tags=None)"), "LLM.wake does not exist"),
     (("self.llm.sleep(level=level)", "self.llm.sleep(depth=level)"), "LLM.sleep has no keyword 'depth'"),
     (('"answerkey_receive")', '"answerkey_recv")'), "collective_rpc('answerkey_recv')"),
-    (("vllm.TokensPrompt(prompt_token_ids=list(p))", "vllm.TokenPrompt(prompt_token_ids=list(p))"), "vllm.TokenPrompt"),
+    (("vllm.TokensPrompt(prompt_token_ids=list(p))", "vllm.TokenPrompt(prompt_token_ids=list(p))"),
+     "vllm.TokenPrompt"),
 ])
 def test_the_checker_catches_a_name_vllm_does_not_have(src, change, problem):
     """The check is not vacuous: one wrong name in a copy of the adapter is reported."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from answerkey import chat, cli
-from answerkey.pretrain.model import build_model
+from answerkey.model import build_model
 from tests.conftest import _processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[2]

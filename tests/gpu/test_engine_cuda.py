@@ -53,7 +53,8 @@ def test_sampled_logprobs_match_a_full_forward_pass(policy, dtype):
             expected = S.gather(S.processed_logprobs(logits, sampling.temperature), ids[0, len(prompt):])
             diffs.append((torch.tensor(c.logprobs) - expected.cpu()).abs())
     diff = torch.cat(diffs)
-    print(f"\n[gpu] engine {dtype} vs full forward: {diff.numel()} tokens, max |dlogprob| {diff.max():.2e}, mean {diff.mean():.2e}")
+    print(f"\n[gpu] engine {dtype} vs full forward: {diff.numel()} tokens, max |dlogprob| {diff.max():.2e}, "
+          f"mean {diff.mean():.2e}")
     max_atol, mean_atol = ATOL[dtype]
     assert diff.numel() > 100 and diff.max() <= max_atol and diff.mean() <= mean_atol
 
@@ -83,7 +84,8 @@ def test_same_seed_same_samples_on_the_device_generator(policy):
 def test_engine_benchmark_against_hf_generate(tmp_path):
     """Runs the benchmark script as a user would; prints its table. Times are printed, never asserted."""
     out = tmp_path / "gpu_engine.json"
-    quick = [] if DEVICE == "cuda" else ["--preset", "tiny", "--batch", "4", "--new-tokens", "8", "--repeats", "1"]
+    quick = [] if DEVICE == "cuda" else ["--preset", "tiny", "--batch", "4", "--new-tokens", "8", "--repeats",
+                                         "1"]
     proc = subprocess.run([sys.executable, str(BENCHMARK), "--device", DEVICE, "--json", str(out), *quick],
                           capture_output=True, text=True, timeout=240)
     print("\n" + proc.stdout + proc.stderr[-2000:])

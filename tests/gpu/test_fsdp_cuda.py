@@ -76,9 +76,11 @@ def test_fsdp_nccl_fp32_bf16_and_checkpointing_against_one_process(setup):
     for case in ("bf16", "bf16+checkpointing"):
         g, w = flat(results[case]["grads"], names), flat(fp32["grads"], names)
         cosine = float(torch.nn.functional.cosine_similarity(g, w, dim=0))
-        print(f"[gpu] FSDP2 {case} vs fp32 one process: cosine {cosine:.4f}, norm ratio {float(g.norm() / w.norm()):.3f}")
+        print(f"[gpu] FSDP2 {case} vs fp32 one process: cosine {cosine:.4f}, "
+              f"norm ratio {float(g.norm() / w.norm()):.3f}")
         assert torch.isfinite(g).all() and cosine > 0.98
-    same = max(float((results["bf16"]["grads"][n] - results["bf16+checkpointing"]["grads"][n]).abs().max()) for n in names)
+    same = max(float((results["bf16"]["grads"][n] - results["bf16+checkpointing"]["grads"][n]).abs().max())
+               for n in names)
     print(f"[gpu] bf16 with vs without gradient checkpointing: max |grad diff| {same:.2e}")
 
 
@@ -93,7 +95,8 @@ def test_fsdp_dcp_checkpoint_resumes_and_exports_on_cuda(setup, policy, tmp_path
     results = torch.load(out / "resume_results.pt", weights_only=False)
     straight, resumed = results["straight"], results["resumed"]
     gap = max(float((straight["params"][n] - resumed["params"][n]).abs().max()) for n in straight["params"])
-    print(f"\n[gpu] FSDP2 resume: max |param diff| after 2 more steps {gap:.2e} (CUDA kernels need not be deterministic)")
+    print(f"\n[gpu] FSDP2 resume: max |param diff| after 2 more steps {gap:.2e} "
+          "(CUDA kernels need not be deterministic)")
     assert resumed["optimizer_steps"] == 2 and gap < 1e-4
     assert cli.main(["export", straight["path"], str(tmp_path / "hf")]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)

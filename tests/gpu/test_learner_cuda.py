@@ -64,7 +64,8 @@ def test_bf16_learner_steps_on_fp32_master_weights(policy):
     start = time.perf_counter()
     metrics = bf16.step(groups)
     synchronize()
-    print(f"[gpu] bf16 learner step: {sum(len(g) for g in groups)} sequences in {time.perf_counter() - start:.3f} s")
+    print(f"[gpu] bf16 learner step: {sum(len(g) for g in groups)} sequences in "
+          f"{time.perf_counter() - start:.3f} s")
     assert metrics["learner/skipped"] == 0 and metrics["learner/grad_norm"] > 0
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     for name, p in bf16.model.named_parameters():
@@ -88,14 +89,14 @@ def test_colocated_sync_checksums_and_logprobs_agree(policy, dtype, route):
     synchronize()
     sync_s = time.perf_counter() - start
     assert engine.version == 1 and engine.weights_checksum() == expected
-    if dtype == torch.float32:  # a fp32 engine holds exactly the learner's weights: the learner's own checksums
+    if dtype == torch.float32:  # a fp32 engine holds exactly the learner's weights: its own checksums
         assert expected == learner.weights_checksum() == weights.checksums(learner.model)
 
     prompt_ids = [chat.prompt_ids(policy.tokenizer, p.messages()) for p in policy.env.problems("test")[:8]]
     completions = [c for g in engine.generate(prompt_ids, 2, SAMPLING) for c in g]
     ours = learner_logprobs(learner, [p for p in prompt_ids for _ in range(2)], completions)
     diff = torch.cat([(torch.tensor(c.logprobs) - lp).abs() for c, lp in zip(completions, ours, strict=True)])
-    print(f"\n[gpu] sync {precision} via {route}: {sync_s * 1e3:.1f} ms; engine vs learner logprobs on {diff.numel()} "
-          f"tokens: max {diff.max():.2e}, mean {diff.mean():.2e}")
+    print(f"\n[gpu] sync {precision} via {route}: {sync_s * 1e3:.1f} ms; engine vs learner logprobs on "
+          f"{diff.numel()} tokens: max {diff.max():.2e}, mean {diff.mean():.2e}")
     max_atol, mean_atol = SYNC_ATOL[dtype]
     assert diff.numel() > 50 and diff.max() <= max_atol and diff.mean() <= mean_atol
