@@ -103,7 +103,7 @@ def progress(console: Console) -> Progress:
 
 
 class StageLoop:
-    """One pretraining or SFT run over a `Stage`'s rows: steps, held-out loss, samples, checkpoints, resume."""
+    """One pretraining or SFT run over a `Stage`'s rows: steps, held-out loss, samples, checkpoints."""
 
     def __init__(self, stage: Stage, model, tokenizer, cfg: TrainConfig, run: RunDir, console: Console):
         self.stage, self.model, self.tokenizer, self.cfg = stage, model, tokenizer, cfg

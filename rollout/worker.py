@@ -1,6 +1,6 @@
 """RolloutWorker: one engine behind the driver. A plain class; the driver wraps it in a Ray actor.
 
-    worker = RolloutWorker("runs/sft/policy", seed=1, threads=1)   # or RolloutWorker(engine), built by the caller
+    worker = RolloutWorker("runs/sft/policy", seed=1, threads=1)   # or RolloutWorker(engine) of your own
     groups = worker.generate([prompt_ids, ...], n=8, sampling=SamplingParams(...))     # (P, G) Completion
     held = worker.load_weights(named_arrays, version=3)     # {name: checksum} of what it now generates with
     worker.logprobs_of(prompt_ids, completion_ids, sampling) # for the driver's logprob check
@@ -33,7 +33,7 @@ from answerkey.rollout.torch_engine import TorchEngine
 class RolloutWorker:
     def __init__(self, model: str | RolloutEngine, seed: int = 0, threads: int | None = None,
                  engine: str = "torch", precision: str = "fp32"):
-        """`model`: a checkpoint directory to build an `engine` kind from, or an engine built by the caller."""
+        """`model`: a checkpoint directory to build an `engine` kind from, or an engine of the caller's."""
         self._env = None
         if not isinstance(model, str):
             self.engine = model

@@ -21,6 +21,17 @@ from answerkey.pretrain.tokenizer import train_bpe
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that use the session's Ray head are marked `ray`, tests that need the trained `policy_dir` are
+    marked `slow` (`make check` leaves both out)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "ray_session" in fixtures:
+            item.add_marker(pytest.mark.ray)
+        if "policy_dir" in fixtures:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def synthetic_env() -> SyntheticEnv:
     return SyntheticEnv(difficulty=2, train_size=5000, test_size=200)
@@ -34,8 +45,8 @@ def tokenizer(synthetic_env):
 @pytest.fixture
 def make_model(tokenizer):
     def make(seed: int = 0, dtype: torch.dtype = torch.float32, preset: str = "tiny"):
-        model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id,
-                            seed=seed)
+        stop_ids = chat.stop_token_ids(tokenizer)
+        model = build_model(preset, len(tokenizer), stop_ids, pad_id=tokenizer.pad_token_id, seed=seed)
         return model.to(dtype)
 
     return make

@@ -26,6 +26,8 @@ from answerkey.rewards import code as code_reward
 from answerkey.rewards.code import Job, extract_code, run_tests, run_tests_batch
 from answerkey.rewards.sandbox import Sandbox, SandboxUnavailable
 
+pytestmark = pytest.mark.slow  # programs run in the sandbox's processes: make check leaves it out
+
 ADD = "def add(a, b):\n    return a + b\n"
 
 

@@ -24,6 +24,8 @@ from answerkey.learner.shard import Ranks, deal
 from tests.fsdp_ranks import PROBE_IDS, SAMPLING, run_ranks
 from tests.test_learner import REWARDS, make_groups
 
+pytestmark = pytest.mark.slow  # FSDP ranks in their own processes: make check leaves it out
+
 AGGS = ("token-mean", "sequence-mean", "dr-grpo")
 # every knob of the step: KL reference (sharded), two passes (old logprobs), TIS, truncation mask, several
 # micro-batches per rank, an active grad-norm clip, warmup

@@ -16,6 +16,8 @@ from answerkey.config import load_config
 from answerkey.handles import Finished, call, get
 from answerkey.loop import SyncError
 
+pytestmark = pytest.mark.slow  # RL steps in one process: make check leaves it out
+
 
 class Counter:
     def __init__(self):

@@ -1,27 +1,13 @@
 """The math reward inside a Ray actor (where `signal.alarm` checkers fail) gives the main thread's verdicts,
-including the kill of an overrunning item. Skipped when Ray is not installed."""
+including the kill of an overrunning item."""
 
 from __future__ import annotations
 
-import os
-
-import pytest
+import ray
 
 from answerkey.rewards import math as math_reward
-from tests import conftest
 from tests.math_adversarial import ADVERSARIAL
 from tests.math_table import TABLE
-
-ray = pytest.importorskip("ray")
-
-if not hasattr(conftest, "ray_session"):  # the shared session fixture, when conftest has none yet
-
-    @pytest.fixture(scope="module")
-    def ray_session():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False)
-        yield
-        ray.shutdown()
 
 
 def test_verdicts_from_a_ray_actor_match_the_main_thread(ray_session):

@@ -39,6 +39,7 @@ def test_every_source_package_is_listed_in_pyproject():
     assert not missing, f"packages missing from pyproject.toml [tool.setuptools] packages: {missing}"
 
 
+@pytest.mark.slow  # builds and installs a wheel
 @pytest.mark.timeout(600)
 def test_the_wheel_installs_and_every_package_imports_from_it(tmp_path):
     source = tmp_path / "src"  # a clean copy: setuptools would reuse a stale build/ folder in the checkout

@@ -26,6 +26,8 @@ from answerkey.pretrain.tokenizer import train_bpe
 from answerkey.rundir import RunDir
 from tests.pretrain_data import write_corpus
 
+pytestmark = pytest.mark.slow  # pretrains models: make check leaves it out
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pretrain_tiny.toml"
 QUIET = Console(quiet=True)
 

@@ -20,6 +20,8 @@ from transformers import AutoModelForCausalLM
 from answerkey import cli
 from answerkey.learner import checkpoint
 
+pytestmark = pytest.mark.slow  # trains, kills and resumes runs: make check leaves it out
+
 EXAMPLE = "examples/tiny_cpu.toml"
 STEPS = 6
 KILL_AFTER = 4  # SIGKILL once step 4's checkpoint is complete, i.e. during step 5

@@ -10,6 +10,8 @@ from answerkey.envs.synthetic import SyntheticEnv
 from answerkey.reward_workers import RewardWorkers
 from answerkey.rewards import Status
 
+pytestmark = pytest.mark.slow  # reward worker processes: make check leaves it out
+
 ENV = "tests.faulty_env:FaultyEnv"
 
 

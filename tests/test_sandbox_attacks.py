@@ -31,6 +31,8 @@ from answerkey.rewards import code as code_reward
 from answerkey.rewards.code import Job, run_tests_batch
 from answerkey.rewards.sandbox.pool import FIRST_UID, JUDGE_UID, UID_CYCLE, UID_STRIDE
 
+pytestmark = pytest.mark.slow  # attacks run in the sandbox's processes: make check leaves it out
+
 SOLUTION = "def add(a, b):\n    return a + b\n"
 WRONG = "def add(a, b):\n    return a - b\n"  # fails every assert of TESTS
 TESTS = ("def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"

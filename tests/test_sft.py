@@ -19,6 +19,8 @@ from answerkey.pretrain.loop import Batch
 from answerkey.pretrain.tokenizer import save_tokenizer, train_bpe
 from tests.pretrain_data import conversation, document, plain_tokenizer_dir, write_conversations
 
+pytestmark = pytest.mark.slow  # SFT runs: make check leaves it out
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sft_tiny.toml"
 QUIET = Console(quiet=True)
 SEED_KEEPING_ORDER = 1  # np.random.default_rng(1).permutation(2) == [0, 1]

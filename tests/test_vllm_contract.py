@@ -32,6 +32,8 @@ import pytest
 
 from answerkey.rollout import vllm_engine
 
+pytestmark = pytest.mark.slow  # downloads the pinned vLLM wheel once: make check leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER = ROOT / "rollout" / "vllm_engine.py"
 PIN = vllm_engine.VLLM_VERSION
