@@ -86,9 +86,23 @@ def cmd_submit(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    from answerkey import evaluate
+    """pass@k, maj@k, mean reward and greedy accuracy of a checkpoint on an env's split, in one process."""
+    from answerkey import local
+    from answerkey.config import EnvConfig
+    from answerkey.envs import load_env
+    from answerkey.rollout.engine import SamplingParams
 
-    return evaluate.main(args.args + overrides)
+    if overrides:
+        raise ConfigError(f"`answerkey eval` takes no overrides, got {overrides}")
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    env_cfg = EnvConfig(path=args.env, kwargs=json.loads(args.kwargs), reward_timeout_s=args.reward_timeout)
+    problems = list(load_env(env_cfg.path, env_cfg.kwargs).problems(args.split))[: args.limit or None]
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    metrics = local.evaluate_checkpoint(args.checkpoint, env_cfg, problems, args.n, sampling, seed=args.seed)
+    print(json.dumps({"checkpoint": args.checkpoint, "env": args.env, "split": args.split,
+                      "problems": len(problems), "n": args.n} | metrics, indent=2))
+    return 0
 
 
 def cmd_filter(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -303,10 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default="", help="system message at the start of the conversation")
     p.set_defaults(run=cmd_chat)
 
-    p = sub.add_parser("eval",
-                       help="pass@1, pass@k and maj@k of a checkpoint on an env (`answerkey eval -h`)",
-                       add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("eval", help="pass@1, pass@k, maj@k and greedy accuracy of a checkpoint on an env",
+                       description="Sample --n completions per problem of the env's split with a "
+                                   "checkpoint (one process, no Ray), score them in reward worker processes "
+                                   "and print the metrics (answerkey/evaluate.py) as JSON.")
+    p.add_argument("checkpoint",
+                   help="Hugging Face checkpoint directory (e.g. runs/x/checkpoints/step_000100/model)")
+    p.add_argument("--env", required=True, help="dotted path of the env, e.g. answerkey.envs.gsm8k:GSM8KEnv")
+    p.add_argument("--kwargs", default="{}", help="JSON object of env constructor arguments")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--n", type=int, default=8, help="samples per problem")
+    p.add_argument("--limit", type=int, default=0, help="first L problems only (0 = all)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--reward-timeout", type=float, default=30.0,
+                   help="seconds per completion before its reward process is killed")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_eval)
     return parser
 

@@ -43,7 +43,8 @@ RESOURCE_WAIT_S = 60.0  # how long start-up waits for CPUs still held by a previ
 def start(cfg: Config, run: RunDir, resume: bool = False, console: Console | None = None) -> Loop:
     """Start every actor for `cfg` and return the loop, its first weight sync done and verified.
 
-    With `resume`, the run continues from its latest checkpoint (none: from step 0).
+    With `resume`, the run continues from its latest checkpoint (none: from step 0). If anything fails on the
+    way, what was started is stopped before the error propagates.
     """
     console = console or Console()
     env = load_env(cfg.env.path, cfg.env.kwargs)
@@ -57,36 +58,49 @@ def start(cfg: Config, run: RunDir, resume: bool = False, console: Console | Non
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     check_resources(cfg)
     plan = placement.make_plan(cfg)
-    pg = placement.reserve(plan)
-    console.print(placement.describe(plan, cfg))
-    learner = learner_group.start(cfg, model_path, plan, pg)  # N ranks behind one handle
-
-    def new_worker(i: int, restarts: int = 0):
-        options = placement.actor_options(plan, pg, plan.workers[i])
-        return start_worker(cfg, model_path, i, options, restarts)
-
-    def replace_worker(i: int, old: Any, restarts: int):
-        ray.kill(old, no_restart=True)
-        return new_worker(i, restarts)
-
-    workers = [new_worker(i) for i in range(cfg.rollout.workers)]  # a replacement takes its index in place
-
-    def stop() -> None:
-        learner.kill()
-        for actor in workers:
-            ray.kill(actor, no_restart=True)
-        if pg is not None:
-            ray.util.remove_placement_group(pg)
-
-    scorer = RewardWorkers.for_env(cfg.env)
-    rollouts = Rollouts(env, cfg.env, tokenizer, workers, scorer)
+    started = Started(placement.reserve(plan))
     try:
-        return Loop(cfg, rollouts, learner, make_transport(cfg.rollout.transport, learner), run,
-                    replace_worker=replace_worker, resume_from=ckpt, on_close=stop, console=console)
-    except BaseException:  # e.g. the first sync failed: leave no actor or reward process behind
-        scorer.close()
-        stop()
+        console.print(placement.describe(plan, cfg))
+        started.learner = learner_group.start(cfg, model_path, plan, started.pg)  # N ranks behind one handle
+
+        def new_worker(i: int, restarts: int = 0):
+            options = placement.actor_options(plan, started.pg, plan.workers[i])
+            return start_worker(cfg, model_path, i, options, restarts)
+
+        def replace_worker(i: int, old: Any, restarts: int):
+            ray.kill(old, no_restart=True)
+            return new_worker(i, restarts)
+
+        for i in range(cfg.rollout.workers):
+            started.workers.append(new_worker(i))
+        rollouts = Rollouts(env, cfg.env, tokenizer, started.workers, RewardWorkers.for_env(cfg.env))
+        transport = make_transport(cfg.rollout.transport, started.learner)
+    except BaseException:
+        started.stop()
         raise
+    try:
+        return Loop(cfg, rollouts, started.learner, transport, run, replace_worker=replace_worker,
+                    resume_from=ckpt, on_close=started.stop, console=console)
+    except BaseException:  # e.g. the first sync failed: leave no actor or reward process behind
+        rollouts.reward_workers.close()
+        started.stop()
+        raise
+
+
+class Started:
+    """The actors `start` has started so far, so that `stop` ends exactly those (the loop replaces a dead
+    worker in `workers`, this very list)."""
+
+    def __init__(self, pg):
+        self.pg, self.learner, self.workers = pg, None, []
+
+    def stop(self) -> None:
+        if self.learner is not None:
+            self.learner.kill()
+        for actor in self.workers:
+            ray.kill(actor, no_restart=True)
+        if self.pg is not None:
+            ray.util.remove_placement_group(self.pg)
 
 
 def start_worker(cfg: Config, model_path: str, index: int, options: dict, restarts: int = 0):
@@ -130,9 +144,11 @@ def init_ray() -> None:
 def main(cfg: Config, resume: bool = False) -> dict[str, float]:
     init_ray()
     run = RunDir.create(cfg, resume=resume)
-    loop = start(cfg, run, resume=resume)
     try:
-        return loop.run()
+        loop = start(cfg, run, resume=resume)
+        try:
+            return loop.run()
+        finally:
+            loop.close()
     finally:
-        loop.close()
         run.close()

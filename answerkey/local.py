@@ -51,7 +51,7 @@ def start(cfg: Config, model: torch.nn.Module, tokenizer, run: RunDir | None = N
     try:
         return Loop(cfg, rollouts, learner, make_transport(cfg.rollout.transport, learner), run)
     except BaseException:
-        rollouts.scorer.close()
+        rollouts.reward_workers.close()
         raise
 
 
@@ -64,5 +64,5 @@ def evaluate_checkpoint(path: str, env_cfg: EnvConfig, problems: Sequence[Proble
     try:
         return rollouts.evaluate(problems, samples, sampling)
     finally:
-        rollouts.scorer.close()
+        rollouts.reward_workers.close()
 

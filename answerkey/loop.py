@@ -30,17 +30,17 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from answerkey import chat
 from answerkey.config import Config, ConfigError, EnvConfig, describe_batch
 from answerkey.envs.base import MultiTurnEnv, Problem, Trajectory
 from answerkey.evaluate import summarize
-from answerkey.handles import ActorDied, call, cause, get
+from answerkey.handles import ActorDied, CallFailed, call, get
 from answerkey.learner import checkpoint
+from answerkey.reward_workers import RewardWorkers
 from answerkey.rewards import status_counts
 from answerkey.rollout.engine import SamplingParams
-from answerkey.rundir import RunDir
+from answerkey.rundir import RunDir, progress_bar
 
 # Engine vs learner logprobs of the fixed completion after a sync, in fp32: the engine protocol's bound
 # (engine vs a full forward, tests/test_torch_engine.py). The two run different kernels (a cached decode step
@@ -82,14 +82,15 @@ def prompts_for(tokenizer, problems: Sequence[Problem]) -> list[list[int]]:
 class Rollouts:
     """The rollout side: rollout workers sample completions, the reward workers score them.
 
-    `workers` are RolloutWorkers (Ray actors or plain objects); `scorer` runs the env's reward code in
+    `workers` are RolloutWorkers (Ray actors or plain objects); `reward_workers` run the env's reward code in
     killable processes (answerkey/reward_workers.py). `restart(i)`, when set, replaces worker i after it died
     (the Loop sets it: a fresh actor loaded with the current weights); without it a dead worker ends the run.
     """
 
-    def __init__(self, env, env_cfg: EnvConfig, tokenizer, workers: list[Any], scorer: Any):
+    def __init__(self, env, env_cfg: EnvConfig, tokenizer, workers: list[Any],
+                 reward_workers: RewardWorkers):
         self.env, self.env_cfg, self.tokenizer = env, env_cfg, tokenizer
-        self.workers, self.scorer = workers, scorer
+        self.workers, self.reward_workers = workers, reward_workers
         self.restart: Callable[[int], None] | None = None
 
     def collect(self, problems: Sequence[Problem], n: int,
@@ -108,8 +109,8 @@ class Rollouts:
                                                              sampling))
         completions = [g for part in parts for g in part]  # (P, n) Completion, in problem order
         t = time.perf_counter()
-        scores = self.scorer.score([p for p in problems for _ in range(n)],
-                                   [c.text for g in completions for c in g])
+        scores = self.reward_workers.score([p for p in problems for _ in range(n)],
+                                           [c.text for g in completions for c in g])
         groups = [[Trajectory.from_completion(prompts[i], c, scores[i * n + j]) for j, c in enumerate(g)]
                   for i, g in enumerate(completions)]
         return groups, {"time/rollout_s": t - start, "time/reward_s": time.perf_counter() - t}
@@ -196,10 +197,9 @@ class Loop:
         self.console.print(f"[bold]answerkey rl[/] {self.run_dir.path}: {describe_batch(self.cfg)}")
         if self.step == 0:
             self.run_dir.log(0, self.evaluate())
-        with progress() as bar:
+        with progress_bar(self.console) as bar:
             task = bar.add_task("GRPO", total=cfg.steps, completed=self.step, info="")
             while self.step < cfg.steps:
-                self.step += 1
                 last = self.train_step()
                 self.run_dir.log(self.step, last)
                 if every(self.step, cfg.eval_every, cfg.steps):
@@ -212,7 +212,8 @@ class Loop:
         return last
 
     def train_step(self) -> dict[str, float]:
-        """One GRPO step (the caller advances `self.step` first): rollout, score, learn, sync; its metrics."""
+        """Step `self.step + 1`: rollout, score, learn, sync; returns its metrics."""
+        self.step += 1
         start, self.phase = time.perf_counter(), "rollout"
         problems = [self.train[i] for i in self.sampler.take(self.cfg.rollout.problems_per_step)]
         groups, timing = self.rollouts.collect(problems, self.cfg.rollout.group_size, self.sampling)
@@ -225,12 +226,13 @@ class Loop:
         if self.run_dir and self.cfg.run.sample_every and self.step % self.cfg.run.sample_every == 0:
             self.run_dir.samples(self.step, sample_rows(problems, groups))
         flat = [t for g in groups for t in g]
+        restarts = {"rollout/worker_restarts": self.restarts,
+                    "reward/scorer_restarts": self.rollouts.reward_workers.restarts}
         return metrics | timing | status_counts(t.score for t in flat) | {
             "reward/mean": sum(t.score.value for t in flat) / len(flat),
             "rollout/response_length": sum(len(t.completion_ids) for t in flat) / len(flat),
             "rollout/truncated_fraction": sum(t.truncated for t in flat) / len(flat),
-            "rollout/worker_restarts": self.restarts, "reward/scorer_restarts": self.rollouts.scorer.restarts,
-            "time/step_s": time.perf_counter() - start}
+            **restarts, "time/step_s": time.perf_counter() - start}
 
     def evaluate(self, problems: Sequence[Problem] | None = None,
                  samples: int | None = None) -> dict[str, float]:
@@ -265,9 +267,9 @@ class Loop:
                     raise
                 self.restart_worker(i)
                 continue
-            except Exception as exc:  # noqa: BLE001 - the worker refused the update: name it and why
+            except CallFailed as exc:  # the worker refused the update: name it and why
                 raise SyncError(f"weight sync {version}: rollout worker {i} rejected the update: "
-                                f"{cause(exc)!r}") from None
+                                f"{exc.cause!r}") from None
             wrong = [name for name in expected if held.get(name) != expected[name]]
             wrong += sorted(set(held) - set(expected))
             if wrong:
@@ -310,7 +312,7 @@ class Loop:
 
     def close(self) -> None:
         """Stop the reward workers, then whatever the builder registered (the driver's actors)."""
-        self.rollouts.scorer.close()
+        self.rollouts.reward_workers.close()
         if self.on_close is not None:
             self.on_close()
 
@@ -365,9 +367,3 @@ def sample_rows(problems: Sequence[Problem], groups: Sequence[Sequence[Trajector
     return [{"problem": p.id, "prompt": p.prompt, "answer": p.answer, "completion": g[0].text,
              "reward": g[0].score.value, "status": g[0].score.status.value, "detail": g[0].score.detail}
             for p, g in list(zip(problems, groups, strict=True))[:SAMPLES_PER_LOG]]
-
-
-def progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn())

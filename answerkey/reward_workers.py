@@ -5,7 +5,7 @@
     scores = workers.score(problems, completions)   # one Score per item, in the order given
     workers.close()
 
-The driver's whole-batch backstop over env code, on `rewards/deadline_pool.py` (`DeadlinePool`:
+The RL loop's whole-batch backstop over env code, on `rewards/deadline_pool.py` (`DeadlinePool`:
 fresh `python -c` interpreters, SIGKILL at the deadline, replacement, an address-space limit, a
 close that leaves no process). Each worker builds its own env from the dotted path (so the
 env never has to be pickled, and is never built in the caller) and scores one item at a time with

@@ -30,6 +30,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 from answerkey.config import Config, ConfigError
 from answerkey.metrics import MetricsLog
 
@@ -143,3 +146,10 @@ def _version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def progress_bar(console: Console | None = None) -> Progress:
+    """The progress bar every training loop shows: step n/N, the loop's `info` field, elapsed and left."""
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)

@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     in_process = local.start(one_worker, model, tokenizer)
     ray_s, local_s, sync_s, phases = [], [], [], []
     try:
-        for step in range(1, args.steps + 1):
-            on_ray.step = in_process.step = step
+        for _ in range(args.steps):
             metrics = on_ray.train_step()
             ray_s.append(metrics["time/step_s"])
             sync_s.append(metrics["time/sync_s"])

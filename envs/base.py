@@ -14,7 +14,7 @@ A user writes one file and points the config at it by dotted path, no registry:
 `score_batch` is optional: `Env.score_batch` below is the default (one `score` call per completion,
 exceptions turned into `Status.error` and counted). An env whose checker has a process pool (the
 sympy and sandbox checkers) implements `score_batch` itself and enforces its own per-item kill;
-the driver only adds a whole-batch backstop.
+the RL loop's reward workers only add a whole-batch backstop.
 
 The multi-turn form (`MultiTurnEnv`) owns the rollout: it calls `generate(token_ids)` as often as it
 likes, inserts its own turns (tool results, feedback), and returns a `Trajectory` of token ids with
@@ -55,7 +55,7 @@ class Problem:
 
 @runtime_checkable
 class Env(Protocol):
-    """A single-turn environment: the driver samples, then calls `score_batch`."""
+    """A single-turn environment: the RL loop samples, then calls `score_batch`."""
 
     def problems(self, split: Split) -> Sequence[Problem]: ...
 

@@ -7,8 +7,8 @@
 
 One checkpoint directory holds `model/` (a Hugging Face checkpoint: config.json, safetensors,
 tokenizer files; loads in `transformers`, vLLM and `answerkey rl --model.path`), `learner.pt`
-(optimizer, lr schedule, counters), `run.pt` (the driver's state: data position, RNG states of the
-driver, learner and every rollout engine) and `config.json` (the resolved run config).
+(optimizer, lr schedule, counters, the learner's RNG), `run.pt` (the loop's state: the data position and
+every rollout engine's RNG) and `config.json` (the resolved run config).
 
 Atomicity: everything is written into `.tmp-step_000004-<pid>/`, every file is fsynced, the
 directory is renamed to `step_000004` (atomic within one filesystem) and the parent directory is

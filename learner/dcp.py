@@ -12,7 +12,7 @@ written under `.tmp-step_NNNNNN-<pid of rank 0>/`, every file fsynced, renamed, 
                   own `__<rank>_0.distcp`, rank 0 the `.metadata` (after every rank has written)
     hf/           config.json, generation_config.json, tokenizer files: what `export` needs besides weights
     learner.pt    lr schedule, optimizer-step counter, every rank's torch RNG state
-    run.pt        the driver's state (data position, engine RNGs), as in a full checkpoint
+    run.pt        the loop's state (data position, engine RNGs), as in a full checkpoint
     config.json   the resolved run config
 
 The state dicts come from `torch.distributed.checkpoint.state_dict.get_state_dict`, keyed by the

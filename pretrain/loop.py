@@ -41,7 +41,6 @@ from typing import Protocol
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from answerkey.config import LearnerConfig
 from answerkey.learner import Learner, checkpoint
@@ -49,7 +48,7 @@ from answerkey.model import forward_logits, nll_sum, num_parameters
 from answerkey.pretrain.config import StageRunConfig, TrainConfig
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rollout.torch_engine import TorchEngine
-from answerkey.rundir import RunDir
+from answerkey.rundir import RunDir, progress_bar
 
 OnStep = Callable[[int, dict[str, float]], None]
 
@@ -94,12 +93,6 @@ def row_order(n: int, seed: int, start: int, count: int) -> list[int]:
 @functools.lru_cache(maxsize=2)
 def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
 
 
 class StageLoop:
@@ -196,7 +189,7 @@ class StageLoop:
         name, r = self.stage.name, self.run_cfg
         self.model.train()
         started, budget = time.perf_counter(), self.cfg.time_budget_s
-        with progress(self.console) as bar:
+        with progress_bar(self.console) as bar:
             task = bar.add_task(name, total=self.cfg.steps, completed=self.step, info="")
             while not self.last and self.step < self.cfg.steps:
                 metrics = self.train_step()

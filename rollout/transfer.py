@@ -2,7 +2,7 @@
 
     transport = make_transport("gloo", learner)          # or "object_store" (default), "nccl"
     refs = transport.push({0: worker_0, 1: worker_1}, version=3)   # {index: ref -> {name: checksum}}
-    # the driver compares each worker's checksums with the learner's (Driver._load_and_verify)
+    # the loop compares each worker's checksums with the learner's (Loop._load_and_verify)
 
 - `object_store` (CPU, any): `learner.named_arrays()` -> one Ray object -> `load_weights`. Run by the CPU
   tests.
@@ -31,7 +31,7 @@ are computed by each side from what it actually holds, never from the bytes in f
 - fp32 master weights, bf16 engine (vLLM, GPU torch engine): the learner's side is
   `expected_checksums(model, torch.bfloat16)` (cast, then hash).
 
-On CPU the driver compares fp32 with fp32. vLLM with tensor parallelism > 1 shards these rows across ranks;
+On CPU the loop compares fp32 with fp32. vLLM with tensor parallelism > 1 shards these rows across ranks;
 `hf_views` handles tensor_parallel_size = 1 only (the vLLM adapter refuses more, rather than verify half a
 model).
 

@@ -1,15 +1,15 @@
-"""RolloutWorker: one engine behind the driver. A plain class; the driver wraps it in a Ray actor.
+"""RolloutWorker: one engine behind the RL loop. A plain class; answerkey rl wraps it in a Ray actor.
 
     worker = RolloutWorker("runs/sft/policy", seed=1, threads=1)   # or RolloutWorker(engine) of your own
     groups = worker.generate([prompt_ids, ...], n=8, sampling=SamplingParams(...))     # (P, G) Completion
     held = worker.load_weights(named_arrays, version=3)     # {name: checksum} of what it now generates with
-    worker.logprobs_of(prompt_ids, completion_ids, sampling) # for the driver's logprob check
+    worker.logprobs_of(prompt_ids, completion_ids, sampling) # for the loop's logprob check
 
 `load_weights` takes the learner's (name, numpy array) pairs (through Ray's object store they arrive
 as zero-copy read-only views), copies them into the engine's model, refuses an update that skipped a
 parameter, drops the prefix cache, and returns the checksums of the weights the engine now holds:
 computed from its own parameters after the load, not from the bytes received, so a tensor altered or
-dropped on the way is caught by the driver's comparison with the learner's checksums.
+dropped on the way is caught by the loop's comparison with the learner's checksums.
 
 Multi-turn envs own the rollout, so for them the worker builds the env (by dotted path) and runs
 `env.rollout` against its engine; an env that raises is reported with the problem's id.

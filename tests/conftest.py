@@ -17,7 +17,7 @@ from answerkey.pretrain.bootstrap import solution_conversations
 from answerkey.pretrain.tokenizer import train_bpe
 
 # The suite's models are tiny (0.1-1.4M parameters): overhead-bound, as fast on 1 thread as on 2, and 1 thread
-# does not collapse when the machine is busy (2 threads spinning against other work were up to 10x slower).
+# does not collapse when the machine is busy (2 threads spin against other work; RESULTS `tests-one-thread`).
 torch.set_num_threads(1)
 
 

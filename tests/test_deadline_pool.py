@@ -1,6 +1,6 @@
 """DeadlinePool (`rewards/deadline_pool.py`): hard kill of a hung item, replacement of a dead worker,
 the memory limit, start-up failures named, and a close that leaves no process — the properties the
-math checker and the driver's RewardWorkers both rely on."""
+math checker and the loop's RewardWorkers both rely on."""
 
 from __future__ import annotations
 

@@ -68,7 +68,6 @@ def test_a_multi_turn_env_runs_its_episodes_in_the_workers(ray_session, policy_d
     loop = make_driver(policy_dir, tmp_path, "retry", "--run.steps=1",
                        "--env.path=answerkey.envs.synthetic:SyntheticRetryEnv")
     try:
-        loop.step = 1
         metrics = loop.train_step()
         evaluation = loop.evaluate()
     finally:

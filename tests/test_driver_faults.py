@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 import ray
+import torch
 
+from answerkey.handles import CallFailed, call, get
 from answerkey.loop import SyncError
 from tests.test_driver import make_driver
 
@@ -67,7 +69,6 @@ def test_a_tensor_altered_or_dropped_in_transport_stops_the_run_naming_worker_an
 
 
 def test_rewards_that_raise_or_hang_score_zero_and_are_counted(driver):
-    driver.step += 1
     metrics = driver.train_step()
     assert metrics["reward/status/error"] == 4 and metrics["reward/status/timeout"] == 4  # G = 4 of each
     assert metrics["reward/scorer_restarts"] >= 4 and metrics["sync/verified"] == 1.0
@@ -85,10 +86,16 @@ def test_a_rollout_worker_killed_mid_step_is_restarted_and_the_step_completes(dr
     driver.phase = "setup"
     killer = threading.Thread(target=kill_worker_0_during_rollout)
     killer.start()
-    driver.step += 1
     metrics = driver.train_step()
     killer.join()
     assert killed.is_set()
     assert metrics["rollout/worker_restarts"] == 1 and metrics["sync/verified"] == 1.0
     assert sum(v for k, v in metrics.items() if k.startswith("reward/status/")) == 8 * 4
     assert ray.get(driver.workers[0].pid.remote()) > 0  # the replacement answers
+
+
+def test_a_method_that_raises_in_a_worker_actor_surfaces_as_call_failed_naming_it(driver):
+    with pytest.raises(CallFailed, match=r"RolloutWorker\.set_rng_state raised RuntimeError") as info:
+        get(call(driver.workers[0], "set_rng_state", torch.zeros(3, dtype=torch.uint8)))
+    assert isinstance(info.value.cause, RuntimeError)
+    assert ray.get(driver.workers[0].pid.remote()) > 0  # the actor lives on

@@ -53,7 +53,6 @@ def learn_to_show_work():
         before = loop.evaluate(test, EVAL_SAMPLES)
         steps = []
         while loop.step < cfg.run.steps:
-            loop.step += 1
             steps.append(loop.train_step())
         after = loop.evaluate(test, EVAL_SAMPLES)
     finally:

@@ -1,6 +1,6 @@
-"""The RL loop on plain objects in one process (`answerkey.local`), and the calls that make it Ray-agnostic
-(`answerkey.handles`). The loop on Ray actors is tests/test_driver.py; that GRPO learns through this loop is
-tests/test_learning.py."""
+"""The RL loop on plain objects in one process (`answerkey.local`). The loop on Ray actors is
+tests/test_driver.py; that GRPO learns through this loop is tests/test_learning.py; the calls that make the
+loop Ray-agnostic are tests/test_handles.py."""
 
 from __future__ import annotations
 
@@ -13,33 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from answerkey import local
 from answerkey.config import load_config
-from answerkey.handles import Finished, call, get
 from answerkey.loop import SyncError
 
 pytestmark = pytest.mark.slow  # RL steps in one process: make check leaves it out
-
-
-class Counter:
-    def __init__(self):
-        self.total = 0
-
-    def add(self, n: int) -> int:
-        self.total += n
-        return self.total
-
-    def fail(self) -> None:
-        raise ValueError("no")
-
-
-def test_call_on_a_plain_object_runs_it_and_get_delivers_its_result_or_its_exception():
-    counter = Counter()
-    ref = call(counter, "add", 2)
-    assert isinstance(ref, Finished) and counter.total == 2 and get(ref) == 2
-    # a call's result as an argument is resolved
-    assert get(call(counter, "add", call(counter, "add", 1))) == 6
-    failed = call(counter, "fail")  # raises only when its result is asked for, as a Ray task would
-    with pytest.raises(ValueError, match="no"):
-        get(failed)
 
 
 @pytest.fixture
@@ -56,7 +32,6 @@ def loop(policy_dir):
 def test_the_loop_in_one_process_trains_syncs_and_verifies_every_worker(loop):
     initial = {n: p.detach().clone() for n, p in loop.learner.model.named_parameters()}
     while loop.step < 2:
-        loop.step += 1
         metrics = loop.train_step()
         assert metrics["sync/verified"] == 1.0 and metrics["sync/version"] == loop.step
         assert sum(v for k, v in metrics.items() if k.startswith("reward/status/")) == 4 * 4
@@ -79,7 +54,7 @@ def test_a_worker_that_rejects_an_update_stops_the_sync_naming_it(loop):
 
 
 def test_the_reward_workers_are_gone_after_close(loop):
-    pids = loop.rollouts.scorer.pids()
+    pids = loop.rollouts.reward_workers.pids()
     loop.close()
     for pid in pids:
         with pytest.raises(ProcessLookupError):

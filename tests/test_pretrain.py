@@ -109,7 +109,6 @@ def test_answerkey_rl_accepts_the_pretrain_checkpoint(ray_session, base, tmp_pat
     cfg = load_config("examples/tiny_cpu.toml", args)
     driver = rl_driver.start(cfg, RunDir.create(cfg), console=QUIET)
     try:
-        driver.step = 1
         metrics = driver.train_step()
     finally:
         driver.close()

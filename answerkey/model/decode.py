@@ -8,7 +8,7 @@ Why: at rollout batch sizes a small model spends most of each decode step outsid
 module calls, a causal mask and rotary table rebuilt every step, a cache `index_copy`, eager RMSNorm, and
 SDPA's flash kernel, which is slow for one query per row on CPU. This path reads the parameters of the
 Hugging Face module directly (a weight update by `rollout.weights.load_into` or an in-place optimizer step
-is seen at the next call; the checksums the driver compares are of exactly these tensors) and, once per
+is seen at the next call; the checksums the loop compares are of exactly these tensors) and, once per
 `prefill`, takes a snapshot in the compute dtype: q|k|v and gate|up concatenated into one matrix each,
 the attention scale folded into the query rows, on CPU prepacked for oneDNN (`onednn.prepacked`), cos/sin
 tables for every position the call can reach. Prefill runs the prompts in row chunks of about
@@ -30,7 +30,7 @@ activations are cast to bf16 where they enter a matmul, as `torch.autocast` does
 
 Hugging Face's forward is the reference: this one equals it to float rounding in fp32
 (tests/test_torch_engine.py compares the engine's processed logprobs with a full HF forward, and the
-driver compares them with the learner's after every weight sync). Models it does not cover run HF's
+loop compares them with the learner's after every weight sync). Models it does not cover run HF's
 forward in `TorchEngine`. It does not do continuous batching or paged attention (vLLM's job on GPU).
 """
 

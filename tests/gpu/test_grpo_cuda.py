@@ -29,7 +29,6 @@ def test_grpo_steps_through_the_loop_change_the_policy_and_keep_the_worker_in_sy
     seen = set()
     try:
         while loop.step < STEPS:
-            loop.step += 1
             metrics = loop.train_step()
             assert all(math.isfinite(v) for v in metrics.values()), metrics
             assert metrics["sync/verified"] == 1.0 and metrics["sync/version"] == loop.step

@@ -36,9 +36,9 @@ SAMPLING = SamplingParams(max_new_tokens=24, temperature=0.9)
 # (max, mean) of |engine logprob - learner logprob| over the sampled tokens after a sync. fp32 engine and
 # fp32 learner: the same weights, kernels differ in summation order. bf16 engine (bf16 weights, bf16
 # residual stream) against the bf16-autocast learner (the same bf16-rounded weights in its matmuls, but
-# an fp32 residual stream and fp32 norms): the gap TIS corrects for (learner.tis_cap). Measured on an
-# H200: fp32 max 8.9e-6; bf16 max 0.047, mean 2.2e-3 (CPU: 0.069, 3.4e-3). A sync that missed a
-# parameter moves the mean by far more than 0.03.
+# an fp32 residual stream and fp32 norms): the gap TIS corrects for (learner.tis_cap); measured gaps:
+# benchmarks/RESULTS.md `gpu-sync-logprobs`. A sync that missed a parameter moves the mean by far more
+# than 0.03.
 SYNC_ATOL = {torch.float32: (1e-4, 1e-5), torch.bfloat16: (0.5, 0.03)}
 
 
