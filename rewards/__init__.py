@@ -12,7 +12,7 @@
   `code`           the unit-test reward: the pass fraction of a program run in `sandbox/`.
   `sandbox/`       the isolated, killed execution of untrusted programs behind `code`.
   `deadline_pool`  fresh worker processes, each item under a SIGKILL deadline (the math checker's
-                   pool, and the driver's `RewardWorkers`).
+                   pool, and the RL loop's `RewardWorkers`).
 Checkers own their process pools and per-item kills; nothing here imports torch or Ray.
 """
 
