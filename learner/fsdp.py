@@ -206,13 +206,14 @@ class ShardedLearner:
                 return []
             return [(name, t.float().cpu().numpy()) for name, t in self.full_parameters()]
 
-    def weights_checksum(self) -> dict[str, str]:
-        """Rank 0: {name: checksum} of the full weights, as `Learner.weights_checksum`; others: {}."""
+    def weights_checksum(self, dtype: str = "float32") -> dict[str, str]:
+        """Rank 0: {name: checksum} of the full weights cast to `dtype`, as `Learner.weights_checksum`;
+        others: {}."""
         with self.collective("weights_checksum"):
             if self.rank:
                 self.join_gathers()
                 return {}
-            return {name: weights.checksum(t) for name, t in self.full_parameters()}
+            return {name: weights.checksum(t.to(getattr(torch, dtype))) for name, t in self.full_parameters()}
 
     # -- checkpoints (learner/dcp.py) ------------------------------------------------------------------
 

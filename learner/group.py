@@ -73,7 +73,7 @@ class LearnerGroup:
 
     @property
     def weights_checksum(self) -> Fanout:
-        """`Learner.weights_checksum()`: {parameter name: checksum} of the full weights."""
+        """`Learner.weights_checksum(dtype="float32")`: {parameter name: checksum} of the full weights."""
         return Fanout(self.actors, "weights_checksum")
 
     @property

@@ -201,8 +201,9 @@ class Learner:
     def named_arrays(self):
         return weights.named_arrays(self.model)
 
-    def weights_checksum(self) -> dict[str, str]:
-        return weights.checksums(self.model)
+    def weights_checksum(self, dtype: str = "float32") -> dict[str, str]:
+        """{name: checksum} of the weights cast to `dtype` (what an engine running in that dtype holds)."""
+        return weights.checksums(self.model, getattr(torch, dtype))
 
     @torch.no_grad()
     def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int]) -> list[float]:

@@ -66,6 +66,18 @@ class Completion:
         return self.finish_reason == "length"
 
 
+def make_completion(tokenizer, stop_ids: Sequence[int], ids: list[int], logprobs: list[float],
+                    sampling: SamplingParams) -> Completion:
+    """A sampled completion as every engine reports it: the text decoded by our tokenizer without the stop
+    token, cut before the first stop string; "stop" when a stop token or string ended it, else "length"."""
+    stopped_by_token = bool(ids) and ids[-1] in stop_ids and not sampling.ignore_eos
+    text = tokenizer.decode(ids[:-1] if stopped_by_token else ids, skip_special_tokens=False)
+    cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
+    finish = "stop" if stopped_by_token or cut >= 0 else "length"
+    return Completion(token_ids=ids, logprobs=logprobs, text=text[:cut] if cut >= 0 else text,
+                      finish_reason=finish)
+
+
 class RolloutEngine(Protocol):
     """What a rollout worker needs from an inference engine."""
 
@@ -82,6 +94,11 @@ class RolloutEngine(Protocol):
 
     def weights_checksum(self) -> dict[str, str]:
         """Checksum per parameter name of the weights the engine generates with (`rollout.weights`)."""
+        ...
+
+    def probe(self, prompt: Sequence[int], sampling: SamplingParams) -> Completion:
+        """One completion sampled with `sampling.seed` (set by the caller), without advancing the engine's
+        own random stream, at the precision the loop's sync check compares with the learner's logprobs."""
         ...
 
     def sleep(self, level: int = 1) -> None:

@@ -39,7 +39,7 @@ from answerkey import chat
 from answerkey.model import LlamaDecoder, keep_freed_memory
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
-from answerkey.rollout.engine import Completion, SamplingParams
+from answerkey.rollout.engine import Completion, SamplingParams, make_completion
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -105,12 +105,24 @@ class TorchEngine:
         _, logprobs, _ = self._sample([list(prompt)], 1, fixed, forced=forced)
         return logprobs[0].tolist()
 
+    @torch.inference_mode()
+    def probe(self, prompt: Sequence[int], sampling: SamplingParams) -> Completion:
+        """One completion from a generator of its own seeded with `sampling.seed` (the engine's stream
+        does not move), decoded in the model's own dtype (not `precision`), so the sync check stays exact."""
+        if sampling.seed is None:
+            raise ValueError("probe needs sampling.seed")
+        generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        tokens, logprobs, lengths = self._sample([list(prompt)], 1, sampling, generator=generator)
+        length = lengths[0]
+        return self._completion(tokens[0, :length].tolist(), logprobs[0, :length].tolist(), sampling)
+
     def _sample(self, prompts: list[list[int]], n: int, sampling: SamplingParams,
-                forced: torch.Tensor | None = None,
-                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+                forced: torch.Tensor | None = None, dtype: torch.dtype | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Decode up to max_new_tokens for n rows per prompt. Returns tokens (B, T), logprobs (B, T), lengths.
 
-        `forced` (B, T) feeds given tokens instead of sampled ones (teacher forcing, for `logprobs_of`).
+        `forced` (B, T) feeds given tokens instead of sampled ones (teacher forcing, for `logprobs_of`);
+        `generator` replaces the engine's own.
         """
         P, L, T = len(prompts), max(len(r) for r in prompts), sampling.max_new_tokens
         B = P * n
@@ -140,7 +152,8 @@ class TorchEngine:
         logits = next(forward)
         for t in range(T):
             token, logprob = S.sample_token(logits, sampling.temperature, sampling.top_k, sampling.top_p,
-                                            self.generator, None if forced is None else forced[:, t])
+                                            generator or self.generator,
+                                            None if forced is None else forced[:, t])
             if not can_stop:
                 out_tokens[:, t], out_logprobs[:, t] = token, logprob
             else:
@@ -185,12 +198,7 @@ class TorchEngine:
             step = yield out.logits[:, -1]
 
     def _completion(self, ids: list[int], logprobs: list[float], sampling: SamplingParams) -> Completion:
-        stopped_by_token = bool(ids) and ids[-1] in self.stop_ids and not sampling.ignore_eos
-        text = self.tokenizer.decode(ids[:-1] if stopped_by_token else ids, skip_special_tokens=False)
-        cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
-        finish = "stop" if stopped_by_token or cut >= 0 else "length"
-        return Completion(token_ids=ids, logprobs=logprobs, text=text[:cut] if cut >= 0 else text,
-                          finish_reason=finish)
+        return make_completion(self.tokenizer, self.stop_ids, ids, logprobs, sampling)
 
     # -- weights ----------------------------------------------------------------------------------
 

@@ -8,9 +8,11 @@
   tests.
 - `gloo` (CPU processes, any nodes): `BroadcastGroup`, a torch.distributed broadcast from rank 0. Run by
   tests/test_transfer.py.
-- `nccl` (GPUs, disaggregated): the same `BroadcastGroup` code with backend "nccl". **Never run.**
-- CUDA IPC (learner and vLLM on one GPU): `ipc_handles` / `open_ipc_handles` (no copy, same memory).
-  **Never run.**
+- `nccl` (GPUs, the learner and the engines on different cards): the same `BroadcastGroup` code with backend
+  "nccl". **Never run** (no GPU here).
+
+Colocated on one GPU (`placement.mode = "colocate"`), weights go through the object store: NCCL cannot
+join two ranks on one device.
 
 The broadcast protocol is self-describing: rank 0 sends a JSON header (version, names, shapes, dtypes)
 and then the tensors packed into flat buckets of one dtype (`bucket_plan`), so a receiver needs only
@@ -28,8 +30,8 @@ are computed by each side from what it actually holds, never from the bytes in f
   first V rows are checksummed.
 - `lm_head.weight` tied to the embedding: not a separate parameter on either side; listed once, under
   the embedding.
-- fp32 master weights, bf16 engine (vLLM, GPU torch engine): the learner's side is
-  `expected_checksums(model, torch.bfloat16)` (cast, then hash).
+- fp32 master weights, bf16 engine (vLLM on GPU): the learner's side is `weights.checksums(model,
+  torch.bfloat16)` (cast, then hash).
 
 On CPU the loop compares fp32 with fp32. vLLM with tensor parallelism > 1 shards these rows across ranks;
 `hf_views` handles tensor_parallel_size = 1 only (the vLLM adapter refuses more, rather than verify half a
@@ -61,11 +63,6 @@ FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj
 
 
 # -- checksums on each side ------------------------------------------------------------------------
-
-
-def expected_checksums(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, str]:
-    """The checksums an engine holding `model`'s weights cast to `dtype` must report."""
-    return {name: weights.checksum(p.detach().to(dtype)) for name, p in model.named_parameters()}
 
 
 def hf_views(engine_params: Iterable[tuple[str, torch.Tensor]],
@@ -220,28 +217,6 @@ def _dtype_name(dtype: torch.dtype, name: str) -> str:
     raise TypeError(f"parameter {name!r} has dtype {dtype}; the weight broadcast carries {sorted(DTYPES)}")
 
 
-# -- CUDA IPC, colocated on one GPU (NEVER RUN: needs CUDA; code path for the 1-GPU vLLM mode) ---------
-
-
-def ipc_handles(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, Any]]:
-    """NEVER RUN. (name, handle) pairs that another process on the same GPU opens without a copy.
-
-    The learner keeps the tensors alive until the engine has loaded them (it trains only after the sync).
-    """
-    from torch.multiprocessing.reductions import reduce_tensor
-
-    return [(name, reduce_tensor(t.detach().contiguous())) for name, t in named]
-
-
-def open_ipc_handles(handles: Iterable[tuple[str, Any]],
-                     device_index: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """NEVER RUN. The receiving end of `ipc_handles`, on the receiver's own view of the same GPU."""
-    for name, (rebuild, args) in handles:
-        args = list(args)
-        args[6] = device_index  # the device as this process numbers it (CUDA_VISIBLE_DEVICES may differ)
-        yield name, rebuild(*args)
-
-
 # -- the Ray side: transports the driver uses ------------------------------------------------------
 
 
@@ -347,7 +322,7 @@ def _learner_send(learner: Any, version: int) -> int:
 
 def _worker_receive(worker: Any) -> dict[str, str]:
     engine = worker.engine
-    if hasattr(engine, "receive_weights"):  # vLLM (never run): receive and load inside its worker process
+    if hasattr(engine, "receive_weights"):  # vLLM: receive and load inside its worker
         engine.begin_weight_update()
         engine.finish_weight_update(engine.receive_weights())
         engine.reset_prefix_cache()

@@ -32,9 +32,11 @@ def checksum(array: np.ndarray | torch.Tensor) -> str:
                            digest_size=16).hexdigest()
 
 
-def checksums(model: torch.nn.Module) -> dict[str, str]:
-    """{parameter name: checksum} of the weights the model computes with."""
-    return {name: checksum(p) for name, p in model.named_parameters()}
+def checksums(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, str]:
+    """{parameter name: checksum} of the weights the model computes with (cast to `dtype` first, when given:
+    what an engine holding them in that dtype reports)."""
+    return {name: checksum(p if dtype is None else p.detach().to(dtype))
+            for name, p in model.named_parameters()}
 
 
 def load_into(model: torch.nn.Module, named_weights) -> set[str]:

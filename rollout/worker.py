@@ -3,7 +3,8 @@
     worker = RolloutWorker("runs/sft/policy", seed=1, threads=1)   # or RolloutWorker(engine) of your own
     groups = worker.generate([prompt_ids, ...], n=8, sampling=SamplingParams(...))     # (P, G) Completion
     held = worker.load_weights(named_arrays, version=3)     # {name: checksum} of what it now generates with
-    worker.logprobs_of(prompt_ids, completion_ids, sampling) # for the loop's logprob check
+    worker.probe(prompt_ids, sampling)   # a seeded completion with its logprobs, for the loop's sync check
+    worker.sleep(); worker.wake()        # around the learner's step: vLLM on GPU frees its memory meanwhile
 
 `load_weights` takes the learner's (name, numpy array) pairs (through Ray's object store they arrive
 as zero-copy read-only views), copies them into the engine's model, refuses an update that skipped a
@@ -32,8 +33,10 @@ from answerkey.rollout.torch_engine import TorchEngine
 
 class RolloutWorker:
     def __init__(self, model: str | RolloutEngine, seed: int = 0, threads: int | None = None,
-                 engine: str = "torch", precision: str = "fp32"):
-        """`model`: a checkpoint directory to build an `engine` kind from, or an engine of the caller's."""
+                 engine: str = "torch", precision: str = "fp32", gpu_memory_utilization: float = 0.5):
+        """`model`: a checkpoint directory to build an `engine` kind from, or an engine of the caller's. The
+        engine runs on the GPU when this process sees one (its Ray placement gave it one), else on CPU;
+        `gpu_memory_utilization` is vLLM's share of that GPU."""
         self._env = None
         if not isinstance(model, str):
             self.engine = model
@@ -41,12 +44,14 @@ class RolloutWorker:
         if threads:
             torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()  # no per-load bars in every actor's log
-        if engine == "vllm":  # GPU only, never run here (rollout/vllm_engine.py)
+        if engine == "vllm":
             from answerkey.rollout.vllm_engine import VLLMEngine
 
-            self.engine = VLLMEngine(model, seed=seed)
+            self.engine = VLLMEngine(model, seed=seed, precision=precision, threads=threads,
+                                     gpu_memory_utilization=gpu_memory_utilization)
         else:
-            self.engine = TorchEngine.from_pretrained(model, seed=seed, precision=precision)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.engine = TorchEngine.from_pretrained(model, seed=seed, precision=precision, device=device)
 
     def pid(self) -> int:
         return os.getpid()
@@ -80,9 +85,14 @@ class RolloutWorker:
         engine.reset_prefix_cache()
         return engine.weights_checksum()
 
-    def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int],
-                    sampling: SamplingParams) -> list[float]:
-        return self.engine.logprobs_of(prompt, completion, sampling)
+    def probe(self, prompt: Sequence[int], sampling: SamplingParams) -> Completion:
+        return self.engine.probe(prompt, sampling)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self) -> None:
+        self.engine.wake()
 
     def rng_state(self) -> torch.Tensor:
         return self.engine.generator.get_state()

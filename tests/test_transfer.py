@@ -13,12 +13,11 @@ import torch
 
 from answerkey import driver as rl_driver
 from answerkey.config import load_config
-from answerkey.rollout import transfer
+from answerkey.rollout import transfer, weights
 from answerkey.rollout.transfer import (
     Entry,
     bucket_plan,
     engine_checksums,
-    expected_checksums,
 )
 from answerkey.rundir import RunDir
 
@@ -72,13 +71,13 @@ def test_a_tensor_altered_on_the_wire_fails_the_workers_checksums(driver):
 
 
 def test_bf16_on_the_wire_matches_the_learners_bf16_checksums(driver):
-    """A bf16 broadcast into fp32 engines: they hold the bf16 values, i.e. expected_checksums(model, bf16)."""
+    """A bf16 broadcast into fp32 engines: they hold the bf16 values, i.e. weights.checksums(model, bf16)."""
     driver.sync()
     refs = [w.__ray_call__.remote(transfer._worker_receive) for w in driver.workers]
     ray.get(driver.learner.__ray_call__.remote(
         lambda lr: lr.weight_group.send(lr.model.named_parameters(), 1, dtype=torch.bfloat16)))
     want = ray.get(driver.learner.__ray_call__.remote(
-        lambda lr: expected_checksums(lr.model, torch.bfloat16)))
+        lambda lr: weights.checksums(lr.model, torch.bfloat16)))
     assert ray.get(refs) == [want, want]
     assert want != ray.get(driver.learner.weights_checksum.remote())  # bf16 really rounded something
     driver.sync()
@@ -103,10 +102,10 @@ def test_hf_views_map_fused_and_padded_vllm_parameters(make_model):
         elif not any(x in name for x in ("k_proj", "v_proj", "up_proj")):
             vllm.append((name, p))
     assert any("qkv_proj" in n for n, _ in vllm) and len(vllm) < len(params)
-    assert engine_checksums(vllm, shapes) == expected_checksums(model)
+    assert engine_checksums(vllm, shapes) == weights.checksums(model)
     swapped = [(n, torch.cat([t[t.shape[0] // 2:], t[: t.shape[0] // 2]]) if "gate_up" in n else t)
                for n, t in vllm]
-    wrong = {n for n, c in engine_checksums(swapped, shapes).items() if c != expected_checksums(model)[n]}
+    wrong = {n for n, c in engine_checksums(swapped, shapes).items() if c != weights.checksums(model)[n]}
     assert wrong and all(("gate_proj" in n or "up_proj" in n) for n in wrong)
     with pytest.raises(ValueError, match="qkv_proj.*rows"):
         engine_checksums([(n, t[:-1]) if "qkv" in n else (n, t) for n, t in vllm], shapes)

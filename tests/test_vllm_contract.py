@@ -1,5 +1,6 @@
-"""vLLM contract: every vLLM name, keyword and method the adapter (rollout/vllm_engine.py) uses exists in
-the pinned vLLM, read statically from the wheel's own source (no `import vllm`, no CUDA, no torch 2.14).
+"""vLLM contract: every vLLM name, keyword and method the adapter (rollout/vllm_engine.py and its worker
+extension, rollout/vllm_worker.py) uses exists in the pinned GPU vLLM, read statically from the wheel's own
+source (no `import vllm`, no CUDA, no torch 2.14). The CPU build runs for real in tests/vllm/.
 
 The wheel (`pip download vllm==<pin> --no-deps`, a few hundred MB) is unpacked once to
 ~/.cache/answerkey/vllm-<pin>-src (its .py files and METADATA only) and reused. The test skips only when
@@ -35,8 +36,8 @@ from answerkey.rollout import vllm_engine
 pytestmark = pytest.mark.slow  # downloads the pinned vLLM wheel once: make check leaves it out
 
 ROOT = Path(__file__).resolve().parents[1]
-ADAPTER = ROOT / "rollout" / "vllm_engine.py"
-PIN = vllm_engine.VLLM_VERSION
+ADAPTERS = [ROOT / "rollout" / "vllm_engine.py", ROOT / "rollout" / "vllm_worker.py"]
+PIN = next(version for version, build in vllm_engine.BUILDS.items() if build == "cuda")  # the GPU build
 CACHE = Path(os.environ.get("ANSWERKEY_CACHE", Path.home() / ".cache" / "answerkey")) / f"vllm-{PIN}-src"
 
 
@@ -206,11 +207,17 @@ def _rpc_problems(call: ast.Call, ext_methods: dict[str, ast.FunctionDef]) -> li
 # -- the tests ------------------------------------------------------------------------------------------
 
 
+def adapter_text() -> str:
+    """The engine and its worker extension as one module's text (the extension's methods are the
+    `collective_rpc` targets)."""
+    return "\n".join(path.read_text() for path in ADAPTERS)
+
+
 def test_pinned_version_is_the_one_checked(vllm_src):
     metadata = next(vllm_src.glob("vllm-*.dist-info/METADATA")).read_text()
     assert f"\nVersion: {PIN}\n" in metadata
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
-    assert extra == [f"vllm=={PIN}"], "pyproject's vllm extra and VLLM_VERSION disagree"
+    assert extra == [f"vllm=={PIN}"], "pyproject's vllm extra and vllm_engine.BUILDS disagree"
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +226,7 @@ def src(vllm_src) -> Source:
 
 
 def test_every_vllm_name_keyword_and_method_the_adapter_uses_exists(src):
-    assert contract_problems(ADAPTER.read_text(), src) == []
+    assert contract_problems(adapter_text(), src) == []
     for rel, classes in vllm_engine.VLLM_ATTRIBUTES.items():
         for cls, attrs in classes.items():
             members = src.members(rel, cls)
@@ -232,18 +239,18 @@ def test_every_vllm_name_keyword_and_method_the_adapter_uses_exists(src):
 
 
 @pytest.mark.parametrize(("change", "problem"), [
-    (('logprobs_mode="processed_logprobs", worker', 'logprob_mode="processed_logprobs", worker'),
+    (('sleeps, logprobs_mode="processed_logprobs"', 'sleeps, logprob_mode="processed_logprobs"'),
      "LLM(...) keyword 'logprob_mode'"),
     (("max_tokens=sampling", "max_new_tokens=sampling"), "SamplingParams keyword 'max_new_tokens'"),
-    (("self.llm.wake_up(tags=None)", "self.llm.wake(tags=None)"), "LLM.wake does not exist"),
+    (("self.llm.wake_up()", "self.llm.wake()"), "LLM.wake does not exist"),
     (("self.llm.sleep(level=level)", "self.llm.sleep(depth=level)"), "LLM.sleep has no keyword 'depth'"),
     (('"answerkey_receive")', '"answerkey_recv")'), "collective_rpc('answerkey_recv')"),
-    (("vllm.TokensPrompt(prompt_token_ids=list(p))", "vllm.TokenPrompt(prompt_token_ids=list(p))"),
+    (("_vllm().TokensPrompt(prompt_token_ids=list(p))", "_vllm().TokenPrompt(prompt_token_ids=list(p))"),
      "vllm.TokenPrompt"),
 ])
 def test_the_checker_catches_a_name_vllm_does_not_have(src, change, problem):
     """The check is not vacuous: one wrong name in a copy of the adapter is reported."""
-    text = ADAPTER.read_text()
+    text = adapter_text()
     assert change[0] in text, change
     problems = contract_problems(text.replace(change[0], change[1], 1), src)
     assert any(problem in p for p in problems), problems
