@@ -7,11 +7,14 @@ synthetic world (conftest `policy_dir`), so some groups score non-uniformly and 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from safetensors.numpy import load_file
 
 from answerkey import cli, driver
@@ -80,6 +83,22 @@ def test_more_workers_than_the_cluster_has_cpus_fails_at_start_naming_the_keys(r
                                                                                tmp_path):
     with pytest.raises(ConfigError, match=r"rollout.workers x rollout.threads_per_worker = 3 CPUs.*has 2"):
         make_driver(policy_dir, tmp_path, "big", "--rollout.workers=3")
+
+
+def test_the_vllm_engine_without_vllm_installed_fails_at_start_naming_the_key(ray_session, policy_dir,
+                                                                              tmp_path):
+    """The core venv has no vLLM (tests/vllm runs it in its own): the worker's start-up error reaches the
+    user as a config error, with what to install, and no actor is left behind."""
+    pytest.importorskip("ray")
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ConfigError, match=r"rollout worker 0 \(rollout.engine = 'vllm'\) did not start: .*"
+                                          r"pip install 'answerkey\[vllm\]'"):
+        make_driver(policy_dir, tmp_path, "novllm", "--rollout.engine=vllm")
+    deadline = time.monotonic() + 30  # the failed start killed its workers; Ray frees their CPUs soon after
+    while ray.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() < deadline, "the failed start left its workers' CPUs held"
+        time.sleep(0.1)
 
 
 def test_resume_before_the_first_checkpoint_starts_from_step_0(ray_session, policy_dir, tmp_path):

@@ -5,6 +5,7 @@ loop Ray-agnostic are tests/test_handles.py."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -51,6 +52,33 @@ def test_a_worker_that_rejects_an_update_stops_the_sync_naming_it(loop):
                                                        for i, (n, a) in enumerate(arrays)], version)
     with pytest.raises(SyncError, match=r"rollout worker 1 rejected the update: .*shape"):
         loop.sync()
+
+
+def test_an_engine_sampling_from_another_distribution_fails_the_logprob_check(loop):
+    """Right weights, wrong sampling: the checksums pass, the check completion's logprobs do not."""
+    worker = loop.workers[0]
+    real = worker.probe
+    worker.probe = lambda prompt, sampling: real(prompt, replace(sampling, temperature=0.7))
+    with pytest.raises(SyncError, match=r"rollout worker 0's logprobs of its check completion differ from "
+                                        r"the learner's by [0-9.e+-]+ \(tolerance 0.0001, fp32\)"):
+        loop.sync()
+    worker.probe = real
+    assert loop.sync()["sync/verified"] == 1.0
+
+
+@pytest.mark.parametrize("top", [{"top_k": 20}, {"top_p": 0.9}, {"top_k": 20, "top_p": 0.9}])
+def test_the_sync_check_holds_with_top_k_and_top_p(policy_dir, top):
+    """The check completion is sampled by the engine, so every token has mass under the learner's filtered
+    distribution too (a fixed completion's token could be filtered out on both sides: -inf - -inf = nan)."""
+    extra = [f"--rollout.{k}={v}" for k, v in top.items()]
+    cfg = load_config("examples/tiny_cpu.toml", [f"--model.path={policy_dir}", "--rollout.workers=1",
+                                                  "--rollout.temperature=0.7", *extra])
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    loop = local.start(cfg, model, AutoTokenizer.from_pretrained(policy_dir))  # its first sync is verified
+    try:
+        assert loop.sync()["sync/verified"] == 1.0
+    finally:
+        loop.close()
 
 
 def test_the_reward_workers_are_gone_after_close(loop):
