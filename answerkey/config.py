@@ -185,8 +185,8 @@ class RunConfig(Section):
     sample_every: int = Field(10, ge=0)
     """Write a few decoded completions with their rewards to samples.jsonl every N steps (0 = never)."""
     verify_every: int = Field(1, ge=1)
-    """Compare each engine's logprobs of a fixed completion with the learner's every N steps (the
-    per-parameter checksum comparison runs on every sync)."""
+    """Compare the logprobs each engine reports for a seeded check completion of its own with the learner's
+    every N steps (the per-parameter checksum comparison runs on every sync)."""
     tensorboard: bool = False
     """Also write metrics to TensorBoard (run_dir/tb; needs the `tensorboard` package)."""
     wandb_project: str = ""

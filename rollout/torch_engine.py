@@ -19,8 +19,8 @@ padding (their outputs are dropped) until every row is done; the loop ends early
 stopped (with `ignore_eos` and no stop strings there is nothing to check, so no per-step bookkeeping).
 
 `precision="bf16"` runs generate's matmuls and KV cache in bf16 over the fp32 weights (cast once per
-call); `logprobs_of`, which runs a given completion through the same loop (teacher forcing) for the
-driver's sync check, always decodes in the model's own dtype, so that check stays exact.
+call); `probe` (the loop's sync check: a seeded completion) and `logprobs_of` (a given completion through
+the same loop, teacher forcing) always decode in the model's own dtype, so that check stays exact.
 
 What it deliberately does not do: continuous batching or paged attention (vLLM's job on GPU), and
 a prefix cache across calls (it keeps no KV between calls, so `reset_prefix_cache` has nothing to drop).
