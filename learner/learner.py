@@ -11,11 +11,12 @@ over token-budget micro-batches with gradient accumulation, then `optimizer_step
 AdamW, warmup + cosine). The pieces are public so tests can inject known logprobs and inspect the
 accumulated gradient. The driver wraps this class in a Ray actor; nothing here knows about Ray.
 
-Logprobs are computed with the rollout's temperature / top-k / top-p (`rollout.sampling`), so the
-policy optimized is exactly the one sampled from. With one pass the "old" logprobs are the current
-ones detached (the ratio is exactly 1; no extra forward pass); with several passes they are
-computed once, before the first update. A step whose batch has no trainable token (every group
-uniform) does not touch the optimizer and says so: `learner/skipped = 1`.
+Logprobs are computed with the rollout's temperature / top-k / top-p (`rollout.sampling`), so the policy
+optimized is exactly the one sampled from; the logits behind them are made `logprob_chunk` tokens at a time
+and recomputed in the backward (`answerkey/model/completion.py`), never (tokens, vocabulary) at once. With one
+pass the "old" logprobs are the current ones detached (the ratio is exactly 1; no extra forward pass); with
+several passes they are computed once, before the first update. A step whose batch has no trainable token
+(every group uniform) does not touch the optimizer and says so: `learner/skipped = 1`.
 
 With `ranks` (an FSDP2 rank, learner/fsdp.py) the same code trains on this rank's share of the batch
 (learner/shard.py) with the whole batch's normalizers, and `backward`'s metrics are summed over ranks.
@@ -36,8 +37,8 @@ from answerkey.envs.base import Trajectory
 from answerkey.learner import checkpoint, grpo
 from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch
 from answerkey.learner.shard import Ranks
-from answerkey.model import completion_logits, keep_freed_memory
-from answerkey.rollout import sampling as S
+from answerkey.model import completion_logprobs, keep_freed_memory
+from answerkey.model.completion import LOGPROB_CHUNK
 from answerkey.rollout import weights
 from answerkey.rollout.engine import SamplingParams
 
@@ -64,6 +65,7 @@ class Learner:
         # eval mode: no dropout, so the learner's logprobs are those of the policy the engine samples
         self.model, self.cfg, self.sampling, self.ranks = model.eval(), cfg, sampling, ranks
         self.lean = lean
+        self.logprob_chunk: int | None = LOGPROB_CHUNK  # tokens whose logits exist at once (None: all)
         self.device = next(model.parameters()).device
         if self.device.type == "cpu":
             keep_freed_memory()  # activations of a few MB per layer, recycled instead of page-faulted in
@@ -119,9 +121,9 @@ class Learner:
         s = sampling or self.sampling
         dev = next(model.parameters()).device
         inputs = mb.prompt_ids.to(dev), mb.prompt_valid.to(dev), mb.prompt_index.to(dev), mb.targets.to(dev)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            logits = completion_logits(model, *inputs, self.lean, self.cfg.compile)  # (N, Tc, V)
-        return S.target_logprobs(logits, mb.targets.to(self.device), s.temperature, s.top_k, s.top_p)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            return completion_logprobs(model, *inputs, s.temperature, s.top_k, s.top_p, lean=self.lean,
+                                       compile=self.cfg.compile, chunk=self.logprob_chunk)
 
     def backward(self, batch: TrainBatch) -> dict[str, float]:
         """Accumulate the gradient of the batch loss into `.grad`, one micro-batch at a time."""
