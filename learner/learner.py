@@ -219,15 +219,21 @@ class Learner:
 
     def state_dict(self) -> dict:
         """Everything but the model weights that an exact resume needs (optimizer, schedule, counters,
-        RNG)."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()}
+        RNG: the CPU generator's, and the GPU's on a GPU)."""
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """The optimizer state lands on the parameters' device whatever device saved it (AdamW moves it)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.optimizer_steps = state["optimizer_steps"]
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:  # absent when a CPU learner saved it
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def save_checkpoint(self, root: str, step: int, run_state: dict, config_json: str, keep: int) -> str:
         """Write an atomic checkpoint (learner/checkpoint.py) of the policy, this learner and `run_state`."""
@@ -260,18 +266,21 @@ class PretrainedLearner(Learner):
     """A Learner built from a Hugging Face checkpoint path (what a Ray actor's constructor can be given).
 
     On resume `path` is the checkpoint's model and `reference_path` the run's initial policy, so the KL
-    reference stays the frozen initial policy however often the run was resumed.
+    reference stays the frozen initial policy however often the run was resumed. The policy and the
+    reference train on `device`: "cuda" (the GPU this process sees: a Ray actor sees the one its placement
+    slot reserved), "cpu", or None: cuda when torch sees a GPU, else cpu.
     """
 
     def __init__(self, path: str, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int,
-                 reference_path: str | None = None, threads: int | None = None):
+                 reference_path: str | None = None, threads: int | None = None, device: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         if threads:
             torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
         if cfg.gradient_checkpointing:
             from answerkey.learner.fsdp import checkpoint_layers
 
@@ -279,5 +288,5 @@ class PretrainedLearner(Learner):
         super().__init__(model, cfg, sampling, total_steps)
         if self.reference is not None and reference_path and str(reference_path) != str(path):
             reference = AutoModelForCausalLM.from_pretrained(reference_path, dtype=torch.float32)
-            self.reference = reference.eval().requires_grad_(False)
+            self.reference = reference.to(self.device).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
