@@ -11,13 +11,13 @@
 | `colocate` | N x {GPU: 1, CPU: c}     | bundle r, GPU 0.5, CPU 1 | bundle i mod N, GPU 0.5/k, CPU (c-1)/k |
 | `separate` | (N+W) x {GPU: 1, CPU: c} | bundle r, GPU 1, CPU c   | bundle N+i, GPU 1, CPU c               |
 
-N = learner.world_size (N > 1: FSDP2 ranks, learner/fsdp.py), W = rollout.workers, c =
-placement.cpus_per_gpu, k = the workers sharing bundle i mod N. In cpu mode the actors are plain ones,
-as in the tests, and the learner reserves no CPU: it runs while the workers wait. Colocated engines
-share a GPU with a learner rank by time, not by memory: they sleep while it trains (vLLM
-`sleep`/`wake_up`); the fractions only tell Ray they may share it. The learner ranks use NCCL when their
-slots have GPUs, gloo otherwise (learner/group.py). Not here: multi-node tensor parallelism,
-heterogeneous GPU types, autoscaling requests.
+N = learner.world_size (N > 1: FSDP2 ranks, learner/fsdp.py), W = rollout.workers, c = placement.cpus_per_gpu,
+k = the workers sharing bundle i mod N. In cpu mode the actors are plain ones, as in the tests, and the
+learner reserves no CPU: it runs while the workers wait. Colocated engines share a GPU with a learner rank by
+time, not by memory: they sleep while it trains (vLLM `sleep`/`wake_up`); the fractions only tell Ray they may
+share it. The learner trains on its slot's GPU when it has one (`learner_device`); its ranks use NCCL then,
+gloo otherwise (learner/group.py). Not here: multi-node tensor parallelism, heterogeneous GPU types,
+autoscaling requests.
 """
 
 from __future__ import annotations
@@ -112,9 +112,15 @@ def actor_options(plan: Plan, pg, slot: Slot) -> dict[str, Any]:
     return options
 
 
+def learner_device(plan: Plan) -> str:
+    """Where the learner trains: "cuda" when its slot holds a GPU (share), else "cpu" (also on a machine
+    with GPUs: cpu mode, or `on_cpus`)."""
+    return "cuda" if plan.learner.num_gpus > 0 else "cpu"
+
+
 def learner_backend(plan: Plan) -> str:
     """torch.distributed backend of the learner ranks: NCCL on GPUs, gloo on CPUs."""
-    return "nccl" if plan.learner.num_gpus > 0 else "gloo"
+    return "nccl" if learner_device(plan) == "cuda" else "gloo"
 
 
 def describe(plan: Plan, cfg: Config) -> str:

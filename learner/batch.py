@@ -160,11 +160,11 @@ def collate(rows: Sequence[Row], index: list[int], pad_id: int = 0) -> MicroBatc
 
 
 def _place(rows: Sequence[Row], attr: str, Tc: int) -> torch.Tensor | None:
-    """Per-row completion tensors in an (N, Tc) tensor."""
+    """Per-row completion tensors in an (N, Tc) tensor, on their device (the learner's, which made them)."""
     values = [getattr(r, attr) for r in rows]
     if any(v is None for v in values):
         return None
-    out = torch.zeros((len(rows), Tc), dtype=values[0].dtype)
+    out = torch.zeros((len(rows), Tc), dtype=values[0].dtype, device=values[0].device)
     for n, v in enumerate(values):
         out[n, : len(v)] = v
     return out

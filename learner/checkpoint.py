@@ -5,10 +5,10 @@
     path = latest(run_dir / "checkpoints")          # checkpoints/step_000004, or None
     ckpt = load(path)                               # Checkpoint(step, learner_state, run_state, config)
 
-One checkpoint directory holds `model/` (a Hugging Face checkpoint: config.json, safetensors,
-tokenizer files; loads in `transformers`, vLLM and `answerkey rl --model.path`), `learner.pt`
-(optimizer, lr schedule, counters, the learner's RNG), `run.pt` (the loop's state: the data position and
-every rollout engine's RNG) and `config.json` (the resolved run config).
+One checkpoint directory holds `model/` (a Hugging Face checkpoint: config.json, safetensors, tokenizer files;
+loads in `transformers`, vLLM and `answerkey rl --model.path`), `learner.pt` (optimizer, lr schedule,
+counters, the learner's RNG: CPU, and CUDA on a GPU), `run.pt` (the loop's state: the data position and every
+rollout engine's RNG) and `config.json` (the resolved run config).
 
 Atomicity: everything is written into `.tmp-step_000004-<pid>/`, every file is fsynced, the
 directory is renamed to `step_000004` (atomic within one filesystem) and the parent directory is
@@ -135,9 +135,12 @@ def load(path: str | Path) -> Checkpoint:
     missing = [f for f in files if not (path / f).exists()]
     if missing:
         raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {missing}")
-    run_state = torch.load(path / "run.pt", weights_only=True)
-    return Checkpoint(path, int(run_state["step"]), torch.load(path / "learner.pt", weights_only=True),
-                      run_state, json.loads((path / "config.json").read_text()))
+    # onto the CPU whatever device wrote them (a GPU learner's optimizer state), so that any machine reads a
+    # checkpoint; the learner moves its state onto its parameters' device
+    run_state = torch.load(path / "run.pt", weights_only=True, map_location="cpu")
+    learner_state = torch.load(path / "learner.pt", weights_only=True, map_location="cpu")
+    return Checkpoint(path, int(run_state["step"]), learner_state, run_state,
+                      json.loads((path / "config.json").read_text()))
 
 
 def _fsync_tree(top: Path) -> None:

@@ -11,7 +11,7 @@ written under `.tmp-step_NNNNNN-<pid of rank 0>/`, every file fsynced, renamed, 
     dcp/          DCP shards: {"model": policy state dict, "optimizer": AdamW state}, each rank writes its
                   own `__<rank>_0.distcp`, rank 0 the `.metadata` (after every rank has written)
     hf/           config.json, generation_config.json, tokenizer files: what `export` needs besides weights
-    learner.pt    lr schedule, optimizer-step counter, every rank's torch RNG state
+    learner.pt    lr schedule, optimizer-step counter, every rank's torch RNG state (and CUDA RNG on GPUs)
     run.pt        the loop's state (data position, engine RNGs), as in a full checkpoint
     config.json   the resolved run config
 
@@ -54,10 +54,15 @@ def save(root: str | Path, step: int, learner: ShardedLearner, run_state: dict, 
     # DCP fsyncs its files
     dist_cp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / "dcp")
     rngs: list = [None] * dist.get_world_size()
-    dist.all_gather_object(rngs, torch.get_rng_state())
+    cuda = learner.device.type == "cuda"
+    own = torch.get_rng_state(), torch.cuda.get_rng_state(learner.device) if cuda else None
+    dist.all_gather_object(rngs, own)
     if rank == 0:
-        torch.save({"scheduler": inner.scheduler.state_dict(), "optimizer_steps": inner.optimizer_steps,
-                    "torch_rng": rngs}, tmp / "learner.pt")
+        small = {"scheduler": inner.scheduler.state_dict(), "optimizer_steps": inner.optimizer_steps,
+                 "torch_rng": [cpu for cpu, _ in rngs]}
+        if cuda:
+            small["cuda_rng"] = [gpu for _, gpu in rngs]
+        torch.save(small, tmp / "learner.pt")
         torch.save(run_state | {"step": step}, tmp / "run.pt")
         (tmp / "config.json").write_text(config_json)
         save_hf_files(learner.model, learner.tokenizer, tmp / "hf")
@@ -85,13 +90,15 @@ def load(path: Path, learner: ShardedLearner) -> None:
     dist_cp.load(state, checkpoint_id=path / "dcp")
     set_state_dict(learner.model, inner.optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"])
-    small = torch.load(path / "learner.pt", weights_only=True)
+    small = torch.load(path / "learner.pt", weights_only=True, map_location="cpu")
     if len(small["torch_rng"]) != dist.get_world_size():
         raise ValueError(f"checkpoint {path} was written by {len(small['torch_rng'])} learner ranks, "
                          f"this group has {dist.get_world_size()}")
     inner.scheduler.load_state_dict(small["scheduler"])
     inner.optimizer_steps = small["optimizer_steps"]
     torch.set_rng_state(small["torch_rng"][dist.get_rank()])
+    if learner.device.type == "cuda" and "cuda_rng" in small:
+        torch.cuda.set_rng_state(small["cuda_rng"][dist.get_rank()], learner.device)
 
 
 def export(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:

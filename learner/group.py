@@ -115,7 +115,7 @@ def start(cfg: Config, model_path: str, plan: placement.Plan, pg) -> LearnerGrou
     if n == 1:
         actor = ray.remote(max_restarts=0)(PretrainedLearner).options(**options[0]).remote(
             model_path, cfg.learner, sampling, cfg.run.steps, reference_path=cfg.model.path,
-            threads=cfg.learner.threads)
+            threads=cfg.learner.threads, device=placement.learner_device(plan))
         return LearnerGroup([actor])
     host = ray.util.get_node_ip_address()
     store = torch.distributed.TCPStore(host, 0, n + 1, is_master=True, wait_for_workers=False,

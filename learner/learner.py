@@ -11,11 +11,12 @@ over token-budget micro-batches with gradient accumulation, then `optimizer_step
 AdamW, warmup + cosine). The pieces are public so tests can inject known logprobs and inspect the
 accumulated gradient. The driver wraps this class in a Ray actor; nothing here knows about Ray.
 
-Logprobs are computed with the rollout's temperature / top-k / top-p (`rollout.sampling`), so the
-policy optimized is exactly the one sampled from. With one pass the "old" logprobs are the current
-ones detached (the ratio is exactly 1; no extra forward pass); with several passes they are
-computed once, before the first update. A step whose batch has no trainable token (every group
-uniform) does not touch the optimizer and says so: `learner/skipped = 1`.
+Logprobs are computed with the rollout's temperature / top-k / top-p (`rollout.sampling`), so the policy
+optimized is exactly the one sampled from; the logits behind them are made `logprob_chunk` tokens at a time
+and recomputed in the backward (`answerkey/model/completion.py`), never (tokens, vocabulary) at once. With one
+pass the "old" logprobs are the current ones detached (the ratio is exactly 1; no extra forward pass); with
+several passes they are computed once, before the first update. A step whose batch has no trainable token
+(every group uniform) does not touch the optimizer and says so: `learner/skipped = 1`.
 
 With `ranks` (an FSDP2 rank, learner/fsdp.py) the same code trains on this rank's share of the batch
 (learner/shard.py) with the whole batch's normalizers, and `backward`'s metrics are summed over ranks.
@@ -36,8 +37,8 @@ from answerkey.envs.base import Trajectory
 from answerkey.learner import checkpoint, grpo
 from answerkey.learner.batch import MicroBatch, Row, TrainBatch, collate, completion_values, make_batch
 from answerkey.learner.shard import Ranks
-from answerkey.model import completion_logits, keep_freed_memory
-from answerkey.rollout import sampling as S
+from answerkey.model import completion_logprobs, keep_freed_memory
+from answerkey.model.completion import LOGPROB_CHUNK
 from answerkey.rollout import weights
 from answerkey.rollout.engine import SamplingParams
 
@@ -64,6 +65,7 @@ class Learner:
         # eval mode: no dropout, so the learner's logprobs are those of the policy the engine samples
         self.model, self.cfg, self.sampling, self.ranks = model.eval(), cfg, sampling, ranks
         self.lean = lean
+        self.logprob_chunk: int | None = LOGPROB_CHUNK  # tokens whose logits exist at once (None: all)
         self.device = next(model.parameters()).device
         if self.device.type == "cpu":
             keep_freed_memory()  # activations of a few MB per layer, recycled instead of page-faulted in
@@ -119,9 +121,9 @@ class Learner:
         s = sampling or self.sampling
         dev = next(model.parameters()).device
         inputs = mb.prompt_ids.to(dev), mb.prompt_valid.to(dev), mb.prompt_index.to(dev), mb.targets.to(dev)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            logits = completion_logits(model, *inputs, self.lean, self.cfg.compile)  # (N, Tc, V)
-        return S.target_logprobs(logits, mb.targets.to(self.device), s.temperature, s.top_k, s.top_p)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            return completion_logprobs(model, *inputs, s.temperature, s.top_k, s.top_p, lean=self.lean,
+                                       compile=self.cfg.compile, chunk=self.logprob_chunk)
 
     def backward(self, batch: TrainBatch) -> dict[str, float]:
         """Accumulate the gradient of the batch loss into `.grad`, one micro-batch at a time."""
@@ -218,15 +220,21 @@ class Learner:
 
     def state_dict(self) -> dict:
         """Everything but the model weights that an exact resume needs (optimizer, schedule, counters,
-        RNG)."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()}
+        RNG: the CPU generator's, and the GPU's on a GPU)."""
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "optimizer_steps": self.optimizer_steps, "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """The optimizer state lands on the parameters' device whatever device saved it (AdamW moves it)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.optimizer_steps = state["optimizer_steps"]
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:  # absent when a CPU learner saved it
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def save_checkpoint(self, root: str, step: int, run_state: dict, config_json: str, keep: int) -> str:
         """Write an atomic checkpoint (learner/checkpoint.py) of the policy, this learner and `run_state`."""
@@ -259,18 +267,21 @@ class PretrainedLearner(Learner):
     """A Learner built from a Hugging Face checkpoint path (what a Ray actor's constructor can be given).
 
     On resume `path` is the checkpoint's model and `reference_path` the run's initial policy, so the KL
-    reference stays the frozen initial policy however often the run was resumed.
+    reference stays the frozen initial policy however often the run was resumed. The policy and the
+    reference train on `device`: "cuda" (the GPU this process sees: a Ray actor sees the one its placement
+    slot reserved), "cpu", or None: cuda when torch sees a GPU, else cpu.
     """
 
     def __init__(self, path: str, cfg: LearnerConfig, sampling: SamplingParams, total_steps: int,
-                 reference_path: str | None = None, threads: int | None = None):
+                 reference_path: str | None = None, threads: int | None = None, device: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         if threads:
             torch.set_num_threads(threads)
         hf_logging.disable_progress_bar()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
         if cfg.gradient_checkpointing:
             from answerkey.learner.fsdp import checkpoint_layers
 
@@ -278,5 +289,5 @@ class PretrainedLearner(Learner):
         super().__init__(model, cfg, sampling, total_steps)
         if self.reference is not None and reference_path and str(reference_path) != str(path):
             reference = AutoModelForCausalLM.from_pretrained(reference_path, dtype=torch.float32)
-            self.reference = reference.eval().requires_grad_(False)
+            self.reference = reference.to(self.device).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(path)

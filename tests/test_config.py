@@ -1,3 +1,5 @@
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,8 @@ import pytest
 from answerkey.cli import main
 from answerkey.config import ConfigError, describe_batch, field_docs, load_config, parse_overrides
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_cpu.toml"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE = EXAMPLES / "tiny_cpu.toml"
 
 
 def test_example_loads_and_overrides_apply():
@@ -18,6 +21,43 @@ def test_example_loads_and_overrides_apply():
     assert sampling.max_new_tokens == cfg.rollout.max_new_tokens and sampling.stop == ("\n\n",)
     assert "32 problems x 8 completions = 256 completions per step" in describe_batch(cfg)
 
+
+
+def schema_of(command: str):
+    """The config class that `answerkey <command>` (or `python -m answerkey.demo`) loads its file with (None:
+    the RL `Config`)."""
+    from answerkey.demo import DemoConfig
+    from answerkey.pretrain.config import PretrainConfig, SFTConfig
+    from answerkey.pretrain.filter import FilterConfig
+
+    schemas = {"pretrain": PretrainConfig, "sft": SFTConfig, "filter": FilterConfig, "demo": DemoConfig}
+    return schemas.get(command)
+
+
+def commands_in(path: Path) -> list[tuple[str, list[str]]]:
+    """(command, overrides) of each command line in the file's comment that runs it: `answerkey rl
+    examples/<it> --key=value ...`, `python -m answerkey.demo examples/<it>`; a line ending in `\\`
+    continues on the next."""
+    text = re.sub(r"\\\n#", " ", path.read_text())
+    found = []
+    for line in text.splitlines():
+        match = re.search(rf"(?:answerkey (\w+)|python -m answerkey\.(demo))\b.*examples/{path.name}(.*)",
+                          line)
+        if match:
+            args = shlex.split(match[3].split("#")[0])
+            found.append((match[1] or match[2], [a for a in args if a.startswith("--") and "=" in a]))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_validates_with_the_command_it_names(path):
+    """Each example's comment names the command that runs it; the file validates with that command's config
+    class and the overrides written on that line."""
+    commands = commands_in(path)
+    assert commands, f"{path.name} names no command that runs it (`answerkey <command> examples/{path.name}`)"
+    for command, overrides in commands:
+        schema = schema_of(command)
+        load_config(path, overrides, *([schema] if schema else []))
 
 @pytest.mark.parametrize(
     "overrides, key, message",

@@ -1,6 +1,6 @@
 """The fast paths against their references: oneDNN `linear` vs `F.linear` (answerkey/model/onednn.py), the
-learner's shared-prompt forward vs the Hugging Face forward (answerkey/model/completion.py), inverse-CDF
-sampling vs the distribution, and the engine's bf16 precision."""
+learner's shared-prompt forward vs the Hugging Face forward and its chunked logprobs vs all logits at once
+(answerkey/model/completion.py), inverse-CDF sampling vs the distribution, and the engine's bf16 precision."""
 
 import math
 import random
@@ -112,6 +112,100 @@ def test_learner_lean_forward_equals_the_hf_forward(tokenizer, synthetic_env, ma
         torch.testing.assert_close(lean_values[i][1], hf_values[i][1], rtol=0, atol=1e-5)
     for name, grad in hf_grads.items():
         torch.testing.assert_close(lean_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+
+def tiny_hf_model(arch: str, vocab: int, seed: int, dtype: torch.dtype) -> torch.nn.Module:
+    """A fresh 2-layer Qwen2 (attention bias: Hugging Face's forward, a plain head) or Cohere (its logits
+    scaled after the head: all logits at once) of the tests' vocabulary."""
+    from transformers import CohereConfig, CohereForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512, pad_token_id=0,
+                 bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(seed)
+    if arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True)).to(dtype)
+    return CohereForCausalLM(CohereConfig(**shape, logit_scale=0.5)).to(dtype)
+
+
+CHUNK = 7  # tokens: the micro-batch below has 12 rows x 15 completion positions, so 26 chunks, the last of 5
+
+
+def logprobs_and_kept(model, inputs, top_k, top_p, lean, chunk):
+    """`completion_logprobs` at temperature 0.8, and the shapes of the activations autograd keeps for its
+    backward (not the parameters; inside a checkpointed chunk it keeps none)."""
+    saved, weights = [], {p.data_ptr() for p in model.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in weights:
+            saved.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logprobs, entropy = completion.completion_logprobs(model, *inputs, 0.8, top_k, top_p, lean=lean,
+                                                           chunk=chunk)
+    return logprobs, entropy, saved
+
+
+@pytest.mark.parametrize("arch, lean", [("llama", True), ("llama", False), ("qwen2", False),
+                                        ("cohere", False)])
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (20, 0.9)])
+def test_chunked_logprobs_equal_all_logits_at_once_fp64(tokenizer, synthetic_env, make_model, arch, lean,
+                                                        top_k, top_p):
+    """`completion_logprobs` a chunk of tokens at a time (each chunk's logits recomputed in the backward)
+    gives the logprobs, entropies and gradients of `target_logprobs` over all logits at once (`chunk=None`:
+    the lean head over the lean forward, or HF's whole forward), and autograd does not keep the (N, Tc, V)
+    logits. Cohere's head is not plain: it keeps all logits, and computes its own forward's values."""
+    if arch == "llama":
+        model = make_model(seed=3, dtype=torch.float64)
+    else:
+        model = tiny_hf_model(arch, len(tokenizer), seed=3, dtype=torch.float64)
+    assert completion.plain_head(model) == (arch != "cohere")
+    learner = Learner(model, LearnerConfig(lr=1e-3), SamplingParams(max_new_tokens=16), total_steps=1)
+    (mb,) = learner.prepare(make_groups(tokenizer, synthetic_env)).micro_batches(10**6)
+    inputs = mb.prompt_ids, mb.prompt_valid, mb.prompt_index, mb.targets
+    (N, Tc), V = mb.targets.shape, model.config.vocab_size
+    assert N * Tc > 3 * CHUNK and N * Tc % CHUNK  # several chunks, the last one short
+    weights = torch.randn(N, Tc, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    params = list(model.parameters())
+    results = {}
+    for chunk in (None, CHUNK):
+        logprobs, entropy, saved = logprobs_and_kept(model, inputs, top_k, top_p, lean, chunk)
+        assert logprobs.shape == entropy.shape == (N, Tc) and not entropy.requires_grad
+        grads = torch.autograd.grad((logprobs * weights).sum(), params)
+        logits_kept = any(len(s) and s[-1] == V and s.numel() >= N * Tc * V for s in saved)  # (N, Tc, V)
+        results[chunk] = logprobs.detach(), entropy, grads, logits_kept
+    (want, want_entropy, want_grads, kept_all), (got, got_entropy, got_grads, kept_chunked) = results.values()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_entropy, want_entropy, rtol=0, atol=1e-12)
+    for (name, _), a, b in zip(model.named_parameters(), got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-13, msg=name)
+    assert kept_all and kept_chunked == (arch == "cohere")
+    with torch.no_grad():  # the sync check's and the reference's path: chunked without checkpointing
+        no_grad, _ = completion.completion_logprobs(model, *inputs, 0.8, top_k, top_p, lean=lean, chunk=CHUNK)
+    torch.testing.assert_close(no_grad, want, rtol=0, atol=1e-12)
+
+
+def test_learner_with_chunked_logprobs_steps_like_all_logits_at_once_fp64(tokenizer, synthetic_env,
+                                                                          make_model):
+    """The learner's own switch (`logprob_chunk`): the same gradient and metrics, old and reference logprobs
+    included (two passes, KL)."""
+    groups = make_groups(tokenizer, synthetic_env)
+    results = []
+    for chunk in (None, CHUNK):
+        model = make_model(seed=5, dtype=torch.float64)
+        cfg = LearnerConfig(lr=1e-3, kl_coef=0.1, passes=2, tis_cap=None, compile=False)
+        learner = Learner(model, cfg, SamplingParams(max_new_tokens=16, temperature=0.7), 1)
+        learner.logprob_chunk = chunk
+        batch = learner.prepare(groups)
+        learner.optimizer.zero_grad(set_to_none=True)
+        metrics = learner.backward(batch)
+        results.append((metrics, {n: p.grad for n, p in model.named_parameters()}))
+    (want_metrics, want), (got_metrics, got) = results
+    assert got_metrics == pytest.approx(want_metrics, rel=1e-10, abs=1e-14)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-13, msg=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,4 +1,5 @@
-"""The Learner: micro-batching is exact, TIS / clipping / multi-pass behave as the math says, SFT masks."""
+"""The Learner: micro-batching is exact, TIS / clipping / multi-pass behave as the math says, SFT masks; a
+PretrainedLearner picks its device and resumes its state."""
 
 import math
 import random
@@ -10,7 +11,7 @@ from answerkey import chat
 from answerkey.config import LearnerConfig
 from answerkey.envs import Trajectory
 from answerkey.learner.batch import completion_values
-from answerkey.learner.learner import Learner, lr_factor
+from answerkey.learner.learner import Learner, PretrainedLearner, lr_factor
 from answerkey.rewards import Score, Status
 from answerkey.rollout.engine import SamplingParams
 
@@ -197,6 +198,35 @@ def test_sft_step_trains_only_assistant_tokens(tokenizer, synthetic_env, make_mo
     assert losses[-1] < 0.5 * expected
     with pytest.raises(ValueError, match="mask is all zeros"):
         learner.sft_step([chat.Encoded(enc.ids, [0] * len(enc.ids))])
+
+
+def test_pretrained_learner_trains_on_the_device_it_is_given_and_resumes_its_state(tokenizer, synthetic_env,
+                                                                                  make_model, tmp_path):
+    """`device=None` is cuda when torch sees a GPU, else cpu (here); the KL reference from another path goes
+    there too; a checkpoint of its optimizer, schedule and RNG loads back into a fresh one (a CUDA RNG state
+    only on a GPU: tests/gpu/test_learner_cuda.py)."""
+    for name, seed in (("policy", 0), ("initial", 1)):
+        make_model(seed=seed).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    cfg = LearnerConfig(lr=1e-3, kl_coef=0.1, compile=False)
+    initial = str(tmp_path / "initial")
+    learner = PretrainedLearner(str(tmp_path / "policy"), cfg, SAMPLING, 4, reference_path=initial)
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert learner.device.type == want
+    assert {p.device.type for m in (learner.model, learner.reference) for p in m.parameters()} == {want}
+    assert PretrainedLearner(str(tmp_path / "policy"), cfg, SAMPLING, 4, device="cpu").device.type == "cpu"
+    metrics = learner.step(make_groups(tokenizer, synthetic_env, REWARDS))
+    assert metrics["learner/skipped"] == 0 and metrics["learner/kl"] > 0
+    path = learner.save_checkpoint(str(tmp_path / "ckpt"), 1, {}, "{}", keep=1)
+    state = learner.state_dict()
+    assert ("cuda_rng" in state) == (want == "cuda")
+    resumed = PretrainedLearner(f"{path}/model", cfg, SAMPLING, 4, reference_path=initial)
+    resumed.resume(path)
+    assert resumed.optimizer_steps == 1 and resumed.scheduler.get_last_lr() == learner.scheduler.get_last_lr()
+    assert torch.equal(torch.get_rng_state(), state["torch_rng"])
+    for (name, a), b in zip(resumed.optimizer.state_dict()["state"].items(),
+                            learner.optimizer.state_dict()["state"].values(), strict=True):
+        assert a["exp_avg"].device.type == want and torch.equal(a["exp_avg"], b["exp_avg"]), name
 
 
 @pytest.mark.parametrize(

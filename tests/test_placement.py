@@ -26,6 +26,9 @@ def cfg(mode: str, workers: int = 2, *extra: str):
 def test_plan(mode, workers, bundles, learner, worker_slots):
     plan = placement.make_plan(cfg(mode, workers))
     assert (plan.bundles, plan.learner, plan.workers) == (bundles, learner, worker_slots)
+    # the learner trains on its slot's GPU; in cpu mode, and with GPUs stood in for by CPUs, on the CPU
+    assert placement.learner_device(plan) == ("cpu" if mode == "cpu" else "cuda")
+    assert placement.learner_device(placement.on_cpus(plan, 4)) == "cpu"
     for b in range(len(bundles)):  # no bundle is oversubscribed
         used = [s for s in [plan.learner, *plan.workers] if s.bundle == b]
         assert sum(s.num_gpus for s in used) <= bundles[b]["GPU"]

@@ -1,6 +1,7 @@
-"""The learner's forward: logits of every completion token of a micro-batch, each distinct prompt run once.
+"""The learner's forward: logprobs of every completion token of a micro-batch, each distinct prompt run once.
 
-    logits = completion_logits(model, prompts, valid, index, completions)   # (N, Tc, V)
+    logprobs, entropy = completion_logprobs(model, prompts, valid, index, completions, 0.7, 20, 0.95)
+    logits = completion_logits(model, prompts, valid, index, completions)   # (N, Tc, V): all at once
 
 A GRPO batch is P prompts x G completions. A plain forward over P * G full sequences runs every prompt G
 times, and right-padding to the longest prompt + completion adds more; here the Q distinct prompts of a
@@ -19,6 +20,17 @@ right-padded completion with position ids counted from each row's first real tok
 `torch.autocast` both run in the autocast dtype, like any HF forward. tests/test_lean_forward.py and
 tests/test_prompt_sharing.py pin the lean forward to HF's (logprobs and gradients).
 
+Logprobs without the (N, Tc, V) logits: `completion_logprobs` runs the model up to its final hidden state
+(N, Tc, d) and applies the LM head and `rollout.sampling.target_logprobs` `LOGPROB_CHUNK` tokens at a time,
+each chunk under non-reentrant activation checkpointing, so autograd keeps one chunk's input (chunk, d)
+instead of its logits and the backward recomputes one chunk's logits at a time. At Qwen2.5's vocabulary
+(152k) the fp32 logits of 16k tokens are 10 GB, kept for the backward with their log-softmax; a chunk's
+are 0.6 GB, alive only while that chunk is computed. The cost is the head's GEMM once more in the
+backward. Only for heads that are one matmul of the last hidden state (`plain_head`); other models
+(logit soft-capping, logit scales) and FSDP-sharded ones (whose root parameters are gathered only inside
+the root module's forward) compute all logits at once, as `completion_logits` does. (Liger-Kernel's fused
+linear cross-entropy does the same in fused kernels.)
+
 The learner (`learner/learner.py`) is its only caller: it passes a `learner.batch.MicroBatch`'s tensors.
 """
 
@@ -29,9 +41,38 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from answerkey.model.llama import EXPLICIT_ATTENTION_MAX, is_plain_llama, rms_norm, rotary_tables, rotate
 from answerkey.model.onednn import linear
+from answerkey.rollout import sampling as S
+
+# Completion tokens (rows of a micro-batch's N * Tc) whose logits exist at once in `completion_logprobs`:
+# (1024, V) fp32 logits are 0.6 GB at V = 152k (Qwen2.5), 0.13 GB at 32k; large enough that the head's GEMM
+# (1024 x d x V) keeps a GPU busy.
+LOGPROB_CHUNK = 1024
+# model types whose logits are `lm_head(last hidden state)`, nothing after it (Gemma 2's soft-capping,
+# Cohere's and Granite's logit scales are not): checked in their transformers modeling files
+PLAIN_HEAD_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+
+
+def completion_logprobs(model: torch.nn.Module, prompts: torch.Tensor, valid: torch.Tensor,
+                        index: torch.Tensor, completions: torch.Tensor, temperature: float = 1.0,
+                        top_k: int = 0, top_p: float = 1.0, lean: bool = True, compile: bool = False,
+                        chunk: int | None = LOGPROB_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Processed logprobs (N, Tc) of the completion tokens and their entropy (N, Tc, no gradient): what
+    `rollout.sampling.target_logprobs` gives on `completion_logits`, with the logits made `chunk` tokens at
+    a time (module docstring). `chunk=None`, a head that is not `plain_head`: all logits at once."""
+    sampling = (temperature, top_k, top_p)
+    if lean and is_plain_llama(model):
+        hidden, head = _lean(model, prompts, valid, index, completions, compile), _lean_head(model)
+    elif chunk is not None and plain_head(model):
+        hidden, head = _hf_hidden(model, prompts, valid, index, completions), model.get_output_embeddings()
+    else:
+        return S.target_logprobs(_hf(model, prompts, valid, index, completions), completions, *sampling)
+    if chunk is None:
+        return S.target_logprobs(head(hidden), completions, *sampling)
+    return chunked_target_logprobs(hidden, head, completions, *sampling, chunk=chunk)
 
 
 def completion_logits(model: torch.nn.Module, prompts: torch.Tensor, valid: torch.Tensor, index: torch.Tensor,
@@ -42,21 +83,71 @@ def completion_logits(model: torch.nn.Module, prompts: torch.Tensor, valid: torc
     continues, completions (N, Tc) right-padded; all on the model's device.
     """
     if lean and is_plain_llama(model):
-        return _lean(model, prompts, valid, index, completions, compile)
+        return _lean_head(model)(_lean(model, prompts, valid, index, completions, compile))
     return _hf(model, prompts, valid, index, completions)
 
 
-def _hf(model, prompts, valid, index, completions) -> torch.Tensor:
-    N, Tc = completions.shape
-    input_ids = torch.cat([prompts[index], completions], dim=1)  # (N, Lp + Tc)
+def chunked_target_logprobs(hidden: torch.Tensor, head, targets: torch.Tensor, temperature: float, top_k: int,
+                            top_p: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`target_logprobs(head(hidden), targets, ...)`, `chunk` tokens at a time: hidden (N, Tc, d), targets
+    (N, Tc); (N, Tc) each.
+
+    With autograd on, each chunk runs under `torch.utils.checkpoint` (non-reentrant): its forward keeps only
+    its (chunk, d) input, and the backward recomputes its logits when it reaches that chunk.
+    """
+    def one(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return S.target_logprobs(head(h), t, temperature, top_k, top_p)
+
+    grad = torch.is_grad_enabled()
+    rows = hidden.reshape(-1, hidden.shape[-1])  # (N * Tc, d)
+    chunks = zip(rows.split(chunk), targets.reshape(-1).split(chunk), strict=True)
+    parts = [checkpoint(one, h, t, use_reentrant=False, preserve_rng_state=False) if grad else one(h, t)
+             for h, t in chunks]
+    logprobs, entropy = (torch.cat(values).view(targets.shape) for values in zip(*parts, strict=True))
+    return logprobs, entropy
+
+
+def plain_head(model: torch.nn.Module) -> bool:
+    """True when the model's logits are its output embedding applied to its decoder's last hidden state (a
+    `PLAIN_HEAD_TYPES` model, not sharded by FSDP)."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) in PLAIN_HEAD_TYPES
+            and all(type(p.data) is torch.Tensor for p in model.parameters()))  # not DTensor (FSDP)
+
+
+def _hf_inputs(prompts, valid, index, completions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded prompt + right-padded completion per row (N, Lp + Tc): ids, attention mask, position
+    ids counted from each row's first real token."""
+    input_ids = torch.cat([prompts[index], completions], dim=1)
     mask = torch.cat([valid[index], torch.ones_like(completions, dtype=torch.bool)], dim=1).long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _hf(model, prompts, valid, index, completions) -> torch.Tensor:
+    Tc = completions.shape[1]
+    input_ids, mask, positions = _hf_inputs(prompts, valid, index, completions)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                    logits_to_keep=Tc + 1).logits
     return logits[:, :-1]  # position Lp - 1 + t predicts completion token t
 
 
+def _hf_hidden(model, prompts, valid, index, completions) -> torch.Tensor:
+    """The decoder's last hidden state (N, Tc, d) at the positions that predict the completion tokens:
+    `_hf`'s logits are the output embedding of it."""
+    Tc = completions.shape[1]
+    input_ids, mask, positions = _hf_inputs(prompts, valid, index, completions)
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                 use_cache=False).last_hidden_state
+    return hidden[:, -(Tc + 1):-1]
+
+
+def _lean_head(model):
+    """The lean forward's LM head: `linear` (oneDNN on CPU) with the model's output weight."""
+    return functools.partial(linear, w=model.lm_head.weight)
+
+
 def _lean(model, prompts, valid, index, completions, compile: bool) -> torch.Tensor:
+    """The final hidden state, normed (N, Tc, d), at the positions that predict the completion tokens."""
     m, cfg = model.model, model.config
     (Q, Lp), (N, Tc) = prompts.shape, completions.shape
     H, K = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -98,7 +189,7 @@ def _lean(model, prompts, valid, index, completions, compile: bool) -> torch.Ten
         x = linear(swiglu(gate_up, compile), mlp.down_proj.weight, residual=x)
     last_prompt = per_row(x[:split].view(Q, Lp, -1)[:, -1], index, group)  # (N, d): predicts token 0
     hidden = torch.cat([last_prompt[:, None], x[split:].view(N, Tc, -1)[:, :-1]], dim=1)  # (N, Tc, d)
-    return linear(norm(hidden, m.norm.weight, eps, compile), model.lm_head.weight)
+    return norm(hidden, m.norm.weight, eps, compile)  # the LM head's input (`_lean_head`)
 
 
 def group_size(index: torch.Tensor, Q: int) -> int | None:

@@ -1,5 +1,6 @@
 """GPU tests: the torch engine, the bf16 learner, colocated weight sync and GRPO steps on one CUDA GPU.
 
+    tests/gpu/run.sh                                  # on a lent GPU machine: venv, install, run, summary
     pytest -q -s tests/gpu                            # on a machine with CUDA
     ANSWERKEY_TEST_DEVICE=cpu pytest -q -s tests/gpu  # rehearse the same tests on CPU (slow)
 
