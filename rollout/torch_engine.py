@@ -12,12 +12,12 @@ first real token (so a prompt has the same positions as in the learner's forward
 once: its keys and values fill the cache rows of all n of its completions (B = P·n rows). The KV
 cache, sized prompt + max_new_tokens, is allocated once per call — the lean Llama forward's own
 (`answerkey/model/decode.py`, used for plain Llama models) or a `transformers.StaticCache` under HF's
-forward (any other model, or `lean=False`; there the prompts are repeated n times; `cache_keyword` finds the
-name the forward takes it under). Each step feeds
-one token per row, samples from `rollout.sampling.processed_logprobs` with the engine's seeded
-generator, and records the sampled token's processed logprob. Rows that finished keep decoding
-padding (their outputs are dropped) until every row is done; the loop ends early when all rows have
-stopped (with `ignore_eos` and no stop strings there is nothing to check, so no per-step bookkeeping).
+forward (any other model, or `lean=False`; there the prompts are repeated n times, and `cache_keyword`
+finds the name the forward takes the cache under). Each step feeds one token per row, samples from
+`rollout.sampling.processed_logprobs` with the engine's seeded generator, and records the sampled
+token's processed logprob. Rows that finished keep decoding padding (their outputs are dropped) until
+every row is done; the loop ends early when all rows have stopped (with `ignore_eos` and no stop
+strings there is nothing to check, so no per-step bookkeeping).
 
 `precision="bf16"` runs generate's matmuls and KV cache in bf16 over the fp32 weights (cast once per
 call); `logprobs_of`, which runs a given completion through the same loop (teacher forcing) for the
