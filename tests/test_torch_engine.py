@@ -8,7 +8,7 @@ from answerkey import chat
 from answerkey.rollout import sampling as S
 from answerkey.rollout import weights
 from answerkey.rollout.engine import SamplingParams
-from answerkey.rollout.torch_engine import TorchEngine
+from answerkey.rollout.torch_engine import TorchEngine, cache_keyword
 
 PROMPTS = ["What is 2 + 3?",
            "Emily buys 3 apples and 2 oranges. Each orange costs $2 and the total is $13.", "Hi"]
@@ -175,6 +175,39 @@ def test_the_lean_llama_path_equals_the_hf_forward(tokenizer, make_model, preset
         x, y = lean.logprobs_of(prompt, completion, sampling), plain.logprobs_of(prompt, completion, sampling)
         assert max(abs(u - v) for u, v in zip(x, y, strict=True)) < 1e-5
 
+
+
+class _Forward(torch.nn.Module):
+    def __init__(self, forward):
+        super().__init__()
+        self.forward = forward
+
+
+@pytest.mark.parametrize("forward, expected", [
+    (lambda input_ids, cache=None, use_cache=None, **kwargs: None, "cache"),  # transformers >= 5.24
+    (lambda input_ids, past_key_values=None, use_cache=None, **kwargs: None, "past_key_values"),  # < 5.24
+    (lambda *args, **kwargs: None, TypeError),  # a wrapper: a misspelt name would vanish into **kwargs
+    (lambda input_ids, **cache: None, TypeError),
+])
+def test_cache_keyword_reads_the_forwards_signature(forward, expected):
+    if expected is TypeError:
+        with pytest.raises(TypeError, match="neither `cache` nor `past_key_values`"):
+            cache_keyword(_Forward(forward))
+    else:
+        assert cache_keyword(_Forward(forward)) == expected
+
+
+def test_cache_keyword_of_the_installed_transformers_is_a_named_parameter(make_model):
+    """Whichever transformers is installed (5.16.1-5.2x), the HF Llama forward names the keyword chosen."""
+    import inspect
+
+    import transformers
+
+    model = make_model()
+    name = cache_keyword(model)
+    assert name in inspect.signature(model.forward).parameters
+    major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
+    assert name == ("cache" if major_minor >= (5, 24) else "past_key_values")
 
 def test_the_lean_path_sees_weight_changes_between_calls(tokenizer, make_model):
     ids = prompts(tokenizer)
