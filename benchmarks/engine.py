@@ -61,19 +61,27 @@ def HF_CALL(ids, mask, new_tokens: int, pad_id: int) -> dict:  # noqa: N802 - pr
                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id)
 
 
+def alternate(calls: dict[str, Callable[[], int]],
+              runs: int) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Each side `runs` times, in alternation so load changes hit every side alike: (seconds per run, tokens
+    of the last run) per side."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    tokens = {}
+    with torch.inference_mode():
+        for _ in range(runs):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                tokens[name] = call()
+                times[name].append(time.perf_counter() - start)
+    return times, tokens
+
+
 def bench(preset: str, tokenizer, prompts, new_tokens: int, runs: int) -> dict:
     model = build_model(preset, len(tokenizer), chat.stop_token_ids(tokenizer),
                         pad_id=tokenizer.pad_token_id).eval()
     peak, shape, by_library = matmul_peak(model)
     calls = sides(model, tokenizer, prompts, new_tokens)
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    tokens = {}
-    with torch.inference_mode():
-        for _ in range(runs):
-            for name, call in calls.items():  # alternate, so load changes hit every side alike
-                start = time.perf_counter()
-                tokens[name] = call()
-                times[name].append(time.perf_counter() - start)
+    times, tokens = alternate(calls, runs)
     n = num_parameters(model)
     floor_s = 2 * n * len(prompts) * new_tokens / peak
     row = {"preset": preset, "parameters": n, "peak_flops": peak, "peak_shape": shape,

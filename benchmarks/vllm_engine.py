@@ -18,11 +18,10 @@ import json
 import os
 import statistics
 import tempfile
-import time
 
 import torch
 import transformers
-from engine import sides  # benchmarks/ is the script's folder, so on sys.path
+from engine import alternate, sides  # benchmarks/ is the script's folder, so on sys.path
 
 from answerkey import chat
 from answerkey.envs.synthetic import SyntheticEnv
@@ -70,14 +69,7 @@ def run(args, path: str, model, tokenizer, prompts: list[list[int]]) -> dict:
     engine = VLLMEngine(path, seed=0, threads=args.threads)
     calls["vLLM (CPU build)"] = lambda: sum(len(c.token_ids) for g in engine.generate(prompts, 1, sampling)
                                             for c in g)
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    tokens = {}
-    with torch.inference_mode():
-        for _ in range(args.runs):
-            for name, call in calls.items():  # alternate, so load changes hit every side alike
-                start = time.perf_counter()
-                tokens[name] = call()
-                times[name].append(time.perf_counter() - start)
+    times, tokens = alternate(calls, args.runs)
     result = {"torch": torch.__version__, "transformers": transformers.__version__, "vllm": vllm.__version__,
               "model": args.model or args.preset, "parameters": num_parameters(model),
               "threads": args.threads, "batch": len(prompts), "new_tokens": args.new_tokens,
