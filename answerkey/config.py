@@ -126,7 +126,8 @@ class LearnerConfig(Section):
     """PPO ratio clip above 1: ratio <= 1 + clip_high (clip-higher, DAPO)."""
     loss_agg: Literal["token-mean", "sequence-mean", "dr-grpo"] = "token-mean"
     """How per-token losses become one number: mean over all tokens in the batch, mean of per-sequence
-    means, or sum / (B * max_new_tokens) (Dr.GRPO's constant normalizer)."""
+    means, or sum / (P * G * max_new_tokens) (Dr.GRPO's constant normalizer: every generated sequence,
+    dropped or masked ones included)."""
     kl_coef: float = Field(0.0, ge=0)
     """Weight of the k3 KL to the frozen initial policy in the loss (0 = no reference model)."""
     passes: int = Field(1, ge=1)

@@ -95,7 +95,7 @@ def make_batch(groups: Sequence[Sequence[Trajectory]], scale_by_std: bool, drop_
                             list(traj.logprobs), float(advantages[p, g])))
     trained = [r for r in rows if any(r.loss_mask)]
     norm = grpo.Normalizer(tokens=sum(sum(r.loss_mask) for r in rows), sequences=len(trained),
-                           max_new_tokens=max_new_tokens)
+                           max_new_tokens=max_new_tokens, generated=len(groups) * len(groups[0]))
     metrics = {
         "learner/groups_kept": (float(len(groups) - int(uniform.sum())) if drop_uniform_groups
                                 else float(len(groups))),

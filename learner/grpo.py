@@ -72,6 +72,7 @@ class Normalizer:
     tokens: int  # loss tokens in the batch
     sequences: int  # sequences with at least one loss token
     max_new_tokens: int  # the generation budget, Dr.GRPO's constant per-sequence length
+    generated: int  # every sequence the step generated (P x G), dropped or masked ones included
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: LossAgg, norm: Normalizer) -> torch.Tensor:
@@ -79,7 +80,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: LossAgg, norm: 
 
     token-mean:    sum(x * m) / tokens in the batch
     sequence-mean: sum over sequences of [sum_t(x * m) / len(seq)] / sequences in the batch
-    dr-grpo:       sum(x * m) / (sequences in the batch * max_new_tokens)
+    dr-grpo:       sum(x * m) / (sequences generated * max_new_tokens): the same constant every step, whatever
+                   uniform-group dropping or truncation masking removed (Dr.GRPO)
     """
     masked = per_token * mask
     if mode == "token-mean":
@@ -88,5 +90,5 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: LossAgg, norm: 
         per_seq = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         return per_seq.sum() / max(norm.sequences, 1)
     if mode == "dr-grpo":
-        return masked.sum() / max(norm.sequences * norm.max_new_tokens, 1)
+        return masked.sum() / max(norm.generated * norm.max_new_tokens, 1)
     raise ValueError(f"unknown loss aggregation {mode!r}; expected token-mean, sequence-mean or dr-grpo")

@@ -133,16 +133,28 @@ class Learner:
             dtype = logprobs.dtype
             mask, adv = mb.loss_mask.to(self.device, dtype), mb.advantages.to(self.device, dtype)
             old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs.to(self.device, dtype)
+            ref = None if self.reference is None else mb.ref_logprobs.to(self.device, dtype)
+            # a token outside the learner's top-k / top-p support has logprob -inf (as has padding): it is
+            # counted and left out of the loss before any ratio or KL, where -inf - -inf would make NaN
+            inside = torch.isfinite(logprobs.detach()) & torch.isfinite(old)
+            if ref is not None:
+                inside &= torch.isfinite(ref)
+            _add(sums, "outside_support", (mask * ~inside).sum())
+            mask = mask * inside
+            logprobs, old = logprobs.masked_fill(~inside, 0.0), old.masked_fill(~inside, 0.0)
+            if ref is not None:
+                ref = ref.masked_fill(~inside, 0.0)
             pg, clipped = grpo.clipped_surrogate(logprobs, old, adv, cfg.clip_low, cfg.clip_high)
             if cfg.tis_cap is not None:
-                weight, ratio = grpo.tis_weights(old, mb.rollout_logprobs.to(self.device, dtype), cfg.tis_cap)
+                rollout = mb.rollout_logprobs.to(self.device, dtype).masked_fill(~inside, 0.0)
+                weight, ratio = grpo.tis_weights(old, rollout, cfg.tis_cap)
                 pg = pg * weight
                 _add(sums, "tis_ratio", (ratio * mask).sum())
                 _add(sums, "tis_clipped", ((ratio > cfg.tis_cap) * mask).sum())
                 _extremes(sums, "tis_ratio", ratio[mask.bool()])
             loss_terms = pg
-            if self.reference is not None:
-                kl = grpo.k3_kl(logprobs, mb.ref_logprobs.to(self.device, dtype))
+            if ref is not None:
+                kl = grpo.k3_kl(logprobs, ref)
                 loss_terms = pg + cfg.kl_coef * kl
                 _add(sums, "kl", (kl.detach() * mask).sum())
             loss = grpo.aggregate(loss_terms, mask, cfg.loss_agg, batch.norm)
@@ -157,6 +169,7 @@ class Learner:
         metrics = {f"learner/{k}": float(sums[k]) for k in ("loss", "pg_loss")}
         means = ("clip_fraction", "ratio", "entropy", "kl", "tis_ratio")
         metrics |= {f"learner/{k}": float(sums[k]) / n for k in means if k in sums}
+        metrics["learner/outside_support"] = float(sums["outside_support"])  # tokens left out, count
         if "tis_clipped" in sums:
             metrics["learner/tis_clipped_fraction"] = float(sums["tis_clipped"]) / n
         # the extremes exist only where a token was trained: an FSDP rank may have none (Ranks.reduce takes
@@ -190,7 +203,7 @@ class Learner:
         plain = SamplingParams(max_new_tokens=1)  # temperature 1, no truncation: the model's own distribution
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        batch = TrainBatch(rows, grpo.Normalizer(tokens, len(rows), 1))
+        batch = TrainBatch(rows, grpo.Normalizer(tokens, len(rows), 1, len(rows)))
         for mb in batch.micro_batches(self.cfg.micro_batch_tokens):
             logprobs, _ = self.logprobs(self.model, mb, plain)
             loss = -(logprobs * mb.loss_mask.to(self.device, logprobs.dtype)).sum() / tokens

@@ -88,17 +88,17 @@ X, MASK = T([[1, 2, 3], [4, 5, 6]]), T([[1, 1, 0], [1, 0, 0]])
     [
         ("token-mean", 7 / 3),
         ("sequence-mean", ((1 + 2) / 2 + 4 / 1) / 2),  # 2.75
-        ("dr-grpo", 7 / (2 * 4)),  # constant normalizer: sequences x max_new_tokens (4)
+        ("dr-grpo", 7 / (5 * 4)),  # constant: all 5 sequences generated x max_new_tokens (4), not the 2 kept
     ],
 )
 def test_aggregate(mode, expected):
-    norm = grpo.Normalizer(tokens=3, sequences=2, max_new_tokens=4)
+    norm = grpo.Normalizer(tokens=3, sequences=2, max_new_tokens=4, generated=5)
     assert grpo.aggregate(X, MASK, mode, norm).item() == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "sequence-mean", "dr-grpo"])
 def test_aggregate_over_split_rows_adds_up_to_the_whole(mode):
-    norm = grpo.Normalizer(tokens=3, sequences=2, max_new_tokens=4)
+    norm = grpo.Normalizer(tokens=3, sequences=2, max_new_tokens=4, generated=5)
     whole = grpo.aggregate(X, MASK, mode, norm)
     parts = grpo.aggregate(X[:1], MASK[:1], mode, norm) + grpo.aggregate(X[1:], MASK[1:], mode, norm)
     assert parts.item() == pytest.approx(whole.item())
@@ -106,4 +106,4 @@ def test_aggregate_over_split_rows_adds_up_to_the_whole(mode):
 
 def test_aggregate_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="unknown loss aggregation"):
-        grpo.aggregate(X, MASK, "mean", grpo.Normalizer(3, 2, 4))
+        grpo.aggregate(X, MASK, "mean", grpo.Normalizer(3, 2, 4, 5))

@@ -242,3 +242,31 @@ def test_pretrained_learner_trains_on_the_device_it_is_given_and_resumes_its_sta
 )
 def test_lr_schedule(step, warmup, total, schedule, expected):
     assert lr_factor(step, warmup, total, schedule, 0.1) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("extras", [{}, {"kl_coef": 0.1, "passes": 2, "tis_cap": 2.0}])
+def test_a_step_with_top_k_and_top_p_stays_finite_and_moves_the_policy(tokenizer, synthetic_env, make_model,
+                                                                        extras):
+    """Tokens outside the learner's top-k 20 / top-p 0.9 support have logprob -inf: they are counted and left
+    out of the loss, never turning the ratio, the KL or the gradient into NaN."""
+    groups = make_groups(tokenizer, synthetic_env, REWARDS)  # random tokens: many fall outside the support
+    model = make_model(seed=4)
+    cfg = LearnerConfig(lr=1e-3, **extras)
+    learner = Learner(model, cfg, SamplingParams(max_new_tokens=16, temperature=0.9, top_k=20, top_p=0.9),
+                      total_steps=10)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    metrics = learner.step(groups)
+    assert metrics["learner/outside_support"] > 0
+    assert math.isfinite(metrics["learner/loss"]) and metrics["learner/nonfinite_grad"] == 0.0
+    assert metrics["learner/grad_norm"] > 0
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_dr_grpo_divides_by_every_generated_sequence_whatever_is_dropped(tokenizer, synthetic_env):
+    from answerkey.learner.batch import make_batch
+
+    groups = make_groups(tokenizer, synthetic_env, REWARDS, truncated={(0, 1)})  # group 2 is uniform
+    kept = make_batch(groups, True, drop_uniform_groups=True, mask_truncated=True, max_new_tokens=16).norm
+    full = make_batch(groups, True, drop_uniform_groups=False, mask_truncated=False, max_new_tokens=16).norm
+    assert kept.sequences == 11 and full.sequences == 16  # 1 uniform group of 4 dropped, 1 truncated masked
+    assert kept.generated == full.generated == 4 * 4  # P x G, the constant Dr.GRPO divides by (x 16)
