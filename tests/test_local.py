@@ -67,7 +67,7 @@ def test_an_engine_sampling_from_another_distribution_fails_the_logprob_check(lo
 
 
 @pytest.mark.parametrize("top", [{"top_k": 20}, {"top_p": 0.9}, {"top_k": 20, "top_p": 0.9}])
-def test_the_sync_check_holds_with_top_k_and_top_p(policy_dir, top):
+def test_steps_and_the_sync_check_hold_with_top_k_and_top_p(policy_dir, top):
     """The check completion is sampled by the engine, so every token has mass under the learner's filtered
     distribution too (a fixed completion's token could be filtered out on both sides: -inf - -inf = nan)."""
     extra = [f"--rollout.{k}={v}" for k, v in top.items()]
@@ -76,7 +76,9 @@ def test_the_sync_check_holds_with_top_k_and_top_p(policy_dir, top):
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     loop = local.start(cfg, model, AutoTokenizer.from_pretrained(policy_dir))  # its first sync is verified
     try:
-        assert loop.sync()["sync/verified"] == 1.0
+        for _ in range(2):  # learner steps under the same filtered distribution: finite, synced, verified
+            metrics = loop.train_step()
+            assert metrics["sync/verified"] == 1.0 and metrics["learner/nonfinite_grad"] == 0.0, metrics
     finally:
         loop.close()
 
