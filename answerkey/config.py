@@ -135,9 +135,15 @@ class LearnerConfig(Section):
     tis_cap: float | None = Field(2.0, gt=0)
     """Truncated importance sampling: weight each token by min(pi_old / pi_rollout, cap); None = off."""
     drop_uniform_groups: bool = True
-    """Drop groups whose rewards are all equal (they have zero advantage); DAPO's dynamic sampling."""
+    """Drop groups whose rewards are all equal (they have zero advantage): the filtering half of DAPO's
+    dynamic sampling (no rollouts are added to refill the batch)."""
     mask_truncated: bool = False
     """Exclude completions cut at max_new_tokens from the loss (DAPO overlong filtering)."""
+    overlong_buffer: int = Field(0, ge=0)
+    """DAPO's soft overlong punishment: a completion longer than rollout.max_new_tokens - overlong_buffer
+    tokens loses reward linearly, up to overlong_penalty at max_new_tokens (0 = off)."""
+    overlong_penalty: float = Field(1.0, ge=0)
+    """The largest reward an overlong completion loses (at max_new_tokens)."""
     micro_batch_tokens: int = Field(8192, ge=1)
     """Token budget of one forward/backward (rows x padded length); gradients are accumulated."""
     precision: Literal["fp32", "bf16"] = "fp32"

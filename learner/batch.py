@@ -72,13 +72,22 @@ class TrainBatch:
 
 
 def make_batch(groups: Sequence[Sequence[Trajectory]], scale_by_std: bool, drop_uniform_groups: bool,
-               mask_truncated: bool, max_new_tokens: int) -> TrainBatch:
+               mask_truncated: bool, max_new_tokens: int,
+               overlong: tuple[int, float] | None = None) -> TrainBatch:
     """Advantages per group, uniform groups dropped (optionally), truncated completions masked
-    (optionally)."""
+    (optionally); `overlong` = (buffer, penalty) shapes the rewards first (DAPO's soft overlong
+    punishment)."""
     if not groups or any(len(g) != len(groups[0]) for g in groups):
         raise ValueError(f"groups must be P lists of G trajectories each, got sizes "
                          f"{[len(g) for g in groups]}")
     rewards = torch.tensor([[t.score.value for t in g] for g in groups], dtype=torch.float64)  # (P, G)
+    shaping = {}
+    if overlong is not None:
+        lengths = torch.tensor([[len(t.completion_ids) for t in g] for g in groups])
+        penalty = grpo.overlong_penalty(lengths, max_new_tokens, *overlong)
+        rewards = rewards + penalty
+        shaping = {"learner/overlong_penalty": float(penalty.mean()),
+                   "learner/overlong_fraction": float((penalty < 0).double().mean())}
     advantages = grpo.group_advantages(rewards, scale_by_std)  # (P, G)
     uniform = grpo.uniform_groups(rewards)  # (P,)
     rows, truncated = [], 0
@@ -102,7 +111,7 @@ def make_batch(groups: Sequence[Sequence[Trajectory]], scale_by_std: bool, drop_
         "learner/groups_uniform": float(uniform.sum()),
         "learner/truncated_fraction": truncated / (len(groups) * len(groups[0])),
         "learner/loss_tokens": float(norm.tokens),
-    }
+    } | shaping
     return TrainBatch(rows=rows, norm=norm, metrics=metrics)
 
 

@@ -13,6 +13,8 @@ T target positions.
 - TIS: tokens are weighted by min(π_old/π_rollout, cap) to correct for the engine's numerics
   differing from the learner's (Yao et al. 2025, "Your efficient RL framework secretly brings you
   off-policy RL training"). The weight carries no gradient.
+- Overlong shaping (DAPO's soft overlong punishment): a completion of L tokens, with a budget of L_max and
+  a buffer of B, gets -penalty * clamp((L - (L_max - B)) / B, 0, 1) added to its reward.
 - Aggregation: how per-token losses become one scalar. Normalizers are computed on the whole
   batch before it is split into micro-batches, so the sum of micro-batch gradients equals the
   full-batch gradient exactly, in every mode.
@@ -36,6 +38,16 @@ def group_advantages(rewards: torch.Tensor, scale_by_std: bool = True, eps: floa
     if scale_by_std:
         centred = centred / (rewards.std(dim=1, keepdim=True) + eps)
     return centred
+
+
+def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float) -> torch.Tensor:
+    """Reward change per completion of `lengths` tokens: 0 up to max_new_tokens - buffer, then linearly down
+    to -penalty at max_new_tokens (DAPO, Yu et al. 2025, eq. 13). Same shape as `lengths`."""
+    if not 0 < buffer < max_new_tokens:
+        raise ValueError(f"the overlong buffer must be in (0, max_new_tokens = {max_new_tokens}), "
+                         f"got {buffer}")
+    over = (lengths.to(torch.float64) - (max_new_tokens - buffer)) / buffer
+    return -penalty * over.clamp(0.0, 1.0)
 
 
 def uniform_groups(rewards: torch.Tensor) -> torch.Tensor:

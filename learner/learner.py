@@ -77,6 +77,9 @@ class Learner:
         if cfg.kl_coef > 0 and reference is None:
             reference = copy.deepcopy(model)
         self.reference = reference.eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        if cfg.overlong_buffer >= sampling.max_new_tokens:
+            raise ValueError(f"learner.overlong_buffer ({cfg.overlong_buffer}) must be smaller than "
+                             f"rollout.max_new_tokens ({sampling.max_new_tokens})")
         self.optimizer_steps = 0
         self.tokenizer = None  # saved with checkpoints (PretrainedLearner sets it)
 
@@ -97,8 +100,9 @@ class Learner:
     def prepare(self, groups: Sequence[Sequence[Trajectory]]) -> TrainBatch:
         """Advantages and filtering; old logprobs (passes > 1) and reference logprobs (KL) per row."""
         cfg = self.cfg
+        overlong = (cfg.overlong_buffer, cfg.overlong_penalty) if cfg.overlong_buffer else None
         batch = make_batch(groups, cfg.scale_by_std, cfg.drop_uniform_groups, cfg.mask_truncated,
-                           self.sampling.max_new_tokens)
+                           self.sampling.max_new_tokens, overlong)
         if self.ranks is not None:  # FSDP: this rank's rows; the normalizers stay those of the whole batch
             batch = self.ranks.split(batch)
         if batch.norm.tokens and cfg.passes > 1:

@@ -107,3 +107,16 @@ def test_aggregate_over_split_rows_adds_up_to_the_whole(mode):
 def test_aggregate_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="unknown loss aggregation"):
         grpo.aggregate(X, MASK, "mean", grpo.Normalizer(3, 2, 4, 5))
+
+
+def test_overlong_penalty_by_hand():
+    """L_max = 10, buffer 4, penalty 0.5: no change up to 6 tokens, then -0.5 * (L - 6) / 4 up to 10."""
+    lengths = torch.tensor([3, 6, 7, 8, 10])
+    got = grpo.overlong_penalty(lengths, max_new_tokens=10, buffer=4, penalty=0.5)
+    assert got.tolist() == pytest.approx([0.0, 0.0, -0.125, -0.25, -0.5])
+
+
+@pytest.mark.parametrize("buffer", [0, 10, 11])
+def test_overlong_penalty_refuses_a_buffer_outside_the_budget(buffer):
+    with pytest.raises(ValueError, match=r"overlong buffer must be in \(0, max_new_tokens = 10\)"):
+        grpo.overlong_penalty(torch.tensor([5]), max_new_tokens=10, buffer=buffer, penalty=1.0)

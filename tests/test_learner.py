@@ -270,3 +270,26 @@ def test_dr_grpo_divides_by_every_generated_sequence_whatever_is_dropped(tokeniz
     full = make_batch(groups, True, drop_uniform_groups=False, mask_truncated=False, max_new_tokens=16).norm
     assert kept.sequences == 11 and full.sequences == 16  # 1 uniform group of 4 dropped, 1 truncated masked
     assert kept.generated == full.generated == 4 * 4  # P x G, the constant Dr.GRPO divides by (x 16)
+
+
+def test_overlong_shaping_changes_the_advantages_and_shows_in_the_metrics(tokenizer, synthetic_env):
+    from answerkey.learner.batch import make_batch
+
+    groups = make_groups(tokenizer, synthetic_env, REWARDS)  # completions of 3..15 tokens
+    plain = make_batch(groups, True, drop_uniform_groups=False, mask_truncated=False, max_new_tokens=16)
+    shaped = make_batch(groups, True, drop_uniform_groups=False, mask_truncated=False, max_new_tokens=16,
+                        overlong=(8, 1.0))
+    lengths = [len(t.completion_ids) for g in groups for t in g]
+    want = [-min(max((n - 8) / 8, 0.0), 1.0) for n in lengths]
+    assert shaped.metrics["learner/overlong_penalty"] == pytest.approx(sum(want) / len(want))
+    assert shaped.metrics["learner/overlong_fraction"] == pytest.approx(sum(w < 0 for w in want) / len(want))
+    assert "learner/overlong_penalty" not in plain.metrics
+    # the uniform group (all rewards 1) is no longer uniform once its long completions lose reward
+    assert [r.advantage for r in plain.rows[8:12]] == [0.0] * 4
+    assert any(r.advantage != 0.0 for r in shaped.rows[8:12])
+
+
+def test_an_overlong_buffer_as_long_as_the_budget_is_refused_naming_both_keys(make_model):
+    with pytest.raises(ValueError, match=r"learner.overlong_buffer \(16\) must be smaller than "
+                                         r"rollout.max_new_tokens \(16\)"):
+        learner_for(make_model(), overlong_buffer=16)

@@ -89,3 +89,17 @@ def test_the_reward_workers_are_gone_after_close(loop):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_overlong_shaping_runs_through_the_loop(policy_dir):
+    cfg = load_config("examples/tiny_cpu.toml", [
+        f"--model.path={policy_dir}", "--rollout.workers=1", "--rollout.max_new_tokens=16",
+        "--learner.overlong_buffer=8"])
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    loop = local.start(cfg, model, AutoTokenizer.from_pretrained(policy_dir))
+    try:
+        metrics = loop.train_step()
+    finally:
+        loop.close()
+    assert metrics["learner/overlong_penalty"] < 0 < metrics["learner/overlong_fraction"]
+    assert metrics["sync/verified"] == 1.0
