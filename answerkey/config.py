@@ -132,6 +132,9 @@ class LearnerConfig(Section):
     """Weight of the k3 KL to the frozen initial policy in the loss (0 = no reference model)."""
     passes: int = Field(1, ge=1)
     """Optimizer passes over each batch; the ratio is against the logprobs before the first pass."""
+    mini_batches: int = Field(1, ge=1)
+    """PPO mini-batches: each pass shuffles the step's rows and takes one optimizer step per 1/M of them,
+    so from the second on the ratio departs from 1 and the clip acts (1 learner rank only)."""
     tis_cap: float | None = Field(2.0, gt=0)
     """Truncated importance sampling: weight each token by min(pi_old / pi_rollout, cap); None = off."""
     drop_uniform_groups: bool = True
@@ -322,8 +325,9 @@ def describe_batch(cfg: Config) -> str:
     return (
         f"{r.problems_per_step} problems x {r.group_size} completions = {B} completions per step; "
         f"micro-batches of <= {lr.micro_batch_tokens} tokens (>= {min(B, max_seq_rows)} full-length "
-        f"completions each, plus prompt); {lr.passes} optimizer step(s) per RL step; {cfg.run.steps} steps = "
-        f"{cfg.run.steps * B} completions, {cfg.run.steps * lr.passes} optimizer steps"
+        f"completions each, plus prompt); {lr.passes * lr.mini_batches} optimizer step(s) per RL step; "
+        f"{cfg.run.steps} steps = {cfg.run.steps * B} completions, "
+        f"{cfg.run.steps * lr.passes * lr.mini_batches} optimizer steps"
     ) + (f"; each step's <= {B} sequences are dealt to {lr.world_size} FSDP learner ranks "
          f"(<= ~{-(-B // lr.world_size)} each, balanced by tokens), each packing its own micro-batches; "
          "the loss normalizers count the whole batch"

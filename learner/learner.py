@@ -71,12 +71,15 @@ class Learner:
             keep_freed_memory()  # activations of a few MB per layer, recycled instead of page-faulted in
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
-        total = total_steps * cfg.passes
+        total = total_steps * cfg.passes * cfg.mini_batches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.schedule, cfg.min_lr_ratio))
         if cfg.kl_coef > 0 and reference is None:
             reference = copy.deepcopy(model)
         self.reference = reference.eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+        if cfg.mini_batches > 1 and ranks is not None:
+            raise ValueError(f"learner.mini_batches = {cfg.mini_batches} needs learner.world_size = 1 (the "
+                             "FSDP ranks split each step's batch themselves)")
         if cfg.overlong_buffer >= sampling.max_new_tokens:
             raise ValueError(f"learner.overlong_buffer ({cfg.overlong_buffer}) must be smaller than "
                              f"rollout.max_new_tokens ({sampling.max_new_tokens})")
@@ -92,20 +95,42 @@ class Learner:
         if batch.norm.tokens == 0:
             return metrics | {"learner/skipped": 1.0}
         for _ in range(self.cfg.passes):
-            self.optimizer.zero_grad(set_to_none=True)
-            metrics |= self.backward(batch)
-            metrics |= self.optimizer_step()
+            parts = []
+            for part in self.mini_batches(batch):
+                self.optimizer.zero_grad(set_to_none=True)
+                parts.append(self.backward(part))
+                metrics |= self.optimizer_step()
+            metrics |= _combine(parts)
         return metrics | {"learner/skipped": 0.0}
 
+    def mini_batches(self, batch: TrainBatch) -> list[TrainBatch]:
+        """`learner.mini_batches` parts of the batch's rows, shuffled by a generator seeded with the optimizer
+        step count (checkpointed: a resumed run shuffles alike), each with its own normalizers (Dr.GRPO's
+        constant split evenly); parts without a loss token are left out."""
+        m = self.cfg.mini_batches
+        if m == 1:
+            return [batch]
+        order = torch.randperm(len(batch.rows), generator=torch.Generator().manual_seed(self.optimizer_steps))
+        parts = []
+        for k in range(m):
+            rows = [batch.rows[i] for i in order[k::m].tolist()]
+            tokens = sum(sum(r.loss_mask) for r in rows)
+            if tokens:
+                norm = grpo.Normalizer(tokens, sum(1 for r in rows if any(r.loss_mask)),
+                                       batch.norm.max_new_tokens, max(1, round(batch.norm.generated / m)))
+                parts.append(TrainBatch(rows, norm))
+        return parts
+
     def prepare(self, groups: Sequence[Sequence[Trajectory]]) -> TrainBatch:
-        """Advantages and filtering; old logprobs (passes > 1) and reference logprobs (KL) per row."""
+        """Advantages and filtering; old logprobs (several optimizer steps) and reference logprobs (KL) per
+        row."""
         cfg = self.cfg
         overlong = (cfg.overlong_buffer, cfg.overlong_penalty) if cfg.overlong_buffer else None
         batch = make_batch(groups, cfg.scale_by_std, cfg.drop_uniform_groups, cfg.mask_truncated,
                            self.sampling.max_new_tokens, overlong)
         if self.ranks is not None:  # FSDP: this rank's rows; the normalizers stay those of the whole batch
             batch = self.ranks.split(batch)
-        if batch.norm.tokens and cfg.passes > 1:
+        if batch.norm.tokens and (cfg.passes > 1 or cfg.mini_batches > 1):
             self._fill(batch, self.model, "old_logprobs")
         if batch.norm.tokens and self.reference is not None:
             self._fill(batch, self.reference, "ref_logprobs")
@@ -267,6 +292,19 @@ class Learner:
 
     def weights_nbytes(self) -> int:
         return sum(p.numel() * 4 for p in self.model.parameters())  # pushed as float32
+
+
+def _combine(parts: list[dict]) -> dict:
+    """One pass's backward metrics from its mini-batches': means (max / min for the extremes), and each
+    mini-batch's clip fraction when there are several."""
+    out = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts if key in p]
+        pick = max if key.endswith("_max") else min if key.endswith("_min") else None
+        out[key] = pick(values) if pick else sum(values) / len(values)
+    if len(parts) > 1:
+        out |= {f"learner/clip_fraction/mb{i}": p["learner/clip_fraction"] for i, p in enumerate(parts)}
+    return out
 
 
 def _add(sums: dict, key: str, value: torch.Tensor) -> None:

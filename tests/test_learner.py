@@ -293,3 +293,39 @@ def test_an_overlong_buffer_as_long_as_the_budget_is_refused_naming_both_keys(ma
     with pytest.raises(ValueError, match=r"learner.overlong_buffer \(16\) must be smaller than "
                                          r"rollout.max_new_tokens \(16\)"):
         learner_for(make_model(), overlong_buffer=16)
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "sequence-mean", "dr-grpo"])
+def test_each_mini_batchs_micro_batched_gradient_equals_its_full_gradient_fp64(tokenizer, synthetic_env,
+                                                                              make_model, loss_agg):
+    groups = make_groups(tokenizer, synthetic_env, REWARDS, truncated={(0, 1)})
+    results = []
+    for budget in (10**6, 60):
+        model = make_model(dtype=torch.float64)
+        learner = learner_for(model, loss_agg=loss_agg, micro_batch_tokens=budget, mini_batches=2)
+        parts = learner.mini_batches(learner.prepare(groups))
+        assert len(parts) == 2 and len(parts[0].micro_batches(budget)) == (1 if budget == 10**6 else 3)
+        assert parts[0].norm.generated == parts[1].norm.generated == 8  # 16 generated / 2
+        learner.backward(parts[0])
+        results.append(grads(model))
+    full, split = results
+    assert full.keys() == split.keys() and full
+    for name in full:
+        torch.testing.assert_close(split[name], full[name], rtol=1e-10, atol=1e-13, msg=name)
+
+
+def test_mini_batches_take_several_optimizer_steps_and_the_clip_acts(tokenizer, synthetic_env, make_model):
+    groups = make_groups(tokenizer, synthetic_env, REWARDS)
+    learner = learner_for(make_model(), mini_batches=3, lr=3e-2, clip_low=0.01, clip_high=0.01)
+    metrics = learner.step(groups)
+    assert learner.optimizer_steps == 3
+    clips = [metrics[f"learner/clip_fraction/mb{i}"] for i in range(3)]
+    assert clips[0] == 0.0 and max(clips[1:]) > 0, clips  # the first is on-policy (ratio 1); later ones not
+    assert metrics["learner/clip_fraction"] == pytest.approx(sum(clips) / 3)
+    # the shuffle is seeded by the optimizer step count: learners at the same count split alike (a resumed run
+    # too), the next step splits differently
+    first, second = (learner_for(make_model(), mini_batches=3) for _ in range(2))
+    split = [[[r.ids for r in p.rows] for p in lr.mini_batches(lr.prepare(groups))] for lr in (first, second)]
+    assert split[0] == split[1]
+    second.optimizer_steps = 1
+    assert [[r.ids for r in p.rows] for p in second.mini_batches(second.prepare(groups))] != split[0]

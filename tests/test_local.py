@@ -91,10 +91,10 @@ def test_the_reward_workers_are_gone_after_close(loop):
             os.kill(pid, 0)
 
 
-def test_overlong_shaping_runs_through_the_loop(policy_dir):
+def test_overlong_shaping_and_mini_batches_run_through_the_loop(policy_dir):
     cfg = load_config("examples/tiny_cpu.toml", [
         f"--model.path={policy_dir}", "--rollout.workers=1", "--rollout.max_new_tokens=16",
-        "--learner.overlong_buffer=8"])
+        "--learner.overlong_buffer=8", "--learner.mini_batches=2"])
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     loop = local.start(cfg, model, AutoTokenizer.from_pretrained(policy_dir))
     try:
@@ -102,4 +102,5 @@ def test_overlong_shaping_runs_through_the_loop(policy_dir):
     finally:
         loop.close()
     assert metrics["learner/overlong_penalty"] < 0 < metrics["learner/overlong_fraction"]
+    assert "learner/clip_fraction/mb1" in metrics and loop.learner.optimizer_steps == 2
     assert metrics["sync/verified"] == 1.0
