@@ -129,7 +129,10 @@ class LearnerConfig(Section):
     means, or sum / (P * G * max_new_tokens) (Dr.GRPO's constant normalizer: every generated sequence,
     dropped or masked ones included)."""
     kl_coef: float = Field(0.0, ge=0)
-    """Weight of the k3 KL to the frozen initial policy in the loss (0 = no reference model)."""
+    """Weight of the KL to the frozen initial policy in the loss (0 = no reference model)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token KL estimator (Schulman 2020): k1 = log pi - log pi_ref, k2 = its square / 2, k3 =
+    exp(-k1) + k1 - 1 (unbiased and >= 0)."""
     passes: int = Field(1, ge=1)
     """Optimizer passes over each batch; the ratio is against the logprobs before the first pass."""
     mini_batches: int = Field(1, ge=1)

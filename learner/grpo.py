@@ -9,7 +9,8 @@ T target positions.
   which is Dr.GRPO's fix for the difficulty bias (Liu et al. 2025, arXiv:2503.20783).
 - Surrogate: PPO's clipped objective with separate low/high clip ("clip-higher", DAPO, Yu et al.
   2025, arXiv:2503.14476): loss = -min(ρA, clip(ρ, 1-ε_low, 1+ε_high)A), ρ = π/π_old per token.
-- KL: the k3 estimator exp(q-p) - (q-p) - 1 of KL(π || π_ref) (Schulman 2020), added in the loss.
+- KL of π to π_ref, per token, added in the loss, by one of Schulman's (2020) estimators with
+  d = log π_ref - log π: k1 = -d (unbiased, can be negative), k2 = d²/2, k3 = exp(d) - d - 1 (unbiased, >= 0).
 - TIS: tokens are weighted by min(π_old/π_rollout, cap) to correct for the engine's numerics
   differing from the learner's (Yao et al. 2025, "Your efficient RL framework secretly brings you
   off-policy RL training"). The weight carries no gradient.
@@ -64,10 +65,20 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     return -torch.minimum(unclipped, clipped), clipped < unclipped
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - lp) - (ref - lp) - 1 >= 0. (N, T)"""
+KlEstimator = Literal["k1", "k2", "k3"]
+
+
+def kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KlEstimator = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from the sampled tokens' logprobs (see the module docstring).
+    (N, T)"""
     delta = ref_logprobs - logprobs
-    return torch.exp(delta) - delta - 1
+    if estimator == "k1":
+        return -delta
+    if estimator == "k2":
+        return 0.5 * delta**2
+    if estimator == "k3":
+        return torch.exp(delta) - delta - 1
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected k1, k2 or k3")
 
 
 def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,

@@ -183,7 +183,7 @@ class Learner:
                 _extremes(sums, "tis_ratio", ratio[mask.bool()])
             loss_terms = pg
             if ref is not None:
-                kl = grpo.k3_kl(logprobs, ref)
+                kl = grpo.kl(logprobs, ref, cfg.kl_estimator)
                 loss_terms = pg + cfg.kl_coef * kl
                 _add(sums, "kl", (kl.detach() * mask).sum())
             loss = grpo.aggregate(loss_terms, mask, cfg.loss_agg, batch.norm)

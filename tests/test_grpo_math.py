@@ -65,10 +65,20 @@ def test_clipped_surrogate_gradient_is_zero_when_clipped_and_scaled_by_ratio_oth
     assert logprobs.grad[0].tolist() == pytest.approx([0.0, 1.5])
 
 
-def test_k3_kl():
-    # delta = log(.25) - log(.5) = -0.693147; exp(delta) - delta - 1 = 0.5 + 0.693147 - 1
-    assert grpo.k3_kl(T([math.log(0.5)]), T([math.log(0.25)])).item() == pytest.approx(0.193147, abs=1e-6)
-    assert grpo.k3_kl(T([-2.0]), T([-2.0])).item() == 0.0
+@pytest.mark.parametrize(("estimator", "expected"), [
+    ("k1", math.log(2)),  # log 0.5 - log 0.25
+    ("k2", 0.5 * math.log(2) ** 2),  # 0.240227
+    ("k3", 0.5 - math.log(0.5) - 1),  # exp(log 0.5) - log 0.5 - 1 = 0.193147
+])
+def test_kl_estimators_by_hand(estimator, expected):
+    got = grpo.kl(T([math.log(0.5)]), T([math.log(0.25)]), estimator).item()
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert grpo.kl(T([-2.0]), T([-2.0]), estimator).item() == 0.0
+
+
+def test_an_unknown_kl_estimator_is_refused():
+    with pytest.raises(ValueError, match="unknown KL estimator 'k4'"):
+        grpo.kl(T([0.0]), T([0.0]), "k4")
 
 
 def test_tis_weights_truncate_at_the_cap_and_carry_no_gradient():

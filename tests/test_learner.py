@@ -53,7 +53,9 @@ REWARDS = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0], [0.
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "sequence-mean", "dr-grpo"])
-@pytest.mark.parametrize("extras", [{}, {"kl_coef": 0.1, "passes": 2, "mask_truncated": True}])
+@pytest.mark.parametrize("extras", [{}, {"kl_coef": 0.1, "passes": 2, "mask_truncated": True},
+                                    {"kl_coef": 0.1, "kl_estimator": "k1"},
+                                    {"kl_coef": 0.1, "kl_estimator": "k2"}])
 def test_micro_batched_gradient_equals_full_batch_gradient_fp64(tokenizer, synthetic_env, make_model,
                                                                 loss_agg, extras):
     groups = make_groups(tokenizer, synthetic_env, REWARDS, truncated={(0, 1)})

@@ -64,7 +64,7 @@ def per_row_loss(learner, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
             with torch.no_grad():
                 ref = row_logprobs(learner, learner.reference, row)
             torch.testing.assert_close(row.ref_logprobs, ref, rtol=0, atol=1e-12)
-            terms = pg + cfg.kl_coef * grpo.k3_kl(logprobs, ref)
+            terms = pg + cfg.kl_coef * grpo.kl(logprobs, ref, cfg.kl_estimator)
         if row.old_logprobs is not None:
             torch.testing.assert_close(row.old_logprobs, old, rtol=0, atol=1e-12)
         mask = torch.tensor(row.loss_mask, dtype=logprobs.dtype)
