@@ -42,6 +42,7 @@ from answerkey.learner import checkpoint
 from answerkey.reward_workers import RewardWorkers
 from answerkey.rewards import status_counts
 from answerkey.rollout.engine import SamplingParams
+from answerkey.rollout.vllm_engine import DTYPES
 from answerkey.rundir import RunDir, progress_bar
 
 # Engine vs learner logprobs of the check completion after a sync, largest gap over its tokens, by the dtype
@@ -186,7 +187,7 @@ class Loop:
         # the dtype the engines hold and compute the check's logprobs in: vLLM runs in rollout.precision; the
         # torch engine keeps fp32 weights and decodes the check in fp32
         self.engine_precision = cfg.rollout.precision if cfg.rollout.engine == "vllm" else "fp32"
-        self.engine_dtype = {"fp32": "float32", "bf16": "bfloat16"}[self.engine_precision]
+        self.engine_dtype = DTYPES[self.engine_precision]
         if resume_from is not None:
             self.step, self.sampler.position = resume_from.step, resume_from.run_state["sampler_position"]
             get(call(learner, "resume", str(resume_from.path)))

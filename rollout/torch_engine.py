@@ -97,12 +97,9 @@ class TorchEngine:
     @torch.inference_mode()
     def logprobs_of(self, prompt: Sequence[int], completion: Sequence[int],
                     sampling: SamplingParams) -> list[float]:
-        """Processed logprobs of a given completion, decoded through the same cached loop as `generate`.
-
-        The driver compares these with the learner's after every weight sync: they agree only if the
-        engine generates with the learner's weights and the same sampling distribution. Always in the
-        model's own dtype (not `precision`), so that check stays exact.
-        """
+        """Processed logprobs of a given completion, decoded through the same cached loop as `generate`
+        (teacher forcing), in the model's own dtype (not `precision`): what the tests compare with a full
+        forward and with the learner."""
         forced = torch.tensor([list(completion)], dtype=torch.long, device=self.device)
         fixed = replace(sampling, max_new_tokens=len(completion), ignore_eos=True, stop=())
         _, logprobs, _ = self._sample([list(prompt)], 1, fixed, forced=forced)

@@ -1,8 +1,8 @@
 """GRPO steps on one GPU through the loop `answerkey rl` runs (`answerkey.loop.Loop`), on plain objects in
 one process (`answerkey.local`): the learner trains the policy on the GPU, a rollout worker samples from its
 own copy on the same GPU, and after every step the learner's weights are pushed into the worker and verified
-(checksums and logprobs of a fixed completion), as the Ray driver verifies its workers. Per-step times
-(rollout, learn, sync) are printed, never asserted.
+(checksums, and the logprobs the worker reports for a seeded sample against the learner's), as the Ray driver
+verifies its workers. Per-step times (rollout, learn, sync) are printed, never asserted.
 """
 
 import math
