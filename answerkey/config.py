@@ -63,6 +63,11 @@ class RolloutConfig(Section):
     """P: problems sampled per RL step."""
     group_size: int = 8
     """G: completions per problem; advantages are relative within a group, so G >= 2."""
+    max_refill_rounds: int = Field(0, ge=0)
+    """DAPO's dynamic sampling: while fewer than P groups of a step are informative (their rewards differ,
+    after the learner's overlong shaping), sample up to this many more rounds of P problems and keep the
+    first P informative groups; short after the last round, the batch is filled up with uniform groups,
+    which carry no advantage (0 = one round)."""
     max_new_tokens: int = Field(256, ge=1)
     """Longest completion; longer ones are cut and marked truncated."""
     temperature: float = Field(1.0, gt=0)
@@ -142,7 +147,7 @@ class LearnerConfig(Section):
     """Truncated importance sampling: weight each token by min(pi_old / pi_rollout, cap); None = off."""
     drop_uniform_groups: bool = True
     """Drop groups whose rewards are all equal (they have zero advantage): the filtering half of DAPO's
-    dynamic sampling (no rollouts are added to refill the batch)."""
+    dynamic sampling (rollout.max_refill_rounds is the refilling half)."""
     mask_truncated: bool = False
     """Exclude completions cut at max_new_tokens from the loss (DAPO overlong filtering)."""
     overlong_buffer: int = Field(0, ge=0)

@@ -9,6 +9,8 @@ One step (`Loop.train_step`):
     problems = the next P of the shuffled train split        the position is checkpointed
     groups   = G completions each, split across the workers   a dead worker is restarted, its share redone
     scores   = the env's reward, in killable processes         (P, G); raise -> error, hang -> timeout, both 0
+    refill   = more rounds of P problems while fewer than P groups have mixed rewards, at most
+               rollout.max_refill_rounds (DAPO's dynamic sampling); the batch: the first P informative groups
     metrics  = learner.step(groups)                            the GRPO update
     sync     = learner weights -> every worker (the transport), then verified: per-parameter checksums
                of what each engine holds, and the logprobs it reports for a seeded completion of its own
@@ -38,7 +40,7 @@ from answerkey.config import Config, ConfigError, EnvConfig, describe_batch
 from answerkey.envs.base import MultiTurnEnv, Problem, Trajectory
 from answerkey.evaluate import summarize
 from answerkey.handles import ActorDied, CallFailed, call, get
-from answerkey.learner import checkpoint
+from answerkey.learner import checkpoint, grpo
 from answerkey.reward_workers import RewardWorkers
 from answerkey.rewards import status_counts
 from answerkey.rollout.engine import SamplingParams
@@ -226,8 +228,7 @@ class Loop:
         """Step `self.step + 1`: rollout, score, learn, sync; returns its metrics."""
         self.step += 1
         start, self.phase = time.perf_counter(), "rollout"
-        problems = [self.train[i] for i in self.sampler.take(self.cfg.rollout.problems_per_step)]
-        groups, timing = self.rollouts.collect(problems, self.cfg.rollout.group_size, self.sampling)
+        problems, groups, sampled, timing = self.collect_batch()
         self.phase = "learn"
         t = time.perf_counter()
         self._tell_workers("sleep")  # vLLM on a GPU releases its memory to the learner meanwhile
@@ -238,7 +239,7 @@ class Loop:
         metrics |= self.sync()
         if self.run_dir and self.cfg.run.sample_every and self.step % self.cfg.run.sample_every == 0:
             self.run_dir.samples(self.step, sample_rows(problems, groups))
-        flat = [t for g in groups for t in g]
+        flat = [t for g in sampled for t in g]  # every completion of the step, refill rounds included
         restarts = {"rollout/worker_restarts": self.restarts,
                     "reward/scorer_restarts": self.rollouts.reward_workers.restarts}
         return metrics | timing | status_counts(t.score for t in flat) | {
@@ -246,6 +247,38 @@ class Loop:
             "rollout/response_length": sum(len(t.completion_ids) for t in flat) / len(flat),
             "rollout/truncated_fraction": sum(t.truncated for t in flat) / len(flat),
             **restarts, "time/step_s": time.perf_counter() - start}
+
+    def collect_batch(self) -> tuple[list[Problem], list[list[Trajectory]], list[list[Trajectory]],
+                                     dict[str, float]]:
+        """The step's P problems and their groups, every group sampled, and the rollout's metrics.
+
+        A round samples the next P problems of the shuffle, G completions each. With
+        rollout.max_refill_rounds (DAPO's dynamic sampling) more rounds follow while fewer than P groups are
+        informative (`informative`), up to that many; the batch is the first P informative groups, filled
+        up with uniform ones when the rounds ran out (the learner drops those, and Dr.GRPO's normalizer
+        stays P x G). The groups keep the order they were sampled in; what is left out is `groups_dropped`.
+        """
+        r = self.cfg.rollout
+        problems: list[Problem] = []
+        groups: list[list[Trajectory]] = []
+        timing = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
+        useful: list[bool] = []
+        rounds = 0
+        while rounds == 0 or (sum(useful) < r.problems_per_step and rounds <= r.max_refill_rounds):
+            rounds += 1
+            batch = [self.train[i] for i in self.sampler.take(r.problems_per_step)]
+            sampled, times = self.rollouts.collect(batch, r.group_size, self.sampling)
+            timing = {k: timing[k] + times[k] for k in timing}
+            problems += batch
+            groups += sampled
+            useful += informative(sampled, self.cfg)
+        chosen = [i for i, u in enumerate(useful) if u][: r.problems_per_step]
+        chosen += [i for i, u in enumerate(useful) if not u][: r.problems_per_step - len(chosen)]
+        chosen.sort()
+        return [problems[i] for i in chosen], [groups[i] for i in chosen], groups, timing | {
+            "rollout/rounds": float(rounds), "rollout/groups_sampled": float(len(groups)),
+            "rollout/groups_dropped": float(len(groups) - len(chosen)),
+            "rollout/informative_groups": float(sum(useful[i] for i in chosen))}
 
     def evaluate(self, problems: Sequence[Problem] | None = None,
                  samples: int | None = None) -> dict[str, float]:
@@ -376,6 +409,16 @@ def split(count: int, parts: int) -> list[list[int]]:
         out.append(list(range(start, end)))
         start = end
     return out
+
+
+def informative(groups: Sequence[Sequence[Trajectory]], cfg: Config) -> list[bool]:
+    """Whether each group's rewards differ, as the learner will see them (after its overlong shaping)."""
+    rewards = torch.tensor([[t.score.value for t in g] for g in groups], dtype=torch.float64)
+    if cfg.learner.overlong_buffer:
+        lengths = torch.tensor([[len(t.completion_ids) for t in g] for g in groups])
+        rewards = rewards + grpo.overlong_penalty(lengths, cfg.rollout.max_new_tokens,
+                                                  cfg.learner.overlong_buffer, cfg.learner.overlong_penalty)
+    return (~grpo.uniform_groups(rewards)).tolist()
 
 
 def every(step: int, interval: int, last: int) -> bool:

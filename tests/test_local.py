@@ -104,3 +104,46 @@ def test_overlong_shaping_and_mini_batches_run_through_the_loop(policy_dir):
     assert metrics["learner/overlong_penalty"] < 0 < metrics["learner/overlong_fraction"]
     assert "learner/clip_fraction/mb1" in metrics and loop.learner.optimizer_steps == 2
     assert metrics["sync/verified"] == 1.0
+
+
+def test_dynamic_sampling_refills_the_batch_with_informative_groups(policy_dir):
+    cfg = load_config("examples/tiny_cpu.toml", [
+        f"--model.path={policy_dir}", "--rollout.workers=1", "--rollout.problems_per_step=4",
+        "--rollout.group_size=4", "--rollout.max_refill_rounds=3"])
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    loop = local.start(cfg, model, AutoTokenizer.from_pretrained(policy_dir))
+    try:
+        steps = [loop.train_step() for _ in range(4)]
+    finally:
+        loop.close()
+    assert any(m["rollout/rounds"] > 1 for m in steps), "no step needed a refill: the test proves nothing"
+    assert loop.sampler.position == 4 * sum(m["rollout/rounds"] for m in steps)
+    for m in steps:
+        assert m["rollout/groups_sampled"] == 4 * m["rollout/rounds"]
+        assert m["rollout/groups_dropped"] == m["rollout/groups_sampled"] - 4  # the learner always gets P
+        # the loop's informative groups are exactly the groups the learner keeps
+        assert m["learner/groups_kept"] == m["rollout/informative_groups"]
+        assert m["learner/groups_uniform"] == 4 - m["rollout/informative_groups"]
+        if m["rollout/rounds"] < 4:  # stopped early: P informative groups were found
+            assert m["rollout/informative_groups"] == 4
+        # the reward metrics count every completion sampled, refills included
+        statuses = sum(v for k, v in m.items() if k.startswith("reward/status/"))
+        assert statuses == 4 * m["rollout/groups_sampled"]
+
+
+def test_dynamic_sampling_stops_at_its_bound_and_trains_on_what_it_has(policy_dir):
+    """Greedy sampling makes every group uniform: each step takes 1 + max_refill_rounds rounds, hands the
+    learner P uniform groups, and the learner skips the update."""
+    cfg = load_config("examples/tiny_cpu.toml", [
+        f"--model.path={policy_dir}", "--rollout.workers=1", "--rollout.problems_per_step=3",
+        "--rollout.group_size=2", "--rollout.top_k=1", "--rollout.max_refill_rounds=2"])
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    loop = local.start(cfg, model, AutoTokenizer.from_pretrained(policy_dir))
+    try:
+        m = loop.train_step()
+    finally:
+        loop.close()
+    assert m["rollout/rounds"] == 3 and m["rollout/groups_sampled"] == 9 and loop.sampler.position == 9
+    assert m["rollout/informative_groups"] == 0 and m["rollout/groups_dropped"] == 6
+    assert m["learner/groups_uniform"] == 3 and m["learner/skipped"] == 1
+    assert m["sync/verified"] == 1.0

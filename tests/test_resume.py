@@ -1,5 +1,6 @@
-"""Exact resume: a driver SIGKILLed mid-step and resumed ends where an uninterrupted run ends; a kill during
-a checkpoint write leaves the previous checkpoint loadable."""
+"""Exact resume: a driver SIGKILLed mid-step and resumed ends where an uninterrupted run ends (with refill
+rounds and shuffled mini-batches); a kill during a checkpoint write leaves the previous checkpoint
+loadable."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def args(policy_dir: Path, out: Path, name: str) -> list[str]:
     return ["rl", EXAMPLE, f"--model.path={policy_dir}", f"--run.out_dir={out}", f"--run.name={name}",
             f"--run.steps={STEPS}", "--run.checkpoint_every=1", "--run.eval_every=3", "--run.eval_problems=8",
             "--run.eval_samples=2", "--run.sample_every=1", "--rollout.problems_per_step=8",
-            "--rollout.group_size=4"]
+            "--rollout.group_size=4", "--rollout.max_refill_rounds=2", "--learner.mini_batches=2"]
 
 
 def comparable(run: Path) -> list[dict]:
@@ -42,6 +43,10 @@ def comparable(run: Path) -> list[dict]:
 
 def test_sigkill_mid_step_then_resume_matches_an_uninterrupted_run(ray_session, policy_dir, tmp_path):
     assert cli.main(args(policy_dir, tmp_path, "straight")) == 0
+    steps = [r for r in comparable(tmp_path / "straight") if "rollout/rounds" in r]
+    # what resume must reproduce: refill rounds (more problems drawn, more samples) and shuffled mini-batches
+    assert any(r["rollout/rounds"] > 1 for r in steps[KILL_AFTER:]), "no refill after the kill point"
+    assert all("learner/clip_fraction/mb1" in r for r in steps)
 
     env = os.environ | {"RAY_ADDRESS": ray_session, "RAY_AUTH_MODE": "disabled"}
     run = tmp_path / "killed"
